@@ -1,0 +1,106 @@
+/* Per-fd records with generation-tagged wait words (Go's pollDesc).
+ *
+ * Every open socket has a record, found by slot.  Records are never freed:
+ * a closed record goes back to a free list and is reused with a bumped
+ * generation, so a stale poller event (token = generation << 32 | slot)
+ * is recognised and dropped.  The table grows in chunks that never move, so
+ * lookups take no lock.
+ *
+ * Each record has one atomic wait word per direction:
+ *     generation << 32 | state
+ * with state EMPTY, READY, CLOSED, or WAIT(waiter) = waiter + WEFT_WAIT_BASE,
+ * where `waiter` is the owning worker's coroutine slot.  A coroutine waits
+ * only after the I/O call returned EAGAIN, by CAS EMPTY -> WAIT; an event
+ * turns EMPTY -> READY (remembered for the next try) or WAIT -> EMPTY and
+ * hands the waiter to the caller to wake.  Exactly one party wins each
+ * transition, so no readiness edge is lost and no waiter is woken twice.
+ *
+ * Thread safety: open/close/lookup and the wait-word functions may be called
+ * from any thread. */
+#ifndef WEFT_FDTAB_H
+#define WEFT_FDTAB_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+enum { WEFT_READ = 0, WEFT_WRITE = 1 };
+
+enum {
+	WEFT_WAIT_EMPTY = 0,
+	WEFT_WAIT_READY = 1,
+	WEFT_WAIT_CLOSED = 2,
+	WEFT_WAIT_BASE = 3 /* state = waiter + WEFT_WAIT_BASE */
+};
+
+/* Largest waiter id a wait word can hold. */
+#define WEFT_WAITER_MAX (UINT32_MAX - WEFT_WAIT_BASE)
+
+typedef struct weft_fd {
+	_Atomic uint64_t _wait[2]; /* READ, WRITE wait words */
+	_Atomic uint32_t gen;      /* current generation (odd: open) */
+	_Atomic int fd;            /* -1 when closed */
+	uint32_t slot;             /* index in the table (constant) */
+	_Atomic uint32_t owner;    /* worker whose coroutines wait here */
+	uint32_t _next_free;
+	char _pad[64 - 2 * 8 - 5 * 4];
+} weft_fd_t;
+
+typedef struct weft_fdtab weft_fdtab_t;
+
+/* Make an empty table.  0 or WEFT_ENOMEM. */
+int weft_fdtab_new(weft_fdtab_t **out);
+
+/* Free the table and every chunk.  No record may be in use. */
+void weft_fdtab_free(weft_fdtab_t *t);
+
+/* Take a record for fd, owned by worker `owner`: new generation, both wait
+ * words EMPTY.  Returns the record or NULL (WEFT_ENOMEM). */
+weft_fd_t *weft_fdtab_open(weft_fdtab_t *t, int fd, uint32_t owner);
+
+/* The poller token of an open record: generation << 32 | slot. */
+uint64_t weft_fd_token(const weft_fd_t *r);
+
+/* The record a poller token names, or NULL if the slot is unknown or the
+ * generation is stale (the fd was closed since the event was queued). */
+weft_fd_t *weft_fdtab_lookup(weft_fdtab_t *t, uint64_t token);
+
+/* Record by slot (NULL if out of range); no generation check. */
+weft_fd_t *weft_fdtab_get(weft_fdtab_t *t, uint32_t slot);
+
+/* After an I/O call returned EAGAIN in direction dir: try to register
+ * `waiter`.  Returns
+ *   0              now waiting: the caller suspends until woken;
+ *   1              a readiness edge was pending (READY consumed): retry the
+ *                  I/O call at once;
+ *   WEFT_ECLOSED   the record is closed.
+ * Only the owner worker calls this, and only one coroutine may wait per
+ * direction (a second waiter gets -EBUSY). */
+int weft_fd_wait(weft_fd_t *r, int dir, uint32_t waiter);
+
+/* A readiness event for direction dir of the record named by `token`'s
+ * generation.  Returns the waiter id + 1 to wake (the word went
+ * WAIT -> EMPTY), or 0 if nobody waited (the word is now READY) or the
+ * generation is stale.  Any thread. */
+uint64_t weft_fd_ready(weft_fd_t *r, int dir, uint32_t gen);
+
+/* Withdraw `waiter` from direction dir (its deadline passed).  Returns 1 if
+ * the wait was withdrawn (WAIT -> EMPTY), 0 if an event or close already
+ * took it: a wake-up for the waiter is then on its way and must be awaited
+ * instead. */
+int weft_fd_cancel(weft_fd_t *r, int dir, uint32_t waiter);
+
+/* Mark both directions CLOSED and bump the generation so that stale events
+ * are dropped.  The waiters found (at most one per direction) are stored in
+ * woken[0..1] as waiter + 1 (0 = none); they must be woken with
+ * WEFT_ECLOSED.  Does not close(2) the fd: the caller deletes it from the
+ * poller, closes it, then calls weft_fdtab_release. */
+void weft_fd_shut(weft_fd_t *r, uint64_t woken[2]);
+
+/* Return a shut record to the free list. */
+void weft_fdtab_release(weft_fdtab_t *t, weft_fd_t *r);
+
+/* Counters: records open; stale tokens dropped by weft_fdtab_lookup. */
+uint64_t weft_fdtab_open_count(weft_fdtab_t *t);
+uint64_t weft_fdtab_stale_count(weft_fdtab_t *t);
+
+#endif

@@ -1,0 +1,77 @@
+/* Socket primitives.  Each tries once and returns: a count or 0 on success,
+ * -EAGAIN when it would block, another -errno on failure.  Waiting is done
+ * elsewhere (one place, in the binding).  Any thread. */
+#ifndef WEFT_SOCK_H
+#define WEFT_SOCK_H
+
+#include <stddef.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+
+/* socket(2), non-blocking and close-on-exec.  fd or -errno. */
+int weft_sock_open(int family, int type, int protocol);
+
+/* close(2), retrying nothing (Linux releases the fd even on EINTR). */
+void weft_sock_close(int fd);
+
+/* Start a connect: 0 (connected), -EINPROGRESS (wait for writability,
+ * then call weft_sock_connect_result), or -errno. */
+int weft_sock_connect(int fd, const struct sockaddr *sa, socklen_t len);
+
+/* The outcome of a connect in progress (SO_ERROR): 0 or -errno. */
+int weft_sock_connect_result(int fd);
+
+/* accept4(2), the new fd non-blocking and close-on-exec.  fd or -errno.
+ * sa/len may be NULL. */
+int weft_sock_accept(int fd, struct sockaddr *sa, socklen_t *len);
+
+/* recv/send; send never raises SIGPIPE.  Byte count or -errno. */
+ssize_t weft_sock_recv(int fd, void *buf, size_t len, int flags);
+ssize_t weft_sock_send(int fd, const void *buf, size_t len, int flags);
+ssize_t weft_sock_recvfrom(int fd, void *buf, size_t len, int flags,
+                           struct sockaddr *sa, socklen_t *salen);
+ssize_t weft_sock_sendto(int fd, const void *buf, size_t len, int flags,
+                         const struct sockaddr *sa, socklen_t salen);
+
+/* bind/listen/shutdown: 0 or -errno.  how: SHUT_RD/SHUT_WR/SHUT_RDWR. */
+int weft_sock_bind(int fd, const struct sockaddr *sa, socklen_t len);
+int weft_sock_listen(int fd, int backlog);
+int weft_sock_shutdown(int fd, int how);
+
+/* Socket options by name ("so_reuseaddr", "tcp_nodelay", ...). */
+enum {
+	WEFT_OPT_INT,    /* integer value */
+	WEFT_OPT_BOOL,   /* boolean (int 0/1 on the wire) */
+	WEFT_OPT_LINGER, /* seconds, or -1 = off (struct linger) */
+	WEFT_OPT_STRING  /* string (e.g. tcp_congestion, so_bindtodevice) */
+};
+typedef struct weft_sockopt {
+	const char *name;
+	int level, optname, kind;
+	int readonly; /* get only (so_error, so_type, ...) */
+} weft_sockopt_t;
+
+/* The option called name, or NULL. */
+const weft_sockopt_t *weft_sockopt_find(const char *name);
+
+/* All options, terminated by an entry with name NULL. */
+extern const weft_sockopt_t weft_sockopts[];
+
+/* Set/get an integer-like option (INT, BOOL, LINGER).  0 or -errno. */
+int weft_sockopt_set_int(int fd, const weft_sockopt_t *o, int value);
+int weft_sockopt_get_int(int fd, const weft_sockopt_t *o, int *value);
+/* Set/get a string option; get writes a NUL-terminated string.  0 or -errno. */
+int weft_sockopt_set_str(int fd, const weft_sockopt_t *o, const char *s, size_t len);
+int weft_sockopt_get_str(int fd, const weft_sockopt_t *o, char *buf, size_t size);
+
+/* Address helpers. */
+/* "a.b.c.d" or the IPv6 text, or the unix path; into buf (size >= 108). */
+const char *weft_sa_ip(const struct sockaddr *sa, char *buf, size_t size);
+/* "ip:port", "[ip6]:port", or the unix path; into buf (size >= 128). */
+const char *weft_sa_tostring(const struct sockaddr *sa, char *buf, size_t size);
+/* Port in host order, 0 for families without ports. */
+int weft_sa_port(const struct sockaddr *sa);
+/* Length of a sockaddr of its family (0 if unknown). */
+socklen_t weft_sa_len(const struct sockaddr *sa);
+
+#endif
