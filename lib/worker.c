@@ -1,0 +1,440 @@
+/* The scheduler core: see worker.h for the contract. */
+#include "config.h"
+
+#include "worker.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stddef.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "alloc.h"
+#include "clock.h"
+#include "error.h"
+#include "sock.h"
+
+#define NS_PER_TICK 1000000ull /* the wheel ticks in milliseconds */
+#define HARVEST_MAX 256
+
+struct weft_runtime {
+	weft_poller_t *poller;
+	weft_fdtab_t *fds;
+	pthread_mutex_t lock; /* guards workers[] */
+	weft_worker_t *workers[WEFT_MAX_WORKERS];
+};
+
+int weft_runtime_new(int epfd, weft_runtime_t **out)
+{
+	weft_runtime_t *rt = weft_calloc(1, sizeof *rt);
+	if (!rt)
+		return WEFT_ENOMEM;
+	int err = weft_poller_new(epfd, &rt->poller);
+	if (err < 0) {
+		weft_free(rt);
+		return err;
+	}
+	err = weft_fdtab_new(&rt->fds);
+	if (err < 0) {
+		weft_poller_free(rt->poller);
+		weft_free(rt);
+		return err;
+	}
+	pthread_mutex_init(&rt->lock, NULL);
+	*out = rt;
+	return 0;
+}
+
+void weft_runtime_free(weft_runtime_t *rt)
+{
+	if (!rt)
+		return;
+	weft_fdtab_free(rt->fds);
+	weft_poller_free(rt->poller);
+	pthread_mutex_destroy(&rt->lock);
+	weft_free(rt);
+}
+
+weft_poller_t *weft_runtime_poller(weft_runtime_t *rt)
+{
+	return rt->poller;
+}
+
+weft_fdtab_t *weft_runtime_fdtab(weft_runtime_t *rt)
+{
+	return rt->fds;
+}
+
+int weft_worker_new(weft_runtime_t *rt, weft_worker_t **out)
+{
+	weft_worker_t *w = weft_calloc(1, sizeof *w);
+	if (!w)
+		return WEFT_ENOMEM;
+	int err = weft_inbox_init(&w->inbox);
+	if (err < 0) {
+		weft_free(w);
+		return err;
+	}
+	w->rt = rt;
+	weft_runq_init(&w->runq);
+	weft_wheel_init(&w->wheel, weft_clock_ns() / NS_PER_TICK);
+	w->_free = UINT32_MAX;
+	pthread_mutex_lock(&rt->lock);
+	uint32_t id = 0;
+	while (id < WEFT_MAX_WORKERS && rt->workers[id])
+		id++;
+	if (id < WEFT_MAX_WORKERS)
+		rt->workers[id] = w;
+	pthread_mutex_unlock(&rt->lock);
+	if (id == WEFT_MAX_WORKERS) {
+		weft_inbox_destroy(&w->inbox);
+		weft_free(w);
+		return -EMFILE;
+	}
+	w->id = id;
+	*out = w;
+	return 0;
+}
+
+void weft_worker_free(weft_worker_t *w)
+{
+	if (!w)
+		return;
+	pthread_mutex_lock(&w->rt->lock);
+	w->rt->workers[w->id] = NULL;
+	pthread_mutex_unlock(&w->rt->lock);
+	weft_runq_destroy(&w->runq);
+	weft_inbox_destroy(&w->inbox);
+	weft_free(w->_cos);
+	weft_free(w);
+}
+
+int64_t weft_worker_co_new(weft_worker_t *w)
+{
+	uint32_t slot;
+	if (w->_free != UINT32_MAX) {
+		slot = w->_free;
+		w->_free = w->_cos[slot]._next_free;
+	} else {
+		if (w->_ncos == w->_capcos) {
+			uint32_t cap = w->_capcos ? w->_capcos * 2 : 64;
+			if (cap > WEFT_WAITER_MAX)
+				return WEFT_ENOMEM;
+			weft_co_t *c = weft_realloc(w->_cos, (size_t)cap * sizeof *c);
+			if (!c)
+				return WEFT_ENOMEM;
+			w->_cos = c;
+			w->_capcos = cap;
+		}
+		slot = w->_ncos++;
+		w->_cos[slot].seq = 0;
+	}
+	weft_co_t *co = &w->_cos[slot];
+	weft_timer_init(&co->_timer);
+	co->_fd = NULL;
+	co->state = WEFT_CO_RUNNING;
+	co->_alive = 0;
+	co->_pending = 0;
+	co->seq++; /* a wake-up for the slot's previous owner is stale */
+	return slot;
+}
+
+static void leave_wait(weft_worker_t *w, weft_co_t *co)
+{
+	weft_wheel_cancel(&w->wheel, &co->_timer);
+	if (co->_alive) {
+		co->_alive = 0;
+		w->nalive--;
+	}
+	co->_pending = 0;
+	co->_fd = NULL;
+	co->state = WEFT_CO_RUNNING;
+}
+
+void weft_worker_co_free(weft_worker_t *w, uint32_t slot)
+{
+	weft_co_t *co = &w->_cos[slot];
+	leave_wait(w, co);
+	co->state = WEFT_CO_FREE;
+	co->seq++;
+	co->_next_free = w->_free;
+	w->_free = slot;
+}
+
+weft_fd_t *weft_worker_open_fd(weft_worker_t *w, int fd, int *err)
+{
+	weft_fd_t *r = weft_fdtab_open(w->rt->fds, fd, w->id);
+	if (!r) {
+		*err = WEFT_ENOMEM;
+		return NULL;
+	}
+	/* One registration for the socket's whole life, edge-triggered in both
+	 * directions: an edge is remembered in the wait word until a coroutine
+	 * consumes it (DESIGN §3). */
+	int rc = weft_poller_add(w->rt->poller, fd, WEFT_POLL_IN | WEFT_POLL_OUT | WEFT_POLL_EDGE,
+				 weft_fd_token(r));
+	if (rc < 0) {
+		uint64_t woken[2];
+		weft_fd_shut(r, woken);
+		weft_fdtab_release(w->rt->fds, r);
+		*err = rc;
+		return NULL;
+	}
+	return r;
+}
+
+static int is_waiting(const weft_co_t *co)
+{
+	return co->state >= WEFT_CO_WAIT_IO;
+}
+
+static void queue(weft_worker_t *w, uint32_t slot, weft_co_t *co, int32_t code)
+{
+	weft_wake_t wk = {slot, co->seq, code};
+	/* The ring only fails to grow when memory is exhausted.  The wake-up is
+	 * then dropped but _pending stays clear, so the wait's deadline or a
+	 * later event can still end it; this is counted for diagnosis. */
+	if (weft_runq_push(&w->runq, wk) < 0) {
+		w->stats.lost++;
+		return;
+	}
+	co->_pending = 1;
+	w->stats.wakes++;
+}
+
+int weft_worker_wake(weft_worker_t *w, uint32_t slot, uint32_t seq, int32_t code)
+{
+	if (slot >= w->_ncos)
+		return 0;
+	weft_co_t *co = &w->_cos[slot];
+	if (co->seq != seq || !is_waiting(co) || co->_pending)
+		return 0;
+	queue(w, slot, co, code);
+	return 1;
+}
+
+/* An fd wait of `slot` ended by an event or a close: the wait word's CAS
+ * proved the coroutine is still in that wait, so its current seq is the
+ * right one. */
+static void io_done(weft_worker_t *w, uint32_t slot, int32_t code)
+{
+	weft_co_t *co = &w->_cos[slot];
+	if (co->state == WEFT_CO_WAIT_IO && !co->_pending)
+		queue(w, slot, co, code);
+}
+
+static void deliver(weft_worker_t *w, weft_fd_t *r, uint64_t waiter1, int32_t code)
+{
+	if (!waiter1)
+		return;
+	uint32_t slot = (uint32_t)(waiter1 - 1);
+	uint32_t owner = atomic_load_explicit(&r->owner, memory_order_acquire);
+	if (owner == w->id) {
+		io_done(w, slot, code);
+		return;
+	}
+	weft_worker_t *ow = w->rt->workers[owner];
+	if (ow) {
+		weft_msg_t m = {WEFT_MSG_IO, slot, 0, code, NULL};
+		weft_worker_post(ow, &m);
+		w->stats.handoffs++;
+	}
+}
+
+void weft_worker_close_fd(weft_worker_t *w, weft_fd_t *r)
+{
+	uint64_t woken[2];
+	int fd = atomic_load_explicit(&r->fd, memory_order_acquire);
+	weft_fd_shut(r, woken);
+	deliver(w, r, woken[WEFT_READ], WEFT_ECLOSED);
+	deliver(w, r, woken[WEFT_WRITE], WEFT_ECLOSED);
+	/* Delete before close: epoll tracks the open file description, so a
+	 * dup'd descriptor would otherwise keep firing for a dead record. */
+	weft_poller_delete(w->rt->poller, fd);
+	weft_sock_close(fd);
+	weft_fdtab_release(w->rt->fds, r);
+}
+
+static uint64_t to_tick(uint64_t ns)
+{
+	if (ns == UINT64_MAX)
+		return WEFT_TICK_NEVER;
+	/* Round up: a deadline fires at or after its time, never before. */
+	return ns / NS_PER_TICK + (ns % NS_PER_TICK != 0);
+}
+
+static void begin_wait(weft_worker_t *w, weft_co_t *co, int state, uint64_t deadline_ns, int alive)
+{
+	co->seq++;
+	co->state = (uint8_t)state;
+	co->_pending = 0;
+	if (alive) {
+		co->_alive = 1;
+		w->nalive++;
+	}
+	if (deadline_ns != UINT64_MAX)
+		weft_wheel_add(&w->wheel, &co->_timer, to_tick(deadline_ns));
+}
+
+int weft_worker_wait_io(weft_worker_t *w, uint32_t slot, weft_fd_t *r, int dir,
+			uint64_t deadline_ns)
+{
+	weft_co_t *co = &w->_cos[slot];
+	/* The wait word must name this wait before an event can see it, so
+	 * state and seq are set first and undone if the word says otherwise. */
+	begin_wait(w, co, WEFT_CO_WAIT_IO, deadline_ns, 1);
+	co->_fd = r;
+	co->_dir = (uint8_t)dir;
+	int rc = weft_fd_wait(r, dir, slot);
+	if (rc != 0)
+		leave_wait(w, co);
+	return rc;
+}
+
+int weft_worker_wait_time(weft_worker_t *w, uint32_t slot, uint64_t deadline_ns)
+{
+	begin_wait(w, &w->_cos[slot], WEFT_CO_WAIT_TIME, deadline_ns, deadline_ns != UINT64_MAX);
+	return 0;
+}
+
+uint32_t weft_worker_wait_ext(weft_worker_t *w, uint32_t slot)
+{
+	weft_co_t *co = &w->_cos[slot];
+	begin_wait(w, co, WEFT_CO_WAIT_EXT, UINT64_MAX, 1);
+	return co->seq;
+}
+
+uint32_t weft_worker_yield(weft_worker_t *w, uint32_t slot)
+{
+	weft_co_t *co = &w->_cos[slot];
+	begin_wait(w, co, WEFT_CO_WAIT_TIME, UINT64_MAX, 0);
+	queue(w, slot, co, 0);
+	return co->seq;
+}
+
+void weft_worker_suspend(weft_worker_t *w, uint32_t slot)
+{
+	weft_co_t *co = &w->_cos[slot];
+	leave_wait(w, co);
+	co->seq++;
+	co->state = WEFT_CO_SUSPENDED;
+}
+
+int weft_worker_post(weft_worker_t *w, const weft_msg_t *m)
+{
+	int rc = weft_inbox_push(&w->inbox, m);
+	if (rc == 0)
+		weft_poller_wake(w->rt->poller);
+	return rc;
+}
+
+static void on_timer(weft_worker_t *w, weft_co_t *co)
+{
+	uint32_t slot = (uint32_t)(co - w->_cos);
+	w->stats.timers++;
+	if (co->state == WEFT_CO_WAIT_IO) {
+		/* Withdraw from the wait word; if an event won the race, its
+		 * wake-up is already queued (or posted) and will be taken. */
+		if (weft_fd_cancel(co->_fd, co->_dir, slot))
+			queue(w, slot, co, WEFT_ETIMEOUT);
+	} else if (is_waiting(co) && !co->_pending) {
+		queue(w, slot, co, WEFT_ETIMEOUT);
+	}
+}
+
+static void on_event(weft_worker_t *w, const weft_poll_event_t *ev)
+{
+	weft_fd_t *r = weft_fdtab_lookup(w->rt->fds, ev->token);
+	if (!r) {
+		w->stats.stale++;
+		return;
+	}
+	uint32_t gen = (uint32_t)(ev->token >> 32);
+	/* Hang-ups and errors wake both directions: the retried call reports
+	 * the condition (0 bytes, or the pending error). */
+	if (ev->events & (WEFT_POLL_IN | WEFT_POLL_HUP | WEFT_POLL_ERR))
+		deliver(w, r, weft_fd_ready(r, WEFT_READ, gen), 0);
+	if (ev->events & (WEFT_POLL_OUT | WEFT_POLL_HUP | WEFT_POLL_ERR))
+		deliver(w, r, weft_fd_ready(r, WEFT_WRITE, gen), 0);
+}
+
+static void on_message(weft_worker_t *w, const weft_msg_t *m)
+{
+	w->stats.inbox++;
+	switch (m->kind) {
+	case WEFT_MSG_IO:
+		if (m->slot < w->_ncos)
+			io_done(w, m->slot, m->code);
+		break;
+	case WEFT_MSG_WAKE:
+		weft_worker_wake(w, m->slot, m->seq, m->code);
+		break;
+	default:
+		break;
+	}
+}
+
+int weft_worker_poll(weft_worker_t *w, uint64_t timeout_ns)
+{
+	size_t before = weft_runq_len(&w->runq);
+	uint64_t queued0 = w->stats.wakes;
+	uint64_t now = weft_clock_ns();
+	int timeout_ms = 0;
+	if (before == 0 && !weft_inbox_nonempty(&w->inbox)) {
+		uint64_t deadline = timeout_ns == UINT64_MAX || timeout_ns > UINT64_MAX - now
+					    ? UINT64_MAX
+					    : now + timeout_ns;
+		uint64_t next = weft_wheel_next(&w->wheel);
+		if (next != WEFT_TICK_NEVER && next * NS_PER_TICK < deadline)
+			deadline = next * NS_PER_TICK;
+		if (deadline == UINT64_MAX) {
+			timeout_ms = -1;
+		} else if (deadline > now) {
+			uint64_t ms = (deadline - now + NS_PER_TICK - 1) / NS_PER_TICK;
+			timeout_ms = ms > INT_MAX ? INT_MAX : (int)ms;
+		}
+	}
+
+	weft_poll_event_t ev[HARVEST_MAX];
+	w->stats.polls++;
+	int n = weft_poller_wait(w->rt->poller, ev, HARVEST_MAX, timeout_ms);
+	if (n < 0)
+		return n;
+	w->stats.events += (uint64_t)n;
+	for (int i = 0; i < n; i++)
+		on_event(w, &ev[i]);
+
+	/* Timers are checked on every step, busy or idle, so deadlines hold
+	 * under a saturating I/O load. */
+	if (weft_wheel_count(&w->wheel)) {
+		size_t nt;
+		weft_timer_t *t = weft_wheel_advance(&w->wheel, weft_clock_ns() / NS_PER_TICK, &nt);
+		while (t) {
+			weft_timer_t *next = t->_next;
+			on_timer(w, (weft_co_t *)((char *)t - offsetof(weft_co_t, _timer)));
+			t = next;
+		}
+	}
+
+	if (weft_inbox_nonempty(&w->inbox)) {
+		weft_msg_t *m;
+		size_t nm = weft_inbox_drain(&w->inbox, &m);
+		for (size_t i = 0; i < nm; i++)
+			on_message(w, &m[i]);
+	}
+	return (int)(w->stats.wakes - queued0);
+}
+
+int weft_worker_next(weft_worker_t *w, weft_wake_t *out)
+{
+	weft_wake_t wk;
+	while (weft_runq_pop(&w->runq, &wk)) {
+		weft_co_t *co = &w->_cos[wk.slot];
+		if (co->seq != wk.seq || !is_waiting(co))
+			continue; /* the wait it was for is over */
+		leave_wait(w, co);
+		*out = wk;
+		return 1;
+	}
+	return 0;
+}

@@ -1,0 +1,165 @@
+/* The runtime and its workers: the scheduler core, without Lua.
+ *
+ * A runtime is one shared poller and one fd table.  A worker is one OS
+ * thread's scheduler: a coroutine table (slots, not Lua values: the binding
+ * keeps the Lua side), a run queue of wake-ups, a timer wheel and an inbox.
+ * The binding asks a worker to make coroutine `slot` wait (for an fd
+ * direction, a deadline, or an outside completion), then calls
+ * weft_worker_poll() and resumes whatever weft_worker_next() hands out.
+ *
+ * Thread ownership: a worker's functions are called by its owner thread
+ * only, except weft_worker_post(), which any thread may call.  Runtime
+ * functions are thread-safe. */
+#ifndef WEFT_WORKER_H
+#define WEFT_WORKER_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "fdtab.h"
+#include "inbox.h"
+#include "poller.h"
+#include "runq.h"
+#include "timer.h"
+
+#define WEFT_MAX_WORKERS 256
+
+/* A wake-up code for waits that another party ends on purpose (a sleep
+ * job's wakeup); I/O waits end with 0, WEFT_ETIMEOUT or WEFT_ECLOSED. */
+#define WEFT_WAKE_USER 1
+
+enum weft_co_state {
+	WEFT_CO_FREE = 0,
+	WEFT_CO_RUNNING,   /* running, or runnable and not waiting */
+	WEFT_CO_SUSPENDED, /* waiting for nobody in particular (suspend) */
+	WEFT_CO_WAIT_IO,   /* waiting on an fd direction (maybe a deadline) */
+	WEFT_CO_WAIT_TIME, /* waiting for a deadline or a user wake-up */
+	WEFT_CO_WAIT_EXT   /* waiting for an outside completion (resolver) */
+};
+
+/* Per-coroutine scheduling record.  Owner only. */
+typedef struct weft_co {
+	weft_timer_t _timer; /* deadline of the current wait */
+	weft_fd_t *_fd;      /* WAIT_IO: the record waited on */
+	uint32_t seq;        /* number of the current (or last) wait */
+	uint32_t _next_free;
+	uint8_t state;       /* enum weft_co_state */
+	uint8_t _dir;        /* WAIT_IO: WEFT_READ or WEFT_WRITE */
+	uint8_t _alive;      /* this wait keeps the loop alive */
+	uint8_t _pending;    /* a wake-up for this wait is queued */
+} weft_co_t;
+
+typedef struct weft_runtime weft_runtime_t;
+
+typedef struct weft_worker_stats {
+	uint64_t events;     /* poller events harvested */
+	uint64_t stale;      /* events for closed/reused fds, dropped */
+	uint64_t wakes;      /* wake-ups queued */
+	uint64_t timers;     /* timers fired */
+	uint64_t inbox;      /* inbox messages taken */
+	uint64_t handoffs;   /* I/O wake-ups sent to another worker */
+	uint64_t polls;      /* calls into the poller */
+	uint64_t lost;       /* wake-ups dropped for want of memory */
+} weft_worker_stats_t;
+
+typedef struct weft_worker {
+	weft_runtime_t *rt;
+	uint32_t id;
+	weft_runq_t runq;
+	weft_wheel_t wheel;
+	weft_inbox_t inbox;
+	weft_co_t *_cos;
+	uint32_t _ncos, _capcos, _free;
+	uint32_t nalive; /* waits that keep the loop alive */
+	weft_worker_stats_t stats;
+} weft_worker_t;
+
+/* Inbox message kinds. */
+enum {
+	WEFT_MSG_WAKE = 1, /* wake (slot, seq) with code */
+	WEFT_MSG_IO        /* an I/O wait of slot ended by an event (code) */
+};
+
+/* Make a runtime with a new poller (epfd < 0) or one adopting the given
+ * poller handle.  0 or a negative code. */
+int weft_runtime_new(int epfd, weft_runtime_t **out);
+
+/* Free a runtime with no workers left. */
+void weft_runtime_free(weft_runtime_t *rt);
+
+/* The runtime's poller and fd table. */
+weft_poller_t *weft_runtime_poller(weft_runtime_t *rt);
+weft_fdtab_t *weft_runtime_fdtab(weft_runtime_t *rt);
+
+/* Attach a new worker to rt.  0 or a negative code. */
+int weft_worker_new(weft_runtime_t *rt, weft_worker_t **out);
+
+/* Detach and free a worker: it must have no coroutine waiting on an fd. */
+void weft_worker_free(weft_worker_t *w);
+
+/* Coroutine slots.  co_new returns a slot (>= 0) or WEFT_ENOMEM. */
+int64_t weft_worker_co_new(weft_worker_t *w);
+void weft_worker_co_free(weft_worker_t *w, uint32_t slot);
+static inline weft_co_t *weft_worker_co(weft_worker_t *w, uint32_t slot)
+{
+	return &w->_cos[slot];
+}
+
+/* Register fd with the poller (edge-triggered, both directions) and give
+ * it a record owned by this worker.  NULL and *err on failure. */
+weft_fd_t *weft_worker_open_fd(weft_worker_t *w, int fd, int *err);
+
+/* Shut a record: waiters wake with WEFT_ECLOSED, the fd leaves the poller
+ * and is closed, the record goes back to the table. */
+void weft_worker_close_fd(weft_worker_t *w, weft_fd_t *r);
+
+/* After EAGAIN on r in direction dir, make `slot` wait for readiness until
+ * deadline_ns (UINT64_MAX = none).  Returns 0 (waiting: suspend the
+ * coroutine), 1 (readiness was pending: retry the call now), or
+ * WEFT_ECLOSED / -EBUSY. */
+int weft_worker_wait_io(weft_worker_t *w, uint32_t slot, weft_fd_t *r, int dir,
+			uint64_t deadline_ns);
+
+/* Make `slot` wait until deadline_ns (UINT64_MAX = until woken).  A wait
+ * without deadline does not keep the loop alive.  0 or a negative code. */
+int weft_worker_wait_time(weft_worker_t *w, uint32_t slot, uint64_t deadline_ns);
+
+/* Make `slot` wait for an outside completion (delivered by a
+ * WEFT_MSG_WAKE message); keeps the loop alive.  Returns the wait's seq. */
+uint32_t weft_worker_wait_ext(weft_worker_t *w, uint32_t slot);
+
+/* Make `slot` runnable again on the next step (a fair yield).  Returns the
+ * wait's seq. */
+uint32_t weft_worker_yield(weft_worker_t *w, uint32_t slot);
+
+/* Mark `slot` suspended: waiting for nobody (no seq change needed by
+ * callers). */
+void weft_worker_suspend(weft_worker_t *w, uint32_t slot);
+
+/* Queue a wake-up for `slot` if it is still in wait `seq` and none is
+ * queued yet.  Returns 1 if queued, 0 if stale or already pending. */
+int weft_worker_wake(weft_worker_t *w, uint32_t slot, uint32_t seq, int32_t code);
+
+/* Post a message to w's inbox and interrupt its poll.  Any thread.
+ * 0 or WEFT_ENOMEM. */
+int weft_worker_post(weft_worker_t *w, const weft_msg_t *m);
+
+/* Gather work: harvest poller events (blocking up to timeout_ns, or up to
+ * the next timer, whichever is first; not at all if wake-ups are already
+ * queued), fire due timers, take inbox messages.  Returns the number of
+ * wake-ups queued, or a negative code if the poller failed. */
+int weft_worker_poll(weft_worker_t *w, uint64_t timeout_ns);
+
+/* Pop the next valid wake-up: the coroutine leaves its wait (state
+ * RUNNING, deadline cancelled).  1 and *out, or 0 when the queue is
+ * empty. */
+int weft_worker_next(weft_worker_t *w, weft_wake_t *out);
+
+/* Whether anything can still happen: wake-ups queued or waits that keep
+ * the loop alive. */
+static inline int weft_worker_alive(const weft_worker_t *w)
+{
+	return weft_runq_len(&w->runq) != 0 || w->nalive != 0;
+}
+
+#endif

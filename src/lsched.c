@@ -1,0 +1,664 @@
+/* Threads, the loop, sleeps and sleep jobs.
+ *
+ * A weft thread is a Lua coroutine with a slot in the worker.  The one
+ * place that runs threads is dispatch(): it resumes a thread and looks at
+ * what it yielded:
+ *   MARK_WAIT            a call is waiting (the worker knows for what);
+ *   MARK_TRANSFER co ... switch to co with the values (symmetric transfer);
+ *   MARK_SUSPEND ...     or any plain yield: the thread is suspended and the
+ *                        values go to whoever resumed it.
+ * Waits never resume a thread directly: wake-ups go through the worker's
+ * run queue and the loop resumes the thread with the wake-up code. */
+#include "config.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "alloc.h"
+#include "clock.h"
+#include "error.h"
+#include "lweft.h"
+
+static char MARK_SUSPEND, MARK_TRANSFER;
+static char THREADS_KEY, NAMES_KEY, FINISH_KEY, ERRH_KEY;
+
+enum { DONE_WAIT, DONE_SUSPEND, DONE_FINISHED, DONE_ERROR };
+
+static void reg_table(lua_State *L, const void *key)
+{
+	if (lua_rawgetp(L, LUA_REGISTRYINDEX, key) == LUA_TTABLE) {
+		lua_pop(L, 1);
+		return;
+	}
+	lua_pop(L, 1);
+	lua_newtable(L);
+	lua_rawsetp(L, LUA_REGISTRYINDEX, key);
+}
+
+static const char *thread_name(lua_State *L, uint32_t slot, char *buf, size_t size)
+{
+	lua_rawgetp(L, LUA_REGISTRYINDEX, &NAMES_KEY);
+	lua_rawgeti(L, -1, (lua_Integer)slot + 1);
+	const char *s = lua_tostring(L, -1);
+	if (s)
+		snprintf(buf, size, "%s", s);
+	else
+		snprintf(buf, size, "#%u", (unsigned)slot + 1);
+	lua_pop(L, 2);
+	return buf;
+}
+
+/* ------------------------------------------------------------------ */
+/* Thread table */
+
+static int grow_threads(lw_state_t *S, uint32_t slot)
+{
+	if (slot < S->cap)
+		return 0;
+	uint32_t cap = S->cap ? S->cap : 64;
+	while (cap <= slot)
+		cap *= 2;
+	lua_State **t = weft_realloc(S->threads, (size_t)cap * sizeof *t);
+	if (!t)
+		return WEFT_ENOMEM;
+	memset(t + S->cap, 0, (size_t)(cap - S->cap) * sizeof *t);
+	S->threads = t;
+	S->cap = cap;
+	return 0;
+}
+
+/* weft.newthread(f [, name]) -> th */
+static int l_newthread(lua_State *L)
+{
+	lw_state_t *S = lw_S(L);
+	luaL_checktype(L, 1, LUA_TFUNCTION);
+	const char *name = luaL_optstring(L, 2, NULL);
+	int64_t slot = weft_worker_co_new(S->w);
+	if (slot < 0 || grow_threads(S, (uint32_t)slot) < 0) {
+		if (slot >= 0)
+			weft_worker_co_free(S->w, (uint32_t)slot);
+		return luaL_error(L, "weft: out of memory");
+	}
+	lua_State *co = lua_newthread(L);
+	lua_pushvalue(L, 1);
+	lua_xmove(L, co, 1);
+	S->threads[slot] = co;
+	lw_set_slot(co, (uint32_t)slot);
+	weft_worker_suspend(S->w, (uint32_t)slot);
+	lua_rawgetp(L, LUA_REGISTRYINDEX, &THREADS_KEY);
+	lua_pushvalue(L, -2);
+	lua_rawseti(L, -2, slot + 1);
+	lua_pop(L, 1);
+	if (name) {
+		lua_rawgetp(L, LUA_REGISTRYINDEX, &NAMES_KEY);
+		lua_pushstring(L, name);
+		lua_rawseti(L, -2, slot + 1);
+		lua_pop(L, 1);
+	}
+	return 1;
+}
+
+/* The thread at the top of L's stack is done: run its finish handlers
+ * with (th, ok, err) and free its slot.  ok: whether it returned; the
+ * error object, if any, is at err_idx of L (0 = none). */
+static void finish(lua_State *L, lw_state_t *S, uint32_t slot, int ok, int err_idx)
+{
+	lua_State *co = S->threads[slot];
+	if (err_idx < 0)
+		err_idx = lua_gettop(L) + err_idx + 1;
+	lua_rawgetp(L, LUA_REGISTRYINDEX, &FINISH_KEY);
+	lua_pushthread(co);
+	lua_xmove(co, L, 1);
+	int th = lua_gettop(L);
+	lua_pushvalue(L, th);
+	if (lua_rawget(L, -3) == LUA_TTABLE) {
+		lua_pushvalue(L, th);
+		lua_pushnil(L);
+		lua_rawset(L, th - 1);
+		lua_Integer n = luaL_len(L, -1);
+		for (lua_Integer i = 1; i <= n; i++) {
+			lua_rawgeti(L, -1, i);
+			lua_pushvalue(L, th);
+			lua_pushboolean(L, ok);
+			if (err_idx)
+				lua_pushvalue(L, err_idx);
+			else
+				lua_pushnil(L);
+			if (lua_pcall(L, 3, 0, 0) != LUA_OK) {
+				fprintf(stderr, "weft: error in onthreadfinish handler: %s\n",
+					luaL_tolstring(L, -1, NULL));
+				lua_pop(L, 2);
+			}
+		}
+	}
+	lua_pop(L, 3); /* list or nil, thread, FINISH */
+
+	lw_set_slot(co, LW_NONE);
+	S->threads[slot] = NULL;
+	weft_worker_co_free(S->w, slot);
+	lua_rawgetp(L, LUA_REGISTRYINDEX, &THREADS_KEY);
+	lua_pushnil(L);
+	lua_rawseti(L, -2, (lua_Integer)slot + 1);
+	lua_pop(L, 1);
+	lua_rawgetp(L, LUA_REGISTRYINDEX, &NAMES_KEY);
+	lua_pushnil(L);
+	lua_rawseti(L, -2, (lua_Integer)slot + 1);
+	lua_pop(L, 1);
+}
+
+/* Resume thread `slot` with nargs values already on its stack, following
+ * transfers.  Returns a DONE_* code; *out is the thread whose stack holds
+ * the *nres results (yielded values, return values or the error). */
+static int dispatch(lua_State *L, lw_state_t *S, uint32_t slot, int nargs, uint32_t *out,
+		    int *nres)
+{
+	uint32_t saved = S->current;
+	int saved_budget = S->budget;
+	int done;
+	for (;;) {
+		lua_State *co = S->threads[slot];
+		S->current = slot;
+		S->budget = LW_IO_BUDGET;
+		weft_worker_co(S->w, slot)->state = WEFT_CO_RUNNING;
+		int st = lua_resume(co, L, nargs, nres);
+		if (st == LUA_OK) {
+			done = DONE_FINISHED;
+			break;
+		}
+		if (st != LUA_YIELD) {
+			*nres = 1;
+			done = DONE_ERROR;
+			break;
+		}
+		int base = lua_gettop(co) - *nres + 1;
+		void *mark = *nres > 0 && lua_islightuserdata(co, base) ? lua_touserdata(co, base)
+									 : NULL;
+		if (mark == lw_mark_wait()) {
+			lua_settop(co, base - 1);
+			*nres = 0;
+			done = DONE_WAIT;
+			break;
+		}
+		if (mark == &MARK_TRANSFER) {
+			/* weft.transfer checked the target before yielding. */
+			lua_State *to = lua_tothread(co, base + 1);
+			uint32_t next = lw_slot_of(S, to);
+			int n = *nres - 2;
+			weft_worker_suspend(S->w, slot);
+			if (next == LW_NONE || (lua_status(to) == LUA_OK && lua_gettop(to) == 0)) {
+				lua_settop(co, base - 1);
+				lua_pushliteral(co, "weft.transfer: the target thread is gone");
+				*nres = 1;
+				done = DONE_SUSPEND;
+				break;
+			}
+			lua_xmove(co, to, n);
+			lua_settop(co, base - 1);
+			slot = next;
+			nargs = n;
+			continue;
+		}
+		if (mark == &MARK_SUSPEND) {
+			lua_remove(co, base);
+			(*nres)--;
+		}
+		weft_worker_suspend(S->w, slot);
+		done = DONE_SUSPEND;
+		break;
+	}
+	S->current = saved;
+	S->budget = saved_budget;
+	*out = slot;
+	return done;
+}
+
+/* Report the error object at the top of L (left there) for thread slot:
+ * through the handler set with weft.seterrorhandler(f) as f(th, message
+ * with traceback), or by default on stderr. */
+static void report(lua_State *L, lw_state_t *S, uint32_t slot)
+{
+	lua_State *co = S->threads[slot];
+	/* error object at the top of L */
+	const char *msg = luaL_tolstring(L, -1, NULL);
+	luaL_traceback(L, co, msg, 0);
+	lua_remove(L, -2);
+	if (lua_rawgetp(L, LUA_REGISTRYINDEX, &ERRH_KEY) == LUA_TFUNCTION) {
+		lua_pushthread(co);
+		lua_xmove(co, L, 1);
+		lua_pushvalue(L, -3);
+		if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+			fprintf(stderr, "weft: error in the error handler: %s\n",
+				luaL_tolstring(L, -1, NULL));
+			lua_pop(L, 2);
+		}
+		lua_pop(L, 1);
+		return;
+	}
+	lua_pop(L, 1);
+	char name[64];
+	fprintf(stderr, "weft: error in thread %s: %s\n", thread_name(L, slot, name, sizeof name),
+		lua_tostring(L, -1));
+	fflush(stderr);
+	lua_pop(L, 1);
+}
+
+/* Handle a dispatch result in the loop: values are dropped, errors
+ * reported, finished threads retired. */
+static void settle(lua_State *L, lw_state_t *S, int done, uint32_t slot, int nres)
+{
+	lua_State *co = S->threads[slot];
+	switch (done) {
+	case DONE_WAIT:
+		break;
+	case DONE_SUSPEND:
+		lua_pop(co, nres);
+		break;
+	case DONE_FINISHED:
+		lua_pop(co, nres);
+		finish(L, S, slot, 1, 0);
+		break;
+	case DONE_ERROR:
+		lua_xmove(co, L, 1);
+		report(L, S, slot);
+		finish(L, S, slot, 0, -1);
+		lua_pop(L, 1);
+		break;
+	}
+}
+
+/* Resume the threads whose wake-ups are queued now (not the ones they
+ * queue: those run on the next step, after I/O and timers are checked).
+ * Returns how many ran. */
+static int run_ready(lua_State *L, lw_state_t *S)
+{
+	weft_worker_t *w = S->w;
+	size_t n = weft_runq_len(&w->runq);
+	int ran = 0;
+	weft_wake_t wk;
+	while (n-- > 0 && weft_worker_next(w, &wk)) {
+		lua_State *co = wk.slot < S->cap ? S->threads[wk.slot] : NULL;
+		if (!co)
+			continue;
+		uint32_t out;
+		int nres;
+		luaL_checkstack(co, 1, NULL);
+		lua_pushinteger(co, wk.code);
+		int done = dispatch(L, S, wk.slot, 1, &out, &nres);
+		settle(L, S, done, out, nres);
+		ran++;
+	}
+	return ran;
+}
+
+static void check_loop_entry(lua_State *L, lw_state_t *S, const char *what)
+{
+	if (S->current != LW_NONE)
+		luaL_error(L, "weft.%s cannot be called from inside a weft thread", what);
+	if (S->looping)
+		luaL_error(L, "weft.%s: the loop is already running", what);
+}
+
+static uint64_t timeout_arg(lua_State *L, int idx)
+{
+	if (lua_isnoneornil(L, idx))
+		return UINT64_MAX;
+	double s = luaL_checknumber(L, idx);
+	if (!(s > 0))
+		return 0;
+	if (s >= 2147483647.0) /* beyond 2^31-1 seconds: forever */
+		return UINT64_MAX;
+	return (uint64_t)(s * 1e9);
+}
+
+/* weft.poll([timeout]) -> ran */
+static int l_poll(lua_State *L)
+{
+	lw_state_t *S = lw_S(L);
+	check_loop_entry(L, S, "poll");
+	uint64_t timeout = timeout_arg(L, 1);
+	S->looping = 1;
+	int rc = weft_worker_poll(S->w, timeout);
+	int ran = rc < 0 ? 0 : run_ready(L, S);
+	S->looping = 0;
+	if (rc < 0)
+		return luaL_error(L, "weft.poll: %s", weft_strerror(rc));
+	lua_pushboolean(L, ran > 0);
+	return 1;
+}
+
+/* weft.start([timeout]) -> true | false (timed out) */
+static int l_start(lua_State *L)
+{
+	lw_state_t *S = lw_S(L);
+	check_loop_entry(L, S, "start");
+	uint64_t timeout = timeout_arg(L, 1);
+	uint64_t deadline = timeout == UINT64_MAX ? UINT64_MAX : weft_clock_ns() + timeout;
+	S->looping = 1;
+	S->stopping = 0;
+	int result = 1;
+	while (!S->stopping && weft_worker_alive(S->w)) {
+		uint64_t wait = UINT64_MAX;
+		if (deadline != UINT64_MAX) {
+			uint64_t now = weft_clock_ns();
+			if (now >= deadline) {
+				result = 0;
+				break;
+			}
+			wait = deadline - now;
+		}
+		int rc = weft_worker_poll(S->w, wait);
+		if (rc < 0) {
+			S->looping = 0;
+			return luaL_error(L, "weft.start: %s", weft_strerror(rc));
+		}
+		run_ready(L, S);
+	}
+	S->looping = 0;
+	S->stopping = 0;
+	lua_pushboolean(L, result);
+	return 1;
+}
+
+/* weft.stop() */
+static int l_stop(lua_State *L)
+{
+	lw_S(L)->stopping = 1;
+	return 0;
+}
+
+/* A thread given as argument, which must be resumable: fresh or
+ * suspended (not waiting, not running, not dead). */
+static uint32_t check_resumable(lua_State *L, lw_state_t *S, int idx, const char *what)
+{
+	lua_State *co = lua_tothread(L, idx);
+	luaL_argexpected(L, co != NULL, idx, "thread");
+	uint32_t slot = lw_slot_of(S, co);
+	if (slot == LW_NONE) {
+		int dead = lua_status(co) != LUA_YIELD && lua_gettop(co) == 0;
+		luaL_error(L, "weft.%s: %s", what,
+			   dead ? "cannot resume a dead thread" : "not a weft thread");
+	}
+	int state = weft_worker_co(S->w, slot)->state;
+	if (state != WEFT_CO_SUSPENDED)
+		luaL_error(L, "weft.%s: the thread is %s", what,
+			   state == WEFT_CO_RUNNING ? "running" : "waiting");
+	return slot;
+}
+
+/* weft.resume(th, ...) -> values of its first suspend, or its results */
+static int l_resume(lua_State *L)
+{
+	lw_state_t *S = lw_S(L);
+	uint32_t slot = check_resumable(L, S, 1, "resume");
+	lua_State *co = S->threads[slot];
+	int nargs = lua_gettop(L) - 1;
+	luaL_checkstack(co, nargs, "too many arguments");
+	lua_xmove(L, co, nargs);
+	uint32_t out;
+	int nres;
+	int done = dispatch(L, S, slot, nargs, &out, &nres);
+	lua_State *oc = S->threads[out];
+	switch (done) {
+	case DONE_WAIT:
+		return 0;
+	case DONE_SUSPEND:
+		luaL_checkstack(L, nres, "too many results");
+		lua_xmove(oc, L, nres);
+		return nres;
+	case DONE_FINISHED:
+		luaL_checkstack(L, nres, "too many results");
+		lua_xmove(oc, L, nres);
+		finish(L, S, out, 1, 0);
+		return nres;
+	default:
+		lua_xmove(oc, L, 1);
+		finish(L, S, out, 0, -1);
+		return lua_error(L);
+	}
+}
+
+/* weft.suspend(...) -> values given by the next resume/transfer */
+static int l_suspend(lua_State *L)
+{
+	lw_state_t *S = lw_S(L);
+	lw_waiter(L, S);
+	lua_pushlightuserdata(L, &MARK_SUSPEND);
+	lua_insert(L, 1);
+	return lua_yield(L, lua_gettop(L));
+}
+
+/* weft.transfer(th, ...) */
+static int l_transfer(lua_State *L)
+{
+	lw_state_t *S = lw_S(L);
+	uint32_t to = check_resumable(L, S, 1, "transfer");
+	if (S->current == LW_NONE || !lua_isyieldable(L))
+		return l_resume(L);
+	lw_waiter(L, S);
+	if (S->threads[to] == L)
+		return luaL_error(L, "weft.transfer: cannot transfer to the running thread");
+	lua_pushlightuserdata(L, &MARK_TRANSFER);
+	lua_insert(L, 1);
+	return lua_yield(L, lua_gettop(L));
+}
+
+/* weft.currentthread() -> th, ismain */
+static int l_currentthread(lua_State *L)
+{
+	int ismain = lua_pushthread(L);
+	lua_pushboolean(L, ismain);
+	return 2;
+}
+
+/* weft.core.inthread() -> whether the caller may wait */
+static int l_inthread(lua_State *L)
+{
+	lw_state_t *S = lw_S(L);
+	lua_pushboolean(L, S->current != LW_NONE && lua_isyieldable(L));
+	return 1;
+}
+
+/* weft.onthreadfinish(th, f) */
+static int l_onthreadfinish(lua_State *L)
+{
+	lw_state_t *S = lw_S(L);
+	lua_State *co = lua_tothread(L, 1);
+	luaL_argexpected(L, co != NULL, 1, "thread");
+	luaL_checktype(L, 2, LUA_TFUNCTION);
+	if (lw_slot_of(S, co) == LW_NONE)
+		return luaL_error(L, "weft.onthreadfinish: not a live weft thread");
+	lua_rawgetp(L, LUA_REGISTRYINDEX, &FINISH_KEY);
+	lua_pushvalue(L, 1);
+	if (lua_rawget(L, -2) != LUA_TTABLE) {
+		lua_pop(L, 1);
+		lua_newtable(L);
+		lua_pushvalue(L, 1);
+		lua_pushvalue(L, -2);
+		lua_rawset(L, -4);
+	}
+	lua_pushvalue(L, 2);
+	lua_rawseti(L, -2, luaL_len(L, -2) + 1);
+	return 0;
+}
+
+/* weft.seterrorhandler(f | nil) */
+static int l_seterrorhandler(lua_State *L)
+{
+	if (!lua_isnoneornil(L, 1))
+		luaL_checktype(L, 1, LUA_TFUNCTION);
+	lua_settop(L, 1);
+	lua_rawsetp(L, LUA_REGISTRYINDEX, &ERRH_KEY);
+	return 0;
+}
+
+/* weft.core.cowrap_tag(co): mark co as a cowrap body. */
+static int l_cowrap_tag(lua_State *L)
+{
+	lua_State *co = lua_tothread(L, 1);
+	luaL_argexpected(L, co != NULL, 1, "thread");
+	lw_tag_cowrap(co);
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Sleeps */
+
+static int sleep_k(lua_State *L, int status, lua_KContext ctx)
+{
+	lw_wakecode(L);
+	return 0;
+}
+
+static int do_sleep(lua_State *L, uint64_t deadline)
+{
+	lw_state_t *S = lw_S(L);
+	uint32_t slot = lw_waiter(L, S);
+	weft_worker_wait_time(S->w, slot, deadline);
+	return lw_await(L, 0, sleep_k);
+}
+
+static uint64_t seconds_from_now(double s)
+{
+	if (!(s > 0))
+		return weft_clock_ns();
+	return weft_clock_s2ns(weft_clock() + s);
+}
+
+/* weft.sleep_until(t) */
+static int l_sleep_until(lua_State *L)
+{
+	return do_sleep(L, weft_clock_s2ns(luaL_checknumber(L, 1)));
+}
+
+/* weft.sleep(s) */
+static int l_sleep(lua_State *L)
+{
+	return do_sleep(L, seconds_from_now(luaL_checknumber(L, 1)));
+}
+
+typedef struct sleepjob {
+	uint32_t slot, seq;
+	int waiting;
+} sleepjob_t;
+
+/* weft.sleep_job() -> sj */
+static int l_sleep_job(lua_State *L)
+{
+	sleepjob_t *sj = lua_newuserdatauv(L, sizeof *sj, 1);
+	sj->waiting = 0;
+	luaL_setmetatable(L, LW_SLEEPJOB);
+	return 1;
+}
+
+static int sj_sleep_k(lua_State *L, int status, lua_KContext ctx)
+{
+	int code = lw_wakecode(L);
+	sleepjob_t *sj = lua_touserdata(L, 1);
+	sj->waiting = 0;
+	if (code != WEFT_WAKE_USER)
+		return 0;
+	lua_getiuservalue(L, 1, 1);
+	lua_pushnil(L);
+	lua_setiuservalue(L, 1, 1);
+	int t = lua_gettop(L);
+	lua_Integer n = (lua_getfield(L, t, "n"), lua_tointeger(L, -1));
+	lua_pop(L, 1);
+	luaL_checkstack(L, (int)n, "too many values");
+	for (lua_Integer i = 1; i <= n; i++)
+		lua_rawgeti(L, t, i);
+	return (int)n;
+}
+
+static int sj_wait(lua_State *L, uint64_t deadline)
+{
+	lw_state_t *S = lw_S(L);
+	sleepjob_t *sj = luaL_checkudata(L, 1, LW_SLEEPJOB);
+	uint32_t slot = lw_waiter(L, S);
+	if (sj->waiting)
+		return luaL_error(L, "sleep_job: another thread is sleeping on it");
+	lua_settop(L, 1);
+	weft_worker_wait_time(S->w, slot, deadline);
+	sj->slot = slot;
+	sj->seq = weft_worker_co(S->w, slot)->seq;
+	sj->waiting = 1;
+	return lw_await(L, 0, sj_sleep_k);
+}
+
+/* sj:sleep_until([t]) -> wakeup values */
+static int sj_sleep_until(lua_State *L)
+{
+	return sj_wait(L, lw_deadline(L, 2));
+}
+
+/* sj:sleep([s]) -> wakeup values */
+static int sj_sleep(lua_State *L)
+{
+	if (lua_isnoneornil(L, 2))
+		return sj_wait(L, UINT64_MAX);
+	return sj_wait(L, seconds_from_now(luaL_checknumber(L, 2)));
+}
+
+/* sj:wakeup(...) -> true if a sleeper was woken */
+static int sj_wakeup(lua_State *L)
+{
+	lw_state_t *S = lw_S(L);
+	sleepjob_t *sj = luaL_checkudata(L, 1, LW_SLEEPJOB);
+	int n = lua_gettop(L) - 1;
+	if (!sj->waiting || !weft_worker_wake(S->w, sj->slot, sj->seq, WEFT_WAKE_USER)) {
+		lua_pushboolean(L, 0);
+		return 1;
+	}
+	lua_createtable(L, n, 1);
+	lua_insert(L, 2);
+	for (int i = n; i >= 1; i--)
+		lua_rawseti(L, 2, i);
+	lua_pushinteger(L, n);
+	lua_setfield(L, 2, "n");
+	lua_setiuservalue(L, 1, 1);
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+static const luaL_Reg sj_methods[] = {
+	{"sleep", sj_sleep},
+	{"sleep_until", sj_sleep_until},
+	{"wakeup", sj_wakeup},
+	{NULL, NULL},
+};
+
+static const luaL_Reg sched_funcs[] = {
+	{"newthread", l_newthread},
+	{"resume", l_resume},
+	{"suspend", l_suspend},
+	{"transfer", l_transfer},
+	{"currentthread", l_currentthread},
+	{"onthreadfinish", l_onthreadfinish},
+	{"seterrorhandler", l_seterrorhandler},
+	{"inthread", l_inthread},
+	{"cowrap_tag", l_cowrap_tag},
+	{"poll", l_poll},
+	{"start", l_start},
+	{"stop", l_stop},
+	{"sleep", l_sleep},
+	{"sleep_until", l_sleep_until},
+	{"sleep_job", l_sleep_job},
+	{NULL, NULL},
+};
+
+void lw_open_sched(lua_State *L, lw_state_t *S)
+{
+	reg_table(L, &THREADS_KEY);
+	reg_table(L, &NAMES_KEY);
+	reg_table(L, &FINISH_KEY);
+	lw_newclass(L, S, LW_SLEEPJOB, sj_methods, NULL);
+	lw_register(L, S, sched_funcs);
+	lua_createtable(L, 0, 3);
+	lua_pushlightuserdata(L, lw_mark_wait());
+	lua_setfield(L, -2, "wait");
+	lua_pushlightuserdata(L, &MARK_SUSPEND);
+	lua_setfield(L, -2, "suspend");
+	lua_pushlightuserdata(L, &MARK_TRANSFER);
+	lua_setfield(L, -2, "transfer");
+	lua_setfield(L, -2, "markers");
+}

@@ -1,0 +1,897 @@
+/* Sockets.  Every I/O method is written as a continuation (k) function:
+ * it tries the call once, and on EAGAIN asks the worker to register the
+ * thread on the fd's wait word and yields; when the loop resumes the thread
+ * with the wake-up code, the same function runs again with its arguments
+ * still on the stack.  Partial progress travels in the continuation
+ * context.  Address arguments arrive resolved (weft.lua turns host, port
+ * into an addrinfo first), so nothing here waits for name lookups. */
+#include "config.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "clock.h"
+#include "error.h"
+#include "lweft.h"
+#include "sock.h"
+
+typedef struct lsock {
+	int fd; /* -1 when closed */
+	weft_fd_t *rec;
+	int family, type, protocol;
+	int listening;
+} lsock_t;
+
+static lsock_t *checksock(lua_State *L, int idx)
+{
+	return luaL_checkudata(L, idx, LW_SOCKET);
+}
+
+static lsock_t *checktype(lua_State *L, int idx, int type, const char *what)
+{
+	lsock_t *s = checksock(L, idx);
+	if (s->type != type)
+		luaL_error(L, "weft: %s is for %s sockets", what, lw_type_name(type));
+	return s;
+}
+
+/* Push a new socket object around fd (already open), registering it with
+ * the poller.  Returns 1, or 2 (nil, message) after closing fd. */
+static int push_sock(lua_State *L, lw_state_t *S, int fd, int family, int type, int protocol)
+{
+	/* Created closed, then opened: a failure leaves a valid object. */
+	lsock_t *s = lua_newuserdatauv(L, sizeof *s, 0);
+	s->fd = -1;
+	s->rec = NULL;
+	s->family = family;
+	s->type = type;
+	s->protocol = protocol;
+	s->listening = 0;
+	luaL_setmetatable(L, LW_SOCKET);
+	int err;
+	weft_fd_t *rec = weft_worker_open_fd(S->w, fd, &err);
+	if (!rec) {
+		weft_sock_close(fd);
+		return lw_error(L, err);
+	}
+	s->fd = fd;
+	s->rec = rec;
+	return 1;
+}
+
+static int new_socket(lua_State *L, int type, int defproto)
+{
+	lw_state_t *S = lw_S(L);
+	int family = lw_family_value(L, 1, AF_INET);
+	int protocol = lw_protocol_value(L, 2, 0);
+	if (type == SOCK_RAW && protocol == 0)
+		protocol = family == AF_INET6 ? IPPROTO_ICMPV6 : defproto;
+	int fd = weft_sock_open(family, type, protocol);
+	if (fd < 0)
+		return lw_error(L, fd);
+	if (protocol == 0)
+		protocol = defproto;
+	return push_sock(L, S, fd, family, type, protocol);
+}
+
+static int l_tcp(lua_State *L)
+{
+	return new_socket(L, SOCK_STREAM, IPPROTO_TCP);
+}
+
+static int l_udp(lua_State *L)
+{
+	return new_socket(L, SOCK_DGRAM, IPPROTO_UDP);
+}
+
+static int l_raw(lua_State *L)
+{
+	return new_socket(L, SOCK_RAW, IPPROTO_ICMP);
+}
+
+/* s:close() -> true.  Idempotent; also __gc and __close. */
+static int s_close(lua_State *L)
+{
+	lw_state_t *S = lw_S(L);
+	lsock_t *s = checksock(L, 1);
+	if (s->fd >= 0) {
+		if (S->closed)
+			weft_sock_close(s->fd); /* the worker is gone: only the fd is left */
+		else
+			weft_worker_close_fd(S->w, s->rec);
+		s->fd = -1;
+		s->rec = NULL;
+	}
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+static int s_type(lua_State *L)
+{
+	lua_pushstring(L, lw_type_name(checksock(L, 1)->type));
+	return 1;
+}
+
+static int s_family(lua_State *L)
+{
+	lsock_t *s = checksock(L, 1);
+	const char *n = lw_family_name(s->family);
+	if (n)
+		lua_pushstring(L, n);
+	else
+		lua_pushinteger(L, s->family);
+	return 1;
+}
+
+static int s_protocol(lua_State *L)
+{
+	lsock_t *s = checksock(L, 1);
+	const char *n = lw_protocol_name(s->protocol);
+	if (n)
+		lua_pushstring(L, n);
+	else
+		lua_pushinteger(L, s->protocol);
+	return 1;
+}
+
+static int s_fileno(lua_State *L)
+{
+	lua_pushinteger(L, checksock(L, 1)->fd);
+	return 1;
+}
+
+static int ok_or_error(lua_State *L, int rc)
+{
+	if (rc < 0)
+		return lw_error(L, rc);
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+#define CHECK_OPEN(L, s)                                                                           \
+	do {                                                                                       \
+		if ((s)->fd < 0)                                                                   \
+			return lw_error((L), WEFT_ECLOSED);                                        \
+	} while (0)
+
+/* s:_bind(addr) */
+static int s_bind(lua_State *L)
+{
+	lsock_t *s = checksock(L, 1);
+	unsigned len;
+	const struct sockaddr *sa = lw_checkaddr(L, 2, &len, NULL);
+	CHECK_OPEN(L, s);
+	return ok_or_error(L, weft_sock_bind(s->fd, sa, len));
+}
+
+/* s:_listen(backlog, addr | nil) */
+static int s_listen(lua_State *L)
+{
+	lsock_t *s = checktype(L, 1, SOCK_STREAM, "listen");
+	lua_Integer backlog = luaL_optinteger(L, 2, 0);
+	CHECK_OPEN(L, s);
+	if (!lua_isnoneornil(L, 3)) {
+		unsigned len;
+		const struct sockaddr *sa = lw_checkaddr(L, 3, &len, NULL);
+		int rc = weft_sock_bind(s->fd, sa, len);
+		if (rc < 0)
+			return lw_error(L, rc);
+	}
+	/* 0 (or nothing) = the system maximum: the kernel caps at somaxconn. */
+	if (backlog <= 0 || backlog > INT_MAX)
+		backlog = INT_MAX;
+	int rc = weft_sock_listen(s->fd, (int)backlog);
+	if (rc == 0)
+		s->listening = 1;
+	return ok_or_error(L, rc);
+}
+
+/* s:bound() -> whether the socket has a local address (for weft.lua) */
+static int s_bound(lua_State *L)
+{
+	lsock_t *s = checksock(L, 1);
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof ss;
+	int bound = 0;
+	if (s->fd >= 0 && getsockname(s->fd, (struct sockaddr *)&ss, &len) == 0)
+		bound = weft_sa_port((struct sockaddr *)&ss) != 0 || ss.ss_family == AF_UNIX;
+	lua_pushboolean(L, bound);
+	return 1;
+}
+
+/* ------------------------------------------------------------------ */
+/* Waiting */
+
+/* After EAGAIN in direction dir: 1 = retry now, 0 = the caller must
+ * `return lw_await(...)`, < 0 = fail with that code. */
+static int io_wait(lua_State *L, lw_state_t *S, lsock_t *s, int dir, uint64_t deadline)
+{
+	uint32_t slot = lw_waiter(L, S);
+	if (deadline != UINT64_MAX && weft_clock_ns() >= deadline)
+		return WEFT_ETIMEOUT;
+	return weft_worker_wait_io(S->w, slot, s->rec, dir, deadline);
+}
+
+/* The wake-up code when resumed (status LUA_YIELD), else 0; and whether
+ * the socket is still open. */
+static int resumed(lua_State *L, int status, lsock_t *s)
+{
+	int code = status == LUA_YIELD ? lw_wakecode(L) : 0;
+	if (code >= 0 && s->fd < 0)
+		code = WEFT_ECLOSED;
+	return code;
+}
+
+static int fair(lua_State *L, lw_state_t *S)
+{
+	return lw_spend(S) && lua_isyieldable(L);
+}
+
+/* Continuations that return what was saved before a fairness yield. */
+static int return_true_k(lua_State *L, int status, lua_KContext ctx)
+{
+	lw_wakecode(L);
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+static int return_ctx_k(lua_State *L, int status, lua_KContext ctx)
+{
+	lw_wakecode(L);
+	lua_pushinteger(L, (lua_Integer)ctx);
+	return 1;
+}
+
+/* Returns the value left at the top of the stack before the yield. */
+static int return_top_k(lua_State *L, int status, lua_KContext ctx)
+{
+	lw_wakecode(L);
+	return 1;
+}
+
+/* ------------------------------------------------------------------ */
+/* connect */
+
+/* s:_connect(addr, [expires]) */
+static int connect_k(lua_State *L, int status, lua_KContext ctx)
+{
+	lw_state_t *S = lw_S(L);
+	lsock_t *s = checksock(L, 1);
+	int code = resumed(L, status, s);
+	if (code < 0)
+		return lw_error(L, code);
+	uint64_t deadline = lw_deadline(L, 3);
+	for (;;) {
+		int rc;
+		if (ctx == 0) {
+			unsigned len;
+			const struct sockaddr *sa = lw_checkaddr(L, 2, &len, NULL);
+			rc = weft_sock_connect(s->fd, sa, len);
+			if (rc == -EINPROGRESS) {
+				ctx = 1;
+				rc = -EAGAIN;
+			}
+		} else {
+			/* In progress: SO_ERROR tells a failure; getpeername tells
+			 * whether the handshake completed (a readiness edge can
+			 * be left over from before the connect). */
+			rc = weft_sock_connect_result(s->fd);
+			if (rc == 0) {
+				struct sockaddr_storage ss;
+				socklen_t len = sizeof ss;
+				if (getpeername(s->fd, (struct sockaddr *)&ss, &len) < 0)
+					rc = errno == ENOTCONN ? -EAGAIN : -errno;
+			}
+		}
+		if (rc == 0) {
+			lua_pushboolean(L, 1);
+			return 1;
+		}
+		if (rc != -EAGAIN)
+			return lw_error(L, rc);
+		rc = io_wait(L, S, s, WEFT_WRITE, deadline);
+		if (rc < 0)
+			return lw_error(L, rc);
+		if (rc == 0)
+			return lw_await(L, ctx, connect_k);
+	}
+}
+
+static int s_connect(lua_State *L)
+{
+	lsock_t *s = checksock(L, 1);
+	lw_checkaddr(L, 2, &(unsigned){0}, NULL);
+	CHECK_OPEN(L, s);
+	lua_settop(L, 3);
+	return connect_k(L, LUA_OK, 0);
+}
+
+/* udp:_disconnect(): back to unfiltered mode */
+static int s_disconnect(lua_State *L)
+{
+	lsock_t *s = checksock(L, 1);
+	CHECK_OPEN(L, s);
+	struct sockaddr sa = {.sa_family = AF_UNSPEC};
+	return ok_or_error(L, weft_sock_connect(s->fd, &sa, sizeof sa));
+}
+
+/* ------------------------------------------------------------------ */
+/* accept */
+
+static int accept_k(lua_State *L, int status, lua_KContext ctx)
+{
+	lw_state_t *S = lw_S(L);
+	lsock_t *s = checksock(L, 1);
+	int code = resumed(L, status, s);
+	if (code < 0)
+		return lw_error(L, code);
+	uint64_t deadline = lw_deadline(L, 2);
+	for (;;) {
+		int fd = weft_sock_accept(s->fd, NULL, NULL);
+		if (fd >= 0) {
+			int n = push_sock(L, S, fd, s->family, s->type, s->protocol);
+			if (n == 1 && fair(L, S))
+				return lw_fair_yield(L, S, 0, return_top_k);
+			return n;
+		}
+		/* Errors of the new connection, not of the listener: try the
+		 * next one (accept(2) documents these as to be retried). */
+		if (fd == -ECONNABORTED || fd == -EPROTO || fd == -EPERM)
+			continue;
+		if (fd != -EAGAIN)
+			return lw_error(L, fd);
+		int rc = io_wait(L, S, s, WEFT_READ, deadline);
+		if (rc < 0)
+			return lw_error(L, rc);
+		if (rc == 0)
+			return lw_await(L, 0, accept_k);
+	}
+}
+
+/* tcp:accept([expires]) -> client */
+static int s_accept(lua_State *L)
+{
+	lsock_t *s = checktype(L, 1, SOCK_STREAM, "accept");
+	CHECK_OPEN(L, s);
+	lua_settop(L, 2);
+	return accept_k(L, LUA_OK, 0);
+}
+
+/* ------------------------------------------------------------------ */
+/* send */
+
+/* The bytes to send: data at idx, optional len at idx+1. */
+static const char *send_args(lua_State *L, int idx, size_t *len)
+{
+	size_t n;
+	const char *p = lw_checkbytes(L, idx, &n);
+	if (!lua_isnoneornil(L, idx + 1)) {
+		lua_Integer l = luaL_checkinteger(L, idx + 1);
+		luaL_argcheck(L, l >= 0 && (lua_Unsigned)l <= n, idx + 1,
+			      "length out of range");
+		n = (size_t)l;
+	}
+	*len = n;
+	return p;
+}
+
+/* tcp:send(data, [len], [expires]) -> true | nil, err, sent */
+static int tcp_send_k(lua_State *L, int status, lua_KContext ctx)
+{
+	lw_state_t *S = lw_S(L);
+	lsock_t *s = checksock(L, 1);
+	size_t sent = (size_t)ctx;
+	int code = resumed(L, status, s);
+	if (code < 0)
+		return lw_error_partial(L, code, (lua_Integer)sent);
+	size_t len;
+	const char *p = send_args(L, 2, &len);
+	uint64_t deadline = lw_deadline(L, 4);
+	while (sent < len) {
+		ssize_t n = weft_sock_send(s->fd, p + sent, len - sent, 0);
+		if (n >= 0) {
+			sent += (size_t)n;
+			continue;
+		}
+		if (n != -EAGAIN)
+			return lw_error_partial(L, (int)n, (lua_Integer)sent);
+		int rc = io_wait(L, S, s, WEFT_WRITE, deadline);
+		if (rc < 0)
+			return lw_error_partial(L, rc, (lua_Integer)sent);
+		if (rc == 0)
+			return lw_await(L, (lua_KContext)sent, tcp_send_k);
+	}
+	if (len && fair(L, S))
+		return lw_fair_yield(L, S, 0, return_true_k);
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+/* udp/raw:send(data, [len], [expires]) -> len */
+static int dgram_send_k(lua_State *L, int status, lua_KContext ctx)
+{
+	lw_state_t *S = lw_S(L);
+	lsock_t *s = checksock(L, 1);
+	int code = resumed(L, status, s);
+	if (code < 0)
+		return lw_error(L, code);
+	size_t len;
+	const char *p = send_args(L, 2, &len);
+	uint64_t deadline = lw_deadline(L, 4);
+	for (;;) {
+		ssize_t n = weft_sock_send(s->fd, p, len, 0);
+		if (n >= 0) {
+			if (fair(L, S))
+				return lw_fair_yield(L, S, (lua_KContext)n, return_ctx_k);
+			lua_pushinteger(L, (lua_Integer)n);
+			return 1;
+		}
+		if (n != -EAGAIN)
+			return lw_error(L, (int)n);
+		int rc = io_wait(L, S, s, WEFT_WRITE, deadline);
+		if (rc < 0)
+			return lw_error(L, rc);
+		if (rc == 0)
+			return lw_await(L, 0, dgram_send_k);
+	}
+}
+
+static int s_send(lua_State *L)
+{
+	lsock_t *s = checksock(L, 1);
+	size_t len;
+	send_args(L, 2, &len);
+	CHECK_OPEN(L, s);
+	lua_settop(L, 4);
+	if (s->type == SOCK_STREAM)
+		return tcp_send_k(L, LUA_OK, 0);
+	return dgram_send_k(L, LUA_OK, 0);
+}
+
+/* udp:_sendto(addr, data, [len], [expires]) -> len */
+static int sendto_k(lua_State *L, int status, lua_KContext ctx)
+{
+	lw_state_t *S = lw_S(L);
+	lsock_t *s = checksock(L, 1);
+	int code = resumed(L, status, s);
+	if (code < 0)
+		return lw_error(L, code);
+	unsigned salen;
+	const struct sockaddr *sa = lw_checkaddr(L, 2, &salen, NULL);
+	size_t len;
+	const char *p = send_args(L, 3, &len);
+	uint64_t deadline = lw_deadline(L, 5);
+	for (;;) {
+		ssize_t n = weft_sock_sendto(s->fd, p, len, 0, sa, salen);
+		if (n >= 0) {
+			if (fair(L, S))
+				return lw_fair_yield(L, S, (lua_KContext)n, return_ctx_k);
+			lua_pushinteger(L, (lua_Integer)n);
+			return 1;
+		}
+		if (n != -EAGAIN)
+			return lw_error(L, (int)n);
+		int rc = io_wait(L, S, s, WEFT_WRITE, deadline);
+		if (rc < 0)
+			return lw_error(L, rc);
+		if (rc == 0)
+			return lw_await(L, 0, sendto_k);
+	}
+}
+
+static int s_sendto(lua_State *L)
+{
+	lsock_t *s = checksock(L, 1);
+	if (s->type == SOCK_STREAM)
+		return luaL_error(L, "weft: sendto is for udp and raw sockets");
+	lw_checkaddr(L, 2, &(unsigned){0}, NULL);
+	size_t len;
+	send_args(L, 3, &len);
+	CHECK_OPEN(L, s);
+	lua_settop(L, 5);
+	return sendto_k(L, LUA_OK, 0);
+}
+
+/* ------------------------------------------------------------------ */
+/* recv */
+
+/* The buffer target at idx with maxlen at idx+1 (default: all of it). */
+static char *recv_args(lua_State *L, int idx, size_t *maxlen)
+{
+	size_t n;
+	char *p = lw_buffer_bytes(L, idx, &n);
+	if (!lua_isnoneornil(L, idx + 1)) {
+		lua_Integer m = luaL_checkinteger(L, idx + 1);
+		luaL_argcheck(L, m >= 0 && (lua_Unsigned)m <= n, idx + 1,
+			      "length out of range (larger than the buffer?)");
+		n = (size_t)m;
+	}
+	*maxlen = n;
+	return p;
+}
+
+/* s:recv(buf, [maxlen], [expires]) -> n */
+static int recv_k(lua_State *L, int status, lua_KContext ctx)
+{
+	lw_state_t *S = lw_S(L);
+	lsock_t *s = checksock(L, 1);
+	int code = resumed(L, status, s);
+	if (code < 0)
+		return lw_error(L, code);
+	size_t maxlen;
+	char *p = recv_args(L, 2, &maxlen);
+	uint64_t deadline = lw_deadline(L, 4);
+	for (;;) {
+		ssize_t n = weft_sock_recv(s->fd, p, maxlen, 0);
+		if (n >= 0) {
+			if (fair(L, S))
+				return lw_fair_yield(L, S, (lua_KContext)n, return_ctx_k);
+			lua_pushinteger(L, (lua_Integer)n);
+			return 1;
+		}
+		if (n != -EAGAIN)
+			return lw_error(L, (int)n);
+		int rc = io_wait(L, S, s, WEFT_READ, deadline);
+		if (rc < 0)
+			return lw_error(L, rc);
+		if (rc == 0)
+			return lw_await(L, 0, recv_k);
+	}
+}
+
+static int s_recv(lua_State *L)
+{
+	lsock_t *s = checksock(L, 1);
+	size_t maxlen;
+	recv_args(L, 2, &maxlen);
+	CHECK_OPEN(L, s);
+	lua_settop(L, 4);
+	return recv_k(L, LUA_OK, 0);
+}
+
+/* tcp:recvn(buf, len, [expires]) -> buf, len | nil, err, got */
+static int recvn_k(lua_State *L, int status, lua_KContext ctx)
+{
+	lw_state_t *S = lw_S(L);
+	lsock_t *s = checksock(L, 1);
+	size_t got = (size_t)ctx;
+	int code = resumed(L, status, s);
+	if (code < 0)
+		return lw_error_partial(L, code, (lua_Integer)got);
+	size_t len;
+	char *p = recv_args(L, 2, &len);
+	uint64_t deadline = lw_deadline(L, 4);
+	while (got < len) {
+		ssize_t n = weft_sock_recv(s->fd, p + got, len - got, 0);
+		if (n > 0) {
+			got += (size_t)n;
+			continue;
+		}
+		if (n == 0)
+			return lw_error_partial(L, WEFT_EEOF, (lua_Integer)got);
+		if (n != -EAGAIN)
+			return lw_error_partial(L, (int)n, (lua_Integer)got);
+		int rc = io_wait(L, S, s, WEFT_READ, deadline);
+		if (rc < 0)
+			return lw_error_partial(L, rc, (lua_Integer)got);
+		if (rc == 0)
+			return lw_await(L, (lua_KContext)got, recvn_k);
+	}
+	lua_settop(L, 2);
+	lua_pushinteger(L, (lua_Integer)len);
+	return 2;
+}
+
+static int s_recvn(lua_State *L)
+{
+	lsock_t *s = checktype(L, 1, SOCK_STREAM, "recvn");
+	size_t len;
+	luaL_checkinteger(L, 3);
+	recv_args(L, 2, &len);
+	CHECK_OPEN(L, s);
+	lua_settop(L, 4);
+	return recvn_k(L, LUA_OK, 0);
+}
+
+/* tcp:recvall([expires]) -> buf, len | nil, err, buf, len.  The growing
+ * buffer sits at index 3. */
+static int recvall_k(lua_State *L, int status, lua_KContext ctx)
+{
+	lw_state_t *S = lw_S(L);
+	lsock_t *s = checksock(L, 1);
+	size_t got = (size_t)ctx;
+	lw_buffer_t *b = lua_touserdata(L, 3);
+	int code = resumed(L, status, s);
+	uint64_t deadline = lw_deadline(L, 2);
+	while (code >= 0) {
+		if (b->len - got < 16384) {
+			size_t want = b->len < 65536 ? 65536 : b->len * 2;
+			if (lw_buffer_resize(b, want) < 0) {
+				code = WEFT_ENOMEM;
+				break;
+			}
+		}
+		ssize_t n = weft_sock_recv(s->fd, b->data + got, b->len - got, 0);
+		if (n > 0) {
+			got += (size_t)n;
+			continue;
+		}
+		if (n == 0) {
+			lw_buffer_resize(b, got);
+			lua_pushinteger(L, (lua_Integer)got);
+			return 2;
+		}
+		if (n != -EAGAIN) {
+			code = (int)n;
+			break;
+		}
+		int rc = io_wait(L, S, s, WEFT_READ, deadline);
+		if (rc == 0)
+			return lw_await(L, (lua_KContext)got, recvall_k);
+		if (rc < 0)
+			code = rc;
+	}
+	lw_buffer_resize(b, got);
+	lw_error(L, code);
+	lua_pushvalue(L, 3);
+	lua_pushinteger(L, (lua_Integer)got);
+	return 4;
+}
+
+static int s_recvall(lua_State *L)
+{
+	lsock_t *s = checktype(L, 1, SOCK_STREAM, "recvall");
+	CHECK_OPEN(L, s);
+	lua_settop(L, 2);
+	lw_buffer_push(L, NULL, 0);
+	return recvall_k(L, LUA_OK, 0);
+}
+
+/* udp:recvnext(buf, [maxlen], [expires], [flags]) -> len, sa */
+static int recvnext_k(lua_State *L, int status, lua_KContext ctx)
+{
+	lw_state_t *S = lw_S(L);
+	lsock_t *s = checksock(L, 1);
+	int code = resumed(L, status, s);
+	if (code < 0)
+		return lw_error(L, code);
+	size_t maxlen;
+	char *p = recv_args(L, 2, &maxlen);
+	uint64_t deadline = lw_deadline(L, 4);
+	int flags = (int)luaL_optinteger(L, 5, 0);
+	for (;;) {
+		struct sockaddr_storage ss;
+		socklen_t salen = sizeof ss;
+		ssize_t n = weft_sock_recvfrom(s->fd, p, maxlen, flags, (struct sockaddr *)&ss,
+					       &salen);
+		if (n >= 0) {
+			lua_pushinteger(L, (lua_Integer)n);
+			lw_sockaddr_push(L, (struct sockaddr *)&ss, salen);
+			return 2;
+		}
+		if (n != -EAGAIN)
+			return lw_error(L, (int)n);
+		int rc = io_wait(L, S, s, WEFT_READ, deadline);
+		if (rc < 0)
+			return lw_error(L, rc);
+		if (rc == 0)
+			return lw_await(L, 0, recvnext_k);
+	}
+}
+
+static int s_recvnext(lua_State *L)
+{
+	lsock_t *s = checksock(L, 1);
+	if (s->type == SOCK_STREAM)
+		return luaL_error(L, "weft: recvnext is for udp and raw sockets");
+	size_t maxlen;
+	recv_args(L, 2, &maxlen);
+	luaL_optinteger(L, 5, 0);
+	CHECK_OPEN(L, s);
+	lua_settop(L, 5);
+	return recvnext_k(L, LUA_OK, 0);
+}
+
+/* tcp:shutdown('r' | 'w' | 'rw') */
+static int s_shutdown(lua_State *L)
+{
+	lsock_t *s = checksock(L, 1);
+	static const char *const names[] = {"r", "w", "rw", NULL};
+	static const int hows[] = {SHUT_RD, SHUT_WR, SHUT_RDWR};
+	int how = hows[luaL_checkoption(L, 2, "rw", names)];
+	CHECK_OPEN(L, s);
+	return ok_or_error(L, weft_sock_shutdown(s->fd, how));
+}
+
+/* ------------------------------------------------------------------ */
+/* Options */
+
+static const weft_sockopt_t *checkopt(lua_State *L, int idx)
+{
+	const char *name = luaL_checkstring(L, idx);
+	const weft_sockopt_t *o = weft_sockopt_find(name);
+	if (!o)
+		luaL_argerror(L, idx, lua_pushfstring(L, "unknown socket option '%s'", name));
+	return o;
+}
+
+/* s:setopt(name, value) -> true | nil, err */
+static int s_setopt(lua_State *L)
+{
+	lsock_t *s = checksock(L, 1);
+	const weft_sockopt_t *o = checkopt(L, 2);
+	if (o->readonly)
+		return luaL_error(L, "weft: socket option '%s' is read-only", o->name);
+	int rc;
+	switch (o->kind) {
+	case WEFT_OPT_BOOL:
+		luaL_checkany(L, 3);
+		CHECK_OPEN(L, s);
+		rc = weft_sockopt_set_int(s->fd, o, lua_toboolean(L, 3));
+		break;
+	case WEFT_OPT_LINGER: {
+		int v = -1;
+		if (lua_type(L, 3) == LUA_TNUMBER) {
+			lua_Integer n = luaL_checkinteger(L, 3);
+			luaL_argcheck(L, n >= 0 && n <= INT_MAX, 3, "seconds out of range");
+			v = (int)n;
+		} else if (lua_toboolean(L, 3)) {
+			return luaL_typeerror(L, 3, "number or false");
+		}
+		CHECK_OPEN(L, s);
+		rc = weft_sockopt_set_int(s->fd, o, v);
+		break;
+	}
+	case WEFT_OPT_STRING: {
+		size_t len;
+		const char *v = luaL_checklstring(L, 3, &len);
+		CHECK_OPEN(L, s);
+		rc = weft_sockopt_set_str(s->fd, o, v, len);
+		break;
+	}
+	default: {
+		lua_Integer n = luaL_checkinteger(L, 3);
+		luaL_argcheck(L, n >= INT_MIN && n <= INT_MAX, 3, "out of range");
+		CHECK_OPEN(L, s);
+		rc = weft_sockopt_set_int(s->fd, o, (int)n);
+		break;
+	}
+	}
+	return ok_or_error(L, rc);
+}
+
+/* s:getopt(name) -> value | nil, err */
+static int s_getopt(lua_State *L)
+{
+	lsock_t *s = checksock(L, 1);
+	const weft_sockopt_t *o = checkopt(L, 2);
+	CHECK_OPEN(L, s);
+	if (o->kind == WEFT_OPT_STRING) {
+		char buf[256];
+		int rc = weft_sockopt_get_str(s->fd, o, buf, sizeof buf);
+		if (rc < 0)
+			return lw_error(L, rc);
+		lua_pushstring(L, buf);
+		return 1;
+	}
+	int v;
+	int rc = weft_sockopt_get_int(s->fd, o, &v);
+	if (rc < 0)
+		return lw_error(L, rc);
+	if (o->kind == WEFT_OPT_BOOL)
+		lua_pushboolean(L, v);
+	else if (o->kind == WEFT_OPT_LINGER && v < 0)
+		lua_pushboolean(L, 0);
+	else
+		lua_pushinteger(L, v);
+	return 1;
+}
+
+/* ------------------------------------------------------------------ */
+/* Fields: local_addr, local_port, remote_addr, remote_port */
+
+/* __index: a method (from the methods table, upvalue 2), or a field. */
+static int s_index(lua_State *L)
+{
+	lua_pushvalue(L, 2);
+	if (lua_rawget(L, lua_upvalueindex(2)) != LUA_TNIL)
+		return 1;
+	lua_pop(L, 1);
+	lsock_t *s = checksock(L, 1);
+	const char *k = lua_tostring(L, 2);
+	if (!k || s->fd < 0)
+		return 0;
+	int remote;
+	if (strncmp(k, "local_", 6) == 0)
+		remote = 0;
+	else if (strncmp(k, "remote_", 7) == 0)
+		remote = 1;
+	else
+		return 0;
+	const char *what = k + (remote ? 7 : 6);
+	int port = strcmp(what, "port") == 0;
+	if (!port && strcmp(what, "addr") != 0)
+		return 0;
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof ss;
+	int rc = remote ? getpeername(s->fd, (struct sockaddr *)&ss, &len)
+			: getsockname(s->fd, (struct sockaddr *)&ss, &len);
+	if (rc < 0 || (ss.ss_family != AF_INET && ss.ss_family != AF_INET6 &&
+		       ss.ss_family != AF_UNIX))
+		return 0;
+	if (port) {
+		lua_pushinteger(L, weft_sa_port((struct sockaddr *)&ss));
+	} else {
+		char buf[128];
+		lua_pushstring(L, weft_sa_ip((struct sockaddr *)&ss, buf, sizeof buf));
+	}
+	return 1;
+}
+
+static int s_tostring(lua_State *L)
+{
+	lsock_t *s = checksock(L, 1);
+	if (s->fd < 0)
+		lua_pushfstring(L, "weft.%s (closed): %p", lw_type_name(s->type), (void *)s);
+	else
+		lua_pushfstring(L, "weft.%s (fd %d): %p", lw_type_name(s->type), s->fd, (void *)s);
+	return 1;
+}
+
+static const luaL_Reg methods[] = {
+	{"close", s_close},
+	{"type", s_type},
+	{"family", s_family},
+	{"protocol", s_protocol},
+	{"fileno", s_fileno},
+	{"_bind", s_bind},
+	{"_listen", s_listen},
+	{"_connect", s_connect},
+	{"_disconnect", s_disconnect},
+	{"_sendto", s_sendto},
+	{"bound", s_bound},
+	{"accept", s_accept},
+	{"send", s_send},
+	{"recv", s_recv},
+	{"recvn", s_recvn},
+	{"recvall", s_recvall},
+	{"recvnext", s_recvnext},
+	{"shutdown", s_shutdown},
+	{"setopt", s_setopt},
+	{"getopt", s_getopt},
+	{NULL, NULL},
+};
+
+static const luaL_Reg meta[] = {
+	{"__gc", s_close},
+	{"__close", s_close},
+	{"__tostring", s_tostring},
+	{NULL, NULL},
+};
+
+static const luaL_Reg funcs[] = {
+	{"tcp", l_tcp},
+	{"udp", l_udp},
+	{"raw", l_raw},
+	{NULL, NULL},
+};
+
+void lw_open_socket(lua_State *L, lw_state_t *S)
+{
+	/* Methods are found through a C __index so that the address fields
+	 * (local_addr, ...) can be computed on demand from the socket. */
+	luaL_newmetatable(L, LW_SOCKET);
+	lw_register(L, S, meta);
+	lua_newtable(L);
+	lw_register(L, S, methods);
+	lua_pushlightuserdata(L, S);
+	lua_pushvalue(L, -2);
+	lua_pushcclosure(L, s_index, 2);
+	lua_setfield(L, -3, "__index");
+	lua_setfield(L, -3, "socket_methods");
+	lua_pop(L, 1);
+	lw_register(L, S, funcs);
+}

@@ -1,0 +1,276 @@
+/* The weft.core module: state record, shared helpers, module assembly. */
+#include "config.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <time.h>
+
+#include "alloc.h"
+#include "clock.h"
+#include "error.h"
+#include "lweft.h"
+#include "poller.h"
+#include "resolver.h"
+
+static const char STATE_KEY = 'S';
+
+void lw_register(lua_State *L, lw_state_t *S, const luaL_Reg *funcs)
+{
+	for (; funcs->name; funcs++) {
+		lua_pushlightuserdata(L, S);
+		lua_pushcclosure(L, funcs->func, 1);
+		lua_setfield(L, -2, funcs->name);
+	}
+}
+
+void lw_newclass(lua_State *L, lw_state_t *S, const char *name, const luaL_Reg *methods,
+		 const luaL_Reg *meta)
+{
+	luaL_newmetatable(L, name);
+	if (meta)
+		lw_register(L, S, meta);
+	if (methods) {
+		lua_getfield(L, -1, "__index");
+		if (lua_isnil(L, -1)) {
+			lua_pop(L, 1);
+			lua_newtable(L);
+			lua_pushvalue(L, -1);
+			lua_setfield(L, -3, "__index");
+		}
+		lw_register(L, S, methods);
+		lua_pop(L, 1);
+	}
+	lua_pop(L, 1);
+}
+
+int lw_error(lua_State *L, int code)
+{
+	luaL_pushfail(L);
+	lua_pushstring(L, weft_strerror(code));
+	return 2;
+}
+
+int lw_error_partial(lua_State *L, int code, lua_Integer partial)
+{
+	lw_error(L, code);
+	lua_pushinteger(L, partial);
+	return 3;
+}
+
+uint64_t lw_deadline(lua_State *L, int idx)
+{
+	if (lua_isnoneornil(L, idx))
+		return UINT64_MAX;
+	return weft_clock_s2ns(luaL_checknumber(L, idx));
+}
+
+/* Coroutines made by weft.cowrap carry this tag in their extra space: they
+ * may wait on behalf of the weft thread that runs them. */
+#define TAG_COWRAP ((uintptr_t)-1)
+
+static uintptr_t *extra(lua_State *co)
+{
+	return (uintptr_t *)lua_getextraspace(co);
+}
+
+void lw_tag_cowrap(lua_State *co)
+{
+	*extra(co) = TAG_COWRAP;
+}
+
+/* Weft threads carry slot + 1 in their extra space; a reused slot is told
+ * apart by checking the slot still maps to this coroutine. */
+uint32_t lw_slot_of(lw_state_t *S, lua_State *co)
+{
+	uintptr_t v = *extra(co);
+	if (v == 0 || v == TAG_COWRAP || v - 1 >= S->cap || S->threads[v - 1] != co)
+		return LW_NONE;
+	return (uint32_t)(v - 1);
+}
+
+void lw_set_slot(lua_State *co, uint32_t slot)
+{
+	*extra(co) = slot == LW_NONE ? 0 : (uintptr_t)slot + 1;
+}
+
+uint32_t lw_waiter(lua_State *L, lw_state_t *S)
+{
+	uint32_t cur = S->current;
+	if (cur != LW_NONE && (S->threads[cur] == L || *extra(L) == TAG_COWRAP))
+		return cur;
+	luaL_error(L, "weft: this call waits, so it must run inside a weft thread "
+		      "(weft.newthread/weft.thread/weft.run)");
+	return LW_NONE;
+}
+
+/* What a waiting call yields: the scheduler knows the wait from the worker
+ * and resumes the thread with the wake-up code. */
+static char MARK_WAIT;
+
+int lw_await(lua_State *L, lua_KContext ctx, lua_KFunction k)
+{
+	lua_pushlightuserdata(L, &MARK_WAIT);
+	return lua_yieldk(L, 1, ctx, k);
+}
+
+int lw_wakecode(lua_State *L)
+{
+	int code = (int)lua_tointeger(L, -1);
+	lua_pop(L, 1);
+	return code;
+}
+
+int lw_fair_yield(lua_State *L, lw_state_t *S, lua_KContext ctx, lua_KFunction k)
+{
+	weft_worker_yield(S->w, S->current);
+	return lw_await(L, ctx, k);
+}
+
+void *lw_mark_wait(void)
+{
+	return &MARK_WAIT;
+}
+
+/* weft.clock() */
+static int l_clock(lua_State *L)
+{
+	lua_pushnumber(L, weft_clock());
+	return 1;
+}
+
+/* weft.epoll_fd([epfd]): get the shared poller; set = join the runtime
+ * that owns epfd.  Each Lua state runs one worker of its own runtime for
+ * now; a state can only "join" its own poller until workers share one
+ * runtime (then the set joins the runtime registered under epfd). */
+static int l_epoll_fd(lua_State *L)
+{
+	lw_state_t *S = lw_S(L);
+	int own = weft_poller_fd(weft_runtime_poller(S->rt));
+	if (lua_isnoneornil(L, 1)) {
+		lua_pushinteger(L, own);
+		return 1;
+	}
+	lua_Integer fd = luaL_checkinteger(L, 1);
+	if (fd == own) {
+		lua_pushinteger(L, own);
+		return 1;
+	}
+	return lw_error(L, -EXDEV);
+}
+
+/* weft.iocp([h]): Windows only. */
+static int l_iocp(lua_State *L)
+{
+	luaL_pushfail(L);
+	lua_pushliteral(L, "not supported");
+	return 2;
+}
+
+/* weft.core._resolver_delay(ms): test hook simulating a slow resolver. */
+static int l_resolver_delay(lua_State *L)
+{
+	lua_Integer ms = luaL_checkinteger(L, 1);
+	luaL_argcheck(L, ms >= 0 && ms <= 600000, 1, "out of range");
+	weft_resolver_set_delay((unsigned)ms);
+	return 0;
+}
+
+/* weft.stats(): this worker's counters. */
+static int l_stats(lua_State *L)
+{
+	lw_state_t *S = lw_S(L);
+	weft_worker_t *w = S->w;
+	lua_createtable(L, 0, 12);
+#define F(name, v)                                                                                 \
+	lua_pushinteger(L, (lua_Integer)(v));                                                      \
+	lua_setfield(L, -2, name)
+	F("events", w->stats.events);
+	F("stale_events", w->stats.stale);
+	F("wakes", w->stats.wakes);
+	F("timers", w->stats.timers);
+	F("inbox", w->stats.inbox);
+	F("handoffs", w->stats.handoffs);
+	F("polls", w->stats.polls);
+	F("runq", weft_runq_len(&w->runq));
+	F("waiting", w->nalive);
+	F("fds", weft_fdtab_open_count(weft_runtime_fdtab(S->rt)));
+#undef F
+	return 1;
+}
+
+static int state_gc(lua_State *L)
+{
+	lw_state_t *S = lua_touserdata(L, 1);
+	if (S->closed)
+		return 0;
+	S->closed = 1;
+	/* Resolver threads post their completions to this worker: wait for
+	 * the ones in flight so that none touches a freed inbox. */
+	while (atomic_load(&S->ext_pending) > 0) {
+		struct timespec ts = {0, 1000000};
+		nanosleep(&ts, NULL);
+	}
+	weft_worker_free(S->w);
+	weft_runtime_free(S->rt);
+	weft_free(S->threads);
+	S->w = NULL;
+	S->rt = NULL;
+	S->threads = NULL;
+	return 0;
+}
+
+static const luaL_Reg core_funcs[] = {
+	{"clock", l_clock},
+	{"epoll_fd", l_epoll_fd},
+	{"iocp", l_iocp},
+	{"stats", l_stats},
+	{"_resolver_delay", l_resolver_delay},
+	{NULL, NULL},
+};
+
+int weft__open(lua_State *L)
+{
+	/* One record per lua_State: a second require of the module reuses it. */
+	lw_state_t *S;
+	if (lua_rawgetp(L, LUA_REGISTRYINDEX, &STATE_KEY) == LUA_TUSERDATA) {
+		S = lua_touserdata(L, -1);
+		lua_pop(L, 1);
+	} else {
+		lua_pop(L, 1);
+		S = lua_newuserdatauv(L, sizeof *S, 0);
+		memset(S, 0, sizeof *S);
+		S->current = LW_NONE;
+		S->budget = LW_IO_BUDGET;
+		S->L = L;
+		lua_newtable(L);
+		lua_pushcfunction(L, state_gc);
+		lua_setfield(L, -2, "__gc");
+		lua_setmetatable(L, -2);
+		lua_rawsetp(L, LUA_REGISTRYINDEX, &STATE_KEY);
+		int err = weft_runtime_new(-1, &S->rt);
+		if (err == 0) {
+			err = weft_worker_new(S->rt, &S->w);
+			if (err < 0) {
+				weft_runtime_free(S->rt);
+				S->rt = NULL;
+			}
+		}
+		if (err < 0) {
+			S->closed = 1;
+			return luaL_error(L, "weft: cannot start the runtime: %s",
+					  weft_strerror(err));
+		}
+		*extra(L) = 0;
+	}
+	lua_newtable(L);
+	lw_register(L, S, core_funcs);
+	lw_open_buffer(L, S);
+	lw_open_addr(L, S);
+	lw_open_socket(L, S);
+	lw_open_sched(L, S);
+	lua_pushliteral(L, PACKAGE_VERSION);
+	lua_setfield(L, -2, "_VERSION");
+	return 1;
+}

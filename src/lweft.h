@@ -1,0 +1,143 @@
+/* Internal interface of the Lua binding (module weft.core).  Everything
+ * here runs on the thread that owns the lua_State. */
+#ifndef WEFT_LWEFT_H
+#define WEFT_LWEFT_H
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <netdb.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "worker.h"
+
+#define WEFT_EXPORT __attribute__((visibility("default")))
+
+/* Metatable names. */
+#define LW_BUFFER "weft.buffer"
+#define LW_SOCKET "weft.socket"
+#define LW_ADDRINFO "weft.addrinfo"
+#define LW_SOCKADDR "weft.sockaddr"
+#define LW_IPADDR "weft.ipaddr"
+#define LW_SLEEPJOB "weft.sleep_job"
+
+#define LW_NONE UINT32_MAX
+
+/* Successful I/O calls a thread may make in one run before it is made to
+ * yield, so that a fast peer cannot starve the other threads. */
+#define LW_IO_BUDGET 64
+
+/* The binding's per-state record: the worker this lua_State drives and the
+ * coroutines it knows.  It is the first upvalue of every function. */
+typedef struct lw_state {
+	weft_runtime_t *rt;
+	weft_worker_t *w;
+	lua_State *L;        /* the main thread */
+	lua_State **threads; /* slot -> coroutine (strong ref in the registry) */
+	uint32_t cap;
+	uint32_t current; /* slot of the running weft thread, or LW_NONE */
+	int budget;       /* I/O calls left in this run (LW_IO_BUDGET) */
+	int stopping;     /* weft.stop() was called */
+	int looping;      /* inside weft.start/poll */
+	_Atomic int ext_pending; /* resolver requests in flight */
+	int closed;       /* the state is being closed */
+} lw_state_t;
+
+/* The record, from the first upvalue. */
+#define lw_S(L) ((lw_state_t *)lua_touserdata((L), lua_upvalueindex(1)))
+
+/* Register funcs into the table at the top, each with the state record as
+ * upvalue. */
+void lw_register(lua_State *L, lw_state_t *S, const luaL_Reg *funcs);
+
+/* Make a metatable `name` with methods (as __index) and metamethods, all
+ * closing over S.  Leaves nothing on the stack. */
+void lw_newclass(lua_State *L, lw_state_t *S, const char *name, const luaL_Reg *methods,
+		 const luaL_Reg *meta);
+
+/* Push nil, message for a weft error code; returns 2.  With `partial` >= 0
+ * a third value is pushed (bytes done) and 3 returned. */
+int lw_error(lua_State *L, int code);
+int lw_error_partial(lua_State *L, int code, lua_Integer partial);
+
+/* Absolute deadline in ns from an optional `expires` argument (weft.clock()
+ * seconds); UINT64_MAX when absent or nil. */
+uint64_t lw_deadline(lua_State *L, int idx);
+
+/* The slot of the weft thread that is running L (L itself, or a cowrap
+ * coroutine inside it); raises if L may not wait. */
+uint32_t lw_waiter(lua_State *L, lw_state_t *S);
+
+/* Suspend the running thread until its wait ends; the continuation k gets
+ * the wake-up code (0, WEFT_ETIMEOUT, WEFT_ECLOSED, WEFT_WAKE_USER or a
+ * completion code) on top of the stack.  Use as `return lw_await(...)`. */
+int lw_await(lua_State *L, lua_KContext ctx, lua_KFunction k);
+
+/* The marker a waiting call yields (the scheduler and weft.cowrap look
+ * for it). */
+void *lw_mark_wait(void);
+
+/* Tag a coroutine as a weft.cowrap body: it may wait for its weft thread. */
+void lw_tag_cowrap(lua_State *co);
+
+/* The weft thread slot of co, or LW_NONE; set it (LW_NONE clears). */
+uint32_t lw_slot_of(lw_state_t *S, lua_State *co);
+void lw_set_slot(lua_State *co, uint32_t slot);
+
+/* Pop the wake-up code pushed by the scheduler (see lw_await). */
+int lw_wakecode(lua_State *L);
+
+/* Count a successful I/O call; 1 when the thread should yield now. */
+static inline int lw_spend(lw_state_t *S)
+{
+	return --S->budget <= 0 && S->current != LW_NONE;
+}
+
+/* Yield for fairness (the thread runs again on the next step); k then
+ * gets code 0. */
+int lw_fair_yield(lua_State *L, lw_state_t *S, lua_KContext ctx, lua_KFunction k);
+
+/* Buffers. */
+typedef struct lw_buffer {
+	char *data;     /* owned bytes (NULL for a view) */
+	size_t len;     /* length; for a view, its length */
+	size_t off;     /* for a view: offset in the parent */
+	int view;       /* a view keeps its parent in its user value */
+} lw_buffer_t;
+
+/* The bytes of a buffer at idx, checking a view still fits its parent. */
+char *lw_buffer_bytes(lua_State *L, int idx, size_t *len);
+/* A string or buffer argument as bytes. */
+const char *lw_checkbytes(lua_State *L, int idx, size_t *len);
+/* Push a new buffer of len bytes (zeroed unless data is given). */
+lw_buffer_t *lw_buffer_push(lua_State *L, const char *data, size_t len);
+/* Resize an owned buffer; 0 or WEFT_ENOMEM. */
+int lw_buffer_resize(lw_buffer_t *b, size_t len);
+
+/* The address at idx, an addrinfo entry or a sockaddr object: points *sa
+ * at it (valid while the object is on the stack).  Raises otherwise. */
+const struct sockaddr *lw_checkaddr(lua_State *L, int idx, unsigned *salen, int *socktype);
+
+/* Module parts. */
+void lw_open_buffer(lua_State *L, lw_state_t *S);
+void lw_open_addr(lua_State *L, lw_state_t *S);
+void lw_open_socket(lua_State *L, lw_state_t *S);
+void lw_open_sched(lua_State *L, lw_state_t *S);
+
+/* Push a new addrinfo userdata owning list; for laddr.c and lsocket.c. */
+void lw_addrinfo_push(lua_State *L, struct addrinfo *list);
+/* Push a sockaddr object copied from sa. */
+void lw_sockaddr_push(lua_State *L, const struct sockaddr *sa, size_t len);
+
+/* Names for constants. */
+const char *lw_family_name(int family);
+const char *lw_type_name(int type);
+const char *lw_protocol_name(int protocol);
+int lw_family_value(lua_State *L, int idx, int def);
+int lw_type_value(lua_State *L, int idx, int def);
+int lw_protocol_value(lua_State *L, int idx, int def);
+
+/* Entry point shared by the module and the launcher. */
+int weft__open(lua_State *L);
+
+#endif

@@ -1,0 +1,339 @@
+/* The weft launcher: like lua5.4, but the script runs inside a weft thread
+ * and the loop runs until every thread has finished.
+ *
+ *   weft [options] [script [args]]
+ *
+ * main() stays small: make a state, run pmain protected, report. */
+#include "config.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+
+#include "lweft.h"
+
+static const char *progname = "weft";
+
+static void usage(const char *badoption)
+{
+	if (badoption[1] == 'e' || badoption[1] == 'l')
+		fprintf(stderr, "%s: '%s' needs argument\n", progname, badoption);
+	else
+		fprintf(stderr, "%s: unrecognized option '%s'\n", progname, badoption);
+	fprintf(stderr,
+		"usage: %s [options] [script [args]]\n"
+		"Available options are:\n"
+		"  -e stat   execute string 'stat'\n"
+		"  -l mod    require library 'mod' into global 'mod'\n"
+		"  -l g=mod  require library 'mod' into global 'g'\n"
+		"  -m        run the script in the main thread (no implicit loop)\n"
+		"  -v        show version information\n"
+		"  -E        ignore environment variables\n"
+		"  -W        turn warnings on\n"
+		"  --        stop handling options\n"
+		"  -         stop handling options and execute stdin\n",
+		progname);
+}
+
+static void message(const char *msg)
+{
+	fprintf(stderr, "%s: %s\n", progname, msg);
+	fflush(stderr);
+}
+
+/* Report a failed status with the error at the top of the stack. */
+static int report(lua_State *L, int status)
+{
+	if (status != LUA_OK) {
+		const char *msg = lua_tostring(L, -1);
+		if (!msg)
+			msg = lua_pushfstring(L, "(error object is a %s value)",
+					      luaL_typename(L, -1));
+		message(msg);
+		lua_pop(L, 1);
+	}
+	return status;
+}
+
+static int msghandler(lua_State *L)
+{
+	const char *msg = lua_tostring(L, 1);
+	if (msg == NULL) {
+		if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
+			return 1;
+		msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+	}
+	luaL_traceback(L, L, msg, 1);
+	return 1;
+}
+
+static int docall(lua_State *L, int narg, int nres)
+{
+	int base = lua_gettop(L) - narg;
+	lua_pushcfunction(L, msghandler);
+	lua_insert(L, base);
+	int status = lua_pcall(L, narg, nres, base);
+	lua_remove(L, base);
+	return status;
+}
+
+static int dochunk(lua_State *L, int status)
+{
+	if (status == LUA_OK)
+		status = docall(L, 0, 0);
+	return report(L, status);
+}
+
+static int dostring(lua_State *L, const char *s, const char *name)
+{
+	return dochunk(L, luaL_loadbuffer(L, s, strlen(s), name));
+}
+
+/* -l [g=]mod */
+static int dolibrary(lua_State *L, char *globname)
+{
+	char *modname = strchr(globname, '=');
+	if (modname == NULL) {
+		modname = globname;
+		globname = strrchr(modname, '.');
+		globname = globname ? globname + 1 : modname;
+	} else {
+		*modname++ = '\0';
+	}
+	lua_getglobal(L, "require");
+	lua_pushstring(L, modname);
+	int status = docall(L, 1, 1);
+	if (status == LUA_OK)
+		lua_setglobal(L, globname);
+	return report(L, status);
+}
+
+static void print_version(void)
+{
+	printf("weft %s (%s)\n", PACKAGE_VERSION, LUA_RELEASE);
+	fflush(stdout);
+}
+
+/* arg table: script at 0, its arguments 1.., options before it negative. */
+static void createargtable(lua_State *L, char **argv, int argc, int script)
+{
+	if (script == argc)
+		script = 0; /* no script name: arg[0] is the program */
+	lua_createtable(L, argc - script - 1, script + 1);
+	for (int i = 0; i < argc; i++) {
+		lua_pushstring(L, argv[i]);
+		lua_rawseti(L, -2, i - script);
+	}
+	lua_setglobal(L, "arg");
+}
+
+enum { HAS_E = 1, HAS_V = 2, HAS_MAIN = 4, HAS_BAD = 8, HAS_BIGE = 16 };
+
+/* Scan options; returns the index of the script (argc if none), or of the
+ * bad option with HAS_BAD set. */
+static int collectargs(char **argv, int *flags)
+{
+	int i;
+	for (i = 1; argv[i] != NULL; i++) {
+		if (argv[i][0] != '-')
+			return i;
+		switch (argv[i][1]) {
+		case '-':
+			if (argv[i][2] != '\0') {
+				*flags |= HAS_BAD;
+				return i;
+			}
+			return i + 1;
+		case '\0':
+			return i; /* '-': the script is stdin */
+		case 'E':
+		case 'W':
+		case 'm':
+		case 'v':
+			if (argv[i][2] != '\0') {
+				*flags |= HAS_BAD;
+				return i;
+			}
+			*flags |= argv[i][1] == 'E' ? HAS_BIGE
+				  : argv[i][1] == 'm' ? HAS_MAIN
+				  : argv[i][1] == 'v' ? HAS_V
+						      : 0;
+			break;
+		case 'e':
+			*flags |= HAS_E;
+			/* fallthrough */
+		case 'l':
+			if (argv[i][2] == '\0') {
+				i++;
+				if (argv[i] == NULL || argv[i][0] == '-') {
+					*flags |= HAS_BAD;
+					return i - 1;
+				}
+			}
+			break;
+		default:
+			*flags |= HAS_BAD;
+			return i;
+		}
+	}
+	return i;
+}
+
+/* Run -e and -l in order. */
+static int runargs(lua_State *L, char **argv, int n)
+{
+	for (int i = 1; i < n; i++) {
+		int opt = argv[i][1];
+		if (opt == 'W') {
+			lua_warning(L, "@on", 0);
+			continue;
+		}
+		if (opt != 'e' && opt != 'l')
+			continue;
+		char *extra = argv[i] + 2;
+		if (*extra == '\0')
+			extra = argv[++i];
+		int status = opt == 'e' ? dostring(L, extra, "=(command line)")
+					: dolibrary(L, extra);
+		if (status != LUA_OK)
+			return 0;
+	}
+	return 1;
+}
+
+static int handle_luainit(lua_State *L)
+{
+	const char *name = "=LUA_INIT_5_4";
+	const char *init = getenv(name + 1);
+	if (init == NULL) {
+		name = "=LUA_INIT";
+		init = getenv(name + 1);
+	}
+	if (init == NULL)
+		return LUA_OK;
+	if (init[0] == '@')
+		return dochunk(L, luaL_loadfile(L, init + 1));
+	return dostring(L, init, name);
+}
+
+/* Make weft.core available without a C module on the path (it is linked
+ * in), and the installed Lua files findable even for a prefix that is not
+ * on Lua's default path. */
+static void setup_paths(lua_State *L)
+{
+	luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+	lua_pushcfunction(L, weft__open);
+	lua_setfield(L, -2, "weft.core");
+	lua_pop(L, 1);
+	lua_getglobal(L, "package");
+	lua_getfield(L, -1, "path");
+	lua_pushfstring(L, "%s;%s/?.lua;%s/?/init.lua", lua_tostring(L, -1), WEFT_LMOD, WEFT_LMOD);
+	lua_setfield(L, -3, "path");
+	lua_pop(L, 2);
+}
+
+/* Servers hold many sockets: like Go's runtime, raise the soft limit on
+ * open files to the hard limit. */
+static void raise_nofile(void)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+}
+
+static int pmain(lua_State *L)
+{
+	int argc = (int)lua_tointeger(L, 1);
+	char **argv = (char **)lua_touserdata(L, 2);
+	int flags = 0;
+	int script = collectargs(argv, &flags);
+	if (flags & HAS_BAD) {
+		usage(argv[script]);
+		return 0;
+	}
+	luaL_checkversion(L);
+	if (flags & HAS_BIGE) {
+		lua_pushboolean(L, 1);
+		lua_setfield(L, LUA_REGISTRYINDEX, "LUA_NOENV");
+	}
+	luaL_openlibs(L);
+	setup_paths(L);
+	int sidx = script;
+	createargtable(L, argv, argc, sidx);
+	lua_gc(L, LUA_GCRESTART);
+	lua_gc(L, LUA_GCGEN, 0, 0);
+	if (flags & HAS_V)
+		print_version();
+	if (!(flags & HAS_BIGE) && handle_luainit(L) != LUA_OK)
+		return 0;
+	if (!runargs(L, argv, script))
+		return 0;
+	int noscript = sidx >= argc;
+	if (noscript && (flags & (HAS_E | HAS_V))) {
+		lua_pushboolean(L, 1);
+		return 1;
+	}
+
+	/* Load the script (stdin for '-' or when there is none). */
+	const char *fname = noscript || strcmp(argv[sidx], "-") == 0 ? NULL : argv[sidx];
+	int status = luaL_loadfile(L, fname);
+	if (status != LUA_OK)
+		return report(L, status), 0;
+	int nargs = 0;
+	if (!noscript) {
+		for (int i = sidx + 1; i < argc; i++)
+			lua_pushstring(L, argv[i]);
+		nargs = argc - sidx - 1;
+	}
+	if (flags & HAS_MAIN) {
+		if (report(L, docall(L, nargs, 0)) != LUA_OK)
+			return 0;
+		lua_pushboolean(L, 1);
+		return 1;
+	}
+	/* weft.run(chunk, args...): errors come back with the traceback of
+	 * the thread that failed. */
+	lua_getglobal(L, "require");
+	lua_pushliteral(L, "weft");
+	if (report(L, docall(L, 1, 1)) != LUA_OK)
+		return 0;
+	lua_getfield(L, -1, "run");
+	lua_remove(L, -2);
+	lua_insert(L, -(nargs + 2));
+	status = lua_pcall(L, nargs + 1, 0, 0);
+	if (report(L, status) != LUA_OK)
+		return 0;
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+int main(int argc, char **argv)
+{
+	if (argv[0] && argv[0][0])
+		progname = argv[0];
+	signal(SIGPIPE, SIG_IGN);
+	raise_nofile();
+	lua_State *L = luaL_newstate();
+	if (L == NULL) {
+		message("cannot create state: not enough memory");
+		return EXIT_FAILURE;
+	}
+	lua_gc(L, LUA_GCSTOP);
+	lua_pushcfunction(L, pmain);
+	lua_pushinteger(L, argc);
+	lua_pushlightuserdata(L, argv);
+	int status = lua_pcall(L, 2, 1, 0);
+	int result = lua_toboolean(L, -1);
+	report(L, status);
+	lua_close(L);
+	return (result && status == LUA_OK) ? EXIT_SUCCESS : EXIT_FAILURE;
+}
