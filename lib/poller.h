@@ -31,7 +31,8 @@ typedef struct weft_poller weft_poller_t;
 
 /* Make a poller.  fd >= 0 adopts an existing poller handle (another
  * runtime's, shared between Lua states) instead of creating one; an adopted
- * handle is not closed by weft_poller_free.  Returns 0 and *out, or -errno. */
+ * handle is not closed by weft_poller_free.  Returns 0 and *out, or -errno
+ * (WEFT_ENOMEM if allocation fails). */
 int weft_poller_new(int fd, weft_poller_t **out);
 
 /* Release the poller (closes its handle unless adopted).  No thread may be

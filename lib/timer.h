@@ -29,8 +29,9 @@ typedef struct weft_wheel {
 void weft_wheel_init(weft_wheel_t *wh, uint64_t now);
 
 /* Arm t to fire at tick `expires`.  A tick at or before the wheel's current
- * tick fires on the next advance.  Expiries past the wheel's range fire at
- * its end (about 2000 years).  t must not be armed. */
+ * tick fires on the next advance.  Expiries past the wheel's range, 63 * 2^30
+ * ticks (about 2.1 years) after the current tick, fire at its end, and
+ * t->expires then holds that tick.  t must not be armed. */
 void weft_wheel_add(weft_wheel_t *wh, weft_timer_t *t, uint64_t expires);
 
 /* Disarm t.  Idempotent; t may be unarmed or already fired. */

@@ -109,6 +109,30 @@ void weft_worker_free(weft_worker_t *w)
 	weft_free(w);
 }
 
+/* Move the coroutine table to a larger array.  Not realloc: the wheel links
+ * armed timers by address, and they live inside the records, so each armed
+ * timer is cancelled in the old record and armed again, same expiry, in its
+ * copy before the old array is freed. */
+static int grow_cos(weft_worker_t *w, uint32_t cap)
+{
+	weft_co_t *c = weft_malloc((size_t)cap * sizeof *c);
+	if (!c)
+		return WEFT_ENOMEM;
+	for (uint32_t i = 0; i < w->_ncos; i++) {
+		weft_co_t *old = &w->_cos[i];
+		c[i] = *old;
+		weft_timer_init(&c[i]._timer);
+		if (weft_timer_armed(&old->_timer)) {
+			weft_wheel_cancel(&w->wheel, &old->_timer);
+			weft_wheel_add(&w->wheel, &c[i]._timer, old->_timer.expires);
+		}
+	}
+	weft_free(w->_cos);
+	w->_cos = c;
+	w->_capcos = cap;
+	return 0;
+}
+
 int64_t weft_worker_co_new(weft_worker_t *w)
 {
 	uint32_t slot;
@@ -118,13 +142,8 @@ int64_t weft_worker_co_new(weft_worker_t *w)
 	} else {
 		if (w->_ncos == w->_capcos) {
 			uint32_t cap = w->_capcos ? w->_capcos * 2 : 64;
-			if (cap > WEFT_WAITER_MAX)
+			if (cap > WEFT_WAITER_MAX || grow_cos(w, cap) < 0)
 				return WEFT_ENOMEM;
-			weft_co_t *c = weft_realloc(w->_cos, (size_t)cap * sizeof *c);
-			if (!c)
-				return WEFT_ENOMEM;
-			w->_cos = c;
-			w->_capcos = cap;
 		}
 		slot = w->_ncos++;
 		w->_cos[slot].seq = 0;
@@ -209,6 +228,12 @@ int weft_worker_wake(weft_worker_t *w, uint32_t slot, uint32_t seq, int32_t code
 	weft_co_t *co = &w->_cos[slot];
 	if (co->seq != seq || !is_waiting(co) || co->_pending)
 		return 0;
+	/* An fd wait must leave the wait word too, as on a timeout: a slot
+	 * left there makes the next wait on that direction -EBUSY, and the
+	 * next event wake the slot in whatever wait it is in by then.  If an
+	 * event or close took the word first, its wake-up is on its way. */
+	if (co->state == WEFT_CO_WAIT_IO && !weft_fd_cancel(co->_fd, co->_dir, slot))
+		return 0;
 	queue(w, slot, co, code);
 	return 1;
 }
@@ -248,7 +273,7 @@ void weft_worker_close_fd(weft_worker_t *w, weft_fd_t *r)
 	weft_fd_shut(r, woken);
 	deliver(w, r, woken[WEFT_READ], WEFT_ECLOSED);
 	deliver(w, r, woken[WEFT_WRITE], WEFT_ECLOSED);
-	/* Delete before close: epoll tracks the open file description, so a
+	/* Delete before close: the kernel poller tracks the open file description, so a
 	 * dup'd descriptor would otherwise keep firing for a dead record. */
 	weft_poller_delete(w->rt->poller, fd);
 	weft_sock_close(fd);

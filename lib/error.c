@@ -1,0 +1,97 @@
+/* Error messages.  Lua programs (and the Copas layer) compare messages with
+ * fixed strings, so codes with a portable meaning map to normalized names
+ * rather than to the C library's wording, which varies between systems and
+ * locales. */
+#include "error.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <string.h>
+
+/* glibc's EAI_* codes run from -1 to about -105; leave room for more. */
+#define EAI_SPAN 1000
+/* Linux errno values are below 4096 (the kernel's MAX_ERRNO). */
+#define ERRNO_MAX 4095
+
+static const char *errno_message(int e)
+{
+	switch (e) {
+	case ETIMEDOUT:
+		return "timeout";
+	case EACCES:
+	case EPERM:
+		return "access_denied";
+	case EADDRINUSE:
+		return "address_already_in_use";
+	case EADDRNOTAVAIL:
+		return "address_not_available";
+	case ECONNREFUSED:
+		return "connection_refused";
+	case ECONNRESET:
+		return "connection_reset";
+	case ECONNABORTED:
+		return "connection_aborted";
+	case EPIPE:
+		return "broken_pipe";
+	case ENETUNREACH:
+		return "network_unreachable";
+	case EHOSTUNREACH:
+		return "host_unreachable";
+	case ENOTCONN:
+		return "not_connected";
+	case EISCONN:
+		return "already_connected";
+	case EMFILE:
+	case ENFILE:
+		return "too_many_open_files";
+	case ENOMEM:
+		return "out_of_memory";
+	case EAFNOSUPPORT:
+		return "address_family_not_supported";
+	}
+	/* strerror() may write into a shared buffer for unknown values, and
+	 * strerror_r() needs a buffer we could not return; glibc's
+	 * strerrordesc_np() gives the untranslated message from a constant
+	 * table, safe from any thread. */
+	const char *s = strerrordesc_np(e);
+	return s ? s : "unknown error";
+}
+
+static const char *eai_message(int eai)
+{
+	switch (eai) {
+	case EAI_NONAME:
+	case EAI_NODATA:
+		return "host_not_found";
+	case EAI_AGAIN:
+		return "try_again";
+	case EAI_SERVICE:
+		return "service_not_found";
+	case EAI_FAMILY:
+		return "address_family_not_supported";
+	case EAI_MEMORY:
+		return "out_of_memory";
+	}
+	/* glibc's gai_strerror() returns strings from a constant table (and
+	 * its own "Unknown error" for codes it does not know). */
+	return gai_strerror(eai);
+}
+
+const char *weft_strerror(int err)
+{
+	switch (err) {
+	case WEFT_ETIMEOUT:
+		return "timeout";
+	case WEFT_ECLOSED:
+		return "closed";
+	case WEFT_EEOF:
+		return "eof";
+	case WEFT_ENOMEM:
+		return "out_of_memory";
+	}
+	if (err < 0 && err >= -ERRNO_MAX)
+		return errno_message(-err);
+	if (err < WEFT_EAI_BASE && err > WEFT_EAI_BASE - EAI_SPAN)
+		return eai_message(err - WEFT_EAI_BASE);
+	return "unknown error";
+}
