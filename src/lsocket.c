@@ -302,6 +302,7 @@ static int connect_k(lua_State *L, int status, lua_KContext ctx)
 
 static int s_connect(lua_State *L)
 {
+	lw_waiter(L, lw_S(L)); /* I/O runs inside weft threads only */
 	lsock_t *s = checksock(L, 1);
 	lw_checkaddr(L, 2, &(unsigned){0}, NULL);
 	CHECK_OPEN(L, s);
@@ -354,6 +355,7 @@ static int accept_k(lua_State *L, int status, lua_KContext ctx)
 /* tcp:accept([expires]) -> client */
 static int s_accept(lua_State *L)
 {
+	lw_waiter(L, lw_S(L)); /* I/O runs inside weft threads only */
 	lsock_t *s = checktype(L, 1, SOCK_STREAM, "accept");
 	CHECK_OPEN(L, s);
 	lua_settop(L, 2);
@@ -441,6 +443,7 @@ static int dgram_send_k(lua_State *L, int status, lua_KContext ctx)
 
 static int s_send(lua_State *L)
 {
+	lw_waiter(L, lw_S(L)); /* I/O runs inside weft threads only */
 	lsock_t *s = checksock(L, 1);
 	size_t len;
 	send_args(L, 2, &len);
@@ -484,6 +487,7 @@ static int sendto_k(lua_State *L, int status, lua_KContext ctx)
 
 static int s_sendto(lua_State *L)
 {
+	lw_waiter(L, lw_S(L)); /* I/O runs inside weft threads only */
 	lsock_t *s = checksock(L, 1);
 	if (s->type == SOCK_STREAM)
 		return luaL_error(L, "weft: sendto is for udp and raw sockets");
@@ -544,6 +548,7 @@ static int recv_k(lua_State *L, int status, lua_KContext ctx)
 
 static int s_recv(lua_State *L)
 {
+	lw_waiter(L, lw_S(L)); /* I/O runs inside weft threads only */
 	lsock_t *s = checksock(L, 1);
 	size_t maxlen;
 	recv_args(L, 2, &maxlen);
@@ -587,6 +592,7 @@ static int recvn_k(lua_State *L, int status, lua_KContext ctx)
 
 static int s_recvn(lua_State *L)
 {
+	lw_waiter(L, lw_S(L)); /* I/O runs inside weft threads only */
 	lsock_t *s = checktype(L, 1, SOCK_STREAM, "recvn");
 	size_t len;
 	luaL_checkinteger(L, 3);
@@ -643,6 +649,7 @@ static int recvall_k(lua_State *L, int status, lua_KContext ctx)
 
 static int s_recvall(lua_State *L)
 {
+	lw_waiter(L, lw_S(L)); /* I/O runs inside weft threads only */
 	lsock_t *s = checktype(L, 1, SOCK_STREAM, "recvall");
 	CHECK_OPEN(L, s);
 	lua_settop(L, 2);
@@ -684,6 +691,7 @@ static int recvnext_k(lua_State *L, int status, lua_KContext ctx)
 
 static int s_recvnext(lua_State *L)
 {
+	lw_waiter(L, lw_S(L)); /* I/O runs inside weft threads only */
 	lsock_t *s = checksock(L, 1);
 	if (s->type == SOCK_STREAM)
 		return luaL_error(L, "weft: recvnext is for udp and raw sockets");
@@ -821,6 +829,9 @@ static int s_index(lua_State *L)
 			: getsockname(s->fd, (struct sockaddr *)&ss, &len);
 	if (rc < 0 || (ss.ss_family != AF_INET && ss.ss_family != AF_INET6 &&
 		       ss.ss_family != AF_UNIX))
+		return 0;
+	/* An unbound socket reports the wildcard address with port 0. */
+	if (!remote && ss.ss_family != AF_UNIX && weft_sa_port((struct sockaddr *)&ss) == 0)
 		return 0;
 	if (port) {
 		lua_pushinteger(L, weft_sa_port((struct sockaddr *)&ss));
