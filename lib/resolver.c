@@ -67,9 +67,10 @@ static int lookup(weft_resolve_t *req, int flags, int *sys_errno)
 	 * binding.  Without AI_PASSIVE getaddrinfo() would give loopback. */
 	if (req->host == NULL)
 		hints.ai_flags |= AI_PASSIVE;
-	/* getaddrinfo() rejects a NULL host together with a NULL service;
-	 * the contract says a NULL service is port 0. */
-	const char *service = req->service ? req->service : "0";
+	/* The contract says a NULL service is port 0.  getaddrinfo() rejects
+	 * a NULL host together with a NULL service, so "0" stands in then;
+	 * with a host, NULL is kept (raw sockets reject any service). */
+	const char *service = req->service ? req->service : req->host ? NULL : "0";
 
 	req->result = NULL;
 	errno = 0;

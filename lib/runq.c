@@ -57,6 +57,16 @@ static int grow(weft_runq_t *q)
 	return 0;
 }
 
+int weft_runq_reserve(weft_runq_t *q, size_t n)
+{
+	while (q->_cap < n) {
+		int rc = grow(q);
+		if (rc < 0)
+			return rc;
+	}
+	return 0;
+}
+
 int weft_runq_push(weft_runq_t *q, weft_wake_t w)
 {
 	if (q->_tail - q->_head == q->_cap) {

@@ -30,6 +30,10 @@ void weft_runq_destroy(weft_runq_t *q);
 /* Append; grows the ring as needed.  0 or WEFT_ENOMEM. */
 int weft_runq_push(weft_runq_t *q, weft_wake_t w);
 
+/* Make room for n entries in all, so that pushes up to that length cannot
+ * fail.  0 or WEFT_ENOMEM. */
+int weft_runq_reserve(weft_runq_t *q, size_t n);
+
 /* Pop the oldest into *w.  1 if one was popped, 0 if empty. */
 int weft_runq_pop(weft_runq_t *q, weft_wake_t *w);
 

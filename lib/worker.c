@@ -142,7 +142,10 @@ int64_t weft_worker_co_new(weft_worker_t *w)
 	} else {
 		if (w->_ncos == w->_capcos) {
 			uint32_t cap = w->_capcos ? w->_capcos * 2 : 64;
-			if (cap > WEFT_WAITER_MAX || grow_cos(w, cap) < 0)
+			/* A slot has at most one wake-up queued (_pending), so a
+			 * run queue with room for every slot never fails a push. */
+			if (cap > WEFT_WAITER_MAX || weft_runq_reserve(&w->runq, cap) < 0 ||
+			    grow_cos(w, cap) < 0)
 				return WEFT_ENOMEM;
 		}
 		slot = w->_ncos++;
@@ -210,9 +213,8 @@ static int is_waiting(const weft_co_t *co)
 static void queue(weft_worker_t *w, uint32_t slot, weft_co_t *co, int32_t code)
 {
 	weft_wake_t wk = {slot, co->seq, code};
-	/* The ring only fails to grow when memory is exhausted.  The wake-up is
-	 * then dropped but _pending stays clear, so the wait's deadline or a
-	 * later event can still end it; this is counted for diagnosis. */
+	/* Cannot fail: the ring has room for one wake-up per slot (see
+	 * weft_worker_co_new); counted, never silent, should that change. */
 	if (weft_runq_push(&w->runq, wk) < 0) {
 		w->stats.lost++;
 		return;
@@ -399,6 +401,37 @@ static void on_message(weft_worker_t *w, const weft_msg_t *m)
 	}
 }
 
+/* The wheel hands out a step's expired timers in no particular order; a
+ * late step (a busy loop) can hold timers several ticks apart, and threads
+ * should still wake in deadline order.  Merge sort of the list, stable. */
+static weft_timer_t *sort_by_expiry(weft_timer_t *list)
+{
+	if (!list || !list->_next)
+		return list;
+	weft_timer_t *slow = list, *fast = list->_next;
+	while (fast && fast->_next) {
+		slow = slow->_next;
+		fast = fast->_next->_next;
+	}
+	weft_timer_t *b = slow->_next;
+	slow->_next = NULL;
+	weft_timer_t *a = sort_by_expiry(list);
+	b = sort_by_expiry(b);
+	weft_timer_t head, *tail = &head;
+	while (a && b) {
+		if (b->expires < a->expires) {
+			tail->_next = b;
+			b = b->_next;
+		} else {
+			tail->_next = a;
+			a = a->_next;
+		}
+		tail = tail->_next;
+	}
+	tail->_next = a ? a : b;
+	return head._next;
+}
+
 int weft_worker_poll(weft_worker_t *w, uint64_t timeout_ns)
 {
 	size_t before = weft_runq_len(&w->runq);
@@ -434,6 +467,8 @@ int weft_worker_poll(weft_worker_t *w, uint64_t timeout_ns)
 	if (weft_wheel_count(&w->wheel)) {
 		size_t nt;
 		weft_timer_t *t = weft_wheel_advance(&w->wheel, weft_clock_ns() / NS_PER_TICK, &nt);
+		if (nt > 1)
+			t = sort_by_expiry(t);
 		while (t) {
 			weft_timer_t *next = t->_next;
 			on_timer(w, (weft_co_t *)((char *)t - offsetof(weft_co_t, _timer)));

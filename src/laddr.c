@@ -531,8 +531,10 @@ static int l_addr(lua_State *L)
 	}
 	if (!host)
 		aiflags |= AI_PASSIVE;
-	if (!service)
-		service = "0";
+	/* Port 0 is no service at all (NULL), which every socket type takes;
+	 * raw sockets reject even "0". */
+	if (service && strcmp(service, "0") == 0)
+		service = NULL;
 
 	weft_resolve_t r;
 	memset(&r, 0, sizeof r);
@@ -562,7 +564,7 @@ static int l_addr(lua_State *L)
 	q->r.hints = r.hints;
 	q->r.host = dupstr(host);
 	q->r.service = dupstr(service);
-	if ((host && !q->r.host) || !q->r.service) {
+	if ((host && !q->r.host) || (service && !q->r.service)) {
 		atomic_store(&q->refs, 1);
 		req_unref(q);
 		return lw_error(L, WEFT_ENOMEM);

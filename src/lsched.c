@@ -311,15 +311,32 @@ static uint64_t timeout_arg(lua_State *L, int idx)
 	return (uint64_t)(s * 1e9);
 }
 
-/* weft.poll([timeout]) -> ran */
+/* weft.poll([timeout]) -> ran.  Waits until some thread ran or the
+ * timeout passed: a poller wake-up that made nothing runnable (a timer of
+ * an upper wheel level moving down, a stale event) does not count. */
 static int l_poll(lua_State *L)
 {
 	lw_state_t *S = lw_S(L);
 	check_loop_entry(L, S, "poll");
 	uint64_t timeout = timeout_arg(L, 1);
+	uint64_t deadline = timeout == UINT64_MAX ? UINT64_MAX : weft_clock_ns() + timeout;
 	S->looping = 1;
-	int rc = weft_worker_poll(S->w, timeout);
-	int ran = rc < 0 ? 0 : run_ready(L, S);
+	int ran = 0, rc = 0;
+	for (;;) {
+		uint64_t wait = UINT64_MAX;
+		if (deadline != UINT64_MAX) {
+			uint64_t now = weft_clock_ns();
+			wait = now >= deadline ? 0 : deadline - now;
+		}
+		if (wait == UINT64_MAX && !weft_worker_alive(S->w))
+			break; /* nothing can happen: do not block forever */
+		rc = weft_worker_poll(S->w, wait);
+		if (rc < 0)
+			break;
+		ran = run_ready(L, S);
+		if (ran || wait == 0 || !weft_worker_alive(S->w))
+			break;
+	}
 	S->looping = 0;
 	if (rc < 0)
 		return luaL_error(L, "weft.poll: %s", weft_strerror(rc));

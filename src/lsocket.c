@@ -23,6 +23,7 @@ typedef struct lsock {
 	weft_fd_t *rec;
 	int family, type, protocol;
 	int listening;
+	int connected; /* TCP: a connect completed (or accepted) */
 } lsock_t;
 
 static lsock_t *checksock(lua_State *L, int idx)
@@ -50,6 +51,7 @@ static int push_sock(lua_State *L, lw_state_t *S, int fd, int family, int type, 
 	s->type = type;
 	s->protocol = protocol;
 	s->listening = 0;
+	s->connected = 0;
 	luaL_setmetatable(L, LW_SOCKET);
 	int err;
 	weft_fd_t *rec = weft_worker_open_fd(S->w, fd, &err);
@@ -287,6 +289,7 @@ static int connect_k(lua_State *L, int status, lua_KContext ctx)
 			}
 		}
 		if (rc == 0) {
+			s->connected = s->type == SOCK_STREAM;
 			lua_pushboolean(L, 1);
 			return 1;
 		}
@@ -306,6 +309,10 @@ static int s_connect(lua_State *L)
 	lsock_t *s = checksock(L, 1);
 	lw_checkaddr(L, 2, &(unsigned){0}, NULL);
 	CHECK_OPEN(L, s);
+	/* Linux answers a second connect() on a connected TCP socket with 0
+	 * once (after a non-blocking connect) before EISCONN: say it plainly. */
+	if (s->connected)
+		return lw_error(L, -EISCONN);
 	lua_settop(L, 3);
 	return connect_k(L, LUA_OK, 0);
 }
@@ -334,6 +341,8 @@ static int accept_k(lua_State *L, int status, lua_KContext ctx)
 		int fd = weft_sock_accept(s->fd, NULL, NULL);
 		if (fd >= 0) {
 			int n = push_sock(L, S, fd, s->family, s->type, s->protocol);
+			if (n == 1)
+				((lsock_t *)lua_touserdata(L, -1))->connected = 1;
 			if (n == 1 && fair(L, S))
 				return lw_fair_yield(L, S, 0, return_top_k);
 			return n;

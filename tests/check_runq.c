@@ -140,11 +140,34 @@ START_TEST(test_alloc_failure)
 }
 END_TEST
 
+/* After reserve(n), n pushes succeed even when every allocation fails,
+ * and FIFO order holds across the reserved growth of a wrapped ring. */
+START_TEST(test_reserve)
+{
+	weft_runq_t q;
+	weft_runq_init(&q);
+	for (uint32_t i = 0; i < 10; i++)
+		ck_assert_int_eq(weft_runq_push(&q, wake(i)), 0);
+	for (uint32_t i = 0; i < 6; i++)
+		expect_pop(&q, i);
+	ck_assert_int_eq(weft_runq_reserve(&q, 1000), 0);
+	ck_assert_uint_ge(q._cap, 1000);
+	weft_alloc_fail_after(1);
+	for (uint32_t i = 10; i < 1000; i++)
+		ck_assert_int_eq(weft_runq_push(&q, wake(i)), 0);
+	weft_alloc_fail_after(0);
+	for (uint32_t i = 6; i < 1000; i++)
+		expect_pop(&q, i);
+	weft_runq_destroy(&q);
+}
+END_TEST
+
 static Suite *runq_suite(void)
 {
 	Suite *s = suite_create("runq");
 	TCase *tc = tcase_create("core");
 	tcase_add_test(tc, test_empty);
+	tcase_add_test(tc, test_reserve);
 	tcase_add_test(tc, test_fifo_across_growth);
 	tcase_add_test(tc, test_grow_when_wrapped_full);
 	tcase_add_test(tc, test_counter_overflow);

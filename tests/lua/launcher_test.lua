@@ -1,0 +1,265 @@
+-- The weft launcher (os.getenv "WEFT_BIN"): options, arg, exit status,
+-- the main chunk as a weft thread, the loop running until threads finish.
+local tap = require "tap"
+local ok, is, like, test = tap.ok, tap.is, tap.like, tap.test
+
+-- the launcher running this file: WEFT_BIN, or the program in arg
+local function weft_bin()
+	local bin = os.getenv("WEFT_BIN")
+	if bin or not arg then return bin end
+	local i = -1
+	while arg[i - 1] do i = i - 1 end
+	return arg[i] ~= nil and i < 0 and arg[i] or nil
+end
+local BIN = weft_bin()
+
+local function shquote(s)
+	return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+local function readfile(path)
+	local f = io.open(path, "rb")
+	if not f then return nil end
+	local s = f:read("a")
+	f:close()
+	return s
+end
+
+local tmpfiles = {}
+local function tmpfile(contents)
+	local name = os.tmpname()
+	local f = assert(io.open(name, "wb"))
+	f:write(contents)
+	f:close()
+	tmpfiles[#tmpfiles + 1] = name
+	return name
+end
+
+-- Runs the launcher with args (a shell fragment); returns stdout, stderr,
+-- exit code.  Bounded by timeout(1): a hang gives code 124.
+local function run(args, opts)
+	opts = opts or {}
+	local errf = os.tmpname()
+	local cmd = "timeout -k 2 20 " .. shquote(BIN) .. " " .. args .. " 2>" .. shquote(errf)
+	if opts.env then cmd = opts.env .. " " .. cmd end
+	if opts.stdin then
+		local inf = tmpfile(opts.stdin)
+		cmd = cmd .. " <" .. shquote(inf)
+	end
+	local p = assert(io.popen(cmd, "r"))
+	local out = p:read("a")
+	local _, how, code = p:close()
+	local err = readfile(errf) or ""
+	os.remove(errf)
+	if how == "signal" then code = 128 + code end
+	return out, err, code
+end
+
+local function script(src)
+	return shquote(tmpfile(src))
+end
+
+if not BIN then
+	tap.fail("WEFT_BIN is not set and the launcher is unknown")
+	tap.done()
+end
+
+test("-v prints the version", function()
+	local out, err, code = run("-v")
+	is(code, 0, "exit status 0")
+	local text = out .. err
+	like(text, "[Ww]eft", "mentions weft")
+	like(text, "%d+%.%d+", "has a version number")
+end)
+
+test("-e runs a statement", function()
+	local out, err, code = run("-e " .. shquote("print(1 + 2)"))
+	is(out, "3\n", "output")
+	is(code, 0, "exit status 0")
+	is(err, "", "nothing on stderr")
+	local out2 = run("-e " .. shquote("x = 'a'") .. " -e " .. shquote("print(x .. 'b')"))
+	is(out2, "ab\n", "several -e run in order in one state")
+end)
+
+test("-l loads a module into a global", function()
+	local dir = os.tmpname()
+	os.remove(dir)
+	assert(os.execute("mkdir " .. shquote(dir)))
+	local f = assert(io.open(dir .. "/weftlmod.lua", "w"))
+	f:write("return { x = 42 }\n")
+	f:close()
+	local env = "LUA_PATH=" .. shquote(dir .. "/?.lua;" .. (os.getenv("LUA_PATH") or ";;"))
+	local out, err, code = run("-l weftlmod -e " .. shquote("print(weftlmod.x)"), { env = env })
+	is(out, "42\n", "the module is a global named after it")
+	is(code, 0, "exit status 0")
+	if code ~= 0 then tap.diag(err) end
+	local out2 = run("-l g=weftlmod -e " .. shquote("print(g.x, weftlmod)"), { env = env })
+	is(out2, "42\tnil\n", "-l g=mod names the global")
+	os.remove(dir .. "/weftlmod.lua")
+	os.remove(dir)
+end)
+
+test("-W and -E, LUA_INIT", function()
+	local _, err, code = run("-W -e " .. shquote("warn('weft-warning')"))
+	is(code, 0, "-W exit status 0")
+	like(err, "weft%-warning", "-W turns warnings on")
+	local _, err2 = run("-e " .. shquote("warn('weft-warning')"))
+	is(err2, "", "warnings are off without -W")
+	local out3 = run("-e " .. shquote("print('main')"), { env = "LUA_INIT=" .. shquote("print('init')") })
+	is(out3, "init\nmain\n", "LUA_INIT runs first")
+	local out4 = run("-E -e " .. shquote("print('main')"), { env = "LUA_INIT=" .. shquote("print('init')") })
+	is(out4, "main\n", "-E ignores LUA_INIT")
+end)
+
+test("bad options", function()
+	local out, err, code = run("-Z")
+	is(code, 1, "unknown option exits 1")
+	like(err, "usage", "usage on stderr")
+	is(out, "", "nothing on stdout")
+	local _, err2, code2 = run("-e")
+	is(code2, 1, "-e without an argument exits 1")
+	like(err2, "%-e", "message names the option")
+end)
+
+test("arg table and script arguments", function()
+	local path = tmpfile([[
+print(arg[0])
+print(#arg, arg[1], arg[2])
+print(select("#", ...), ...)
+]])
+	local out, err, code = run(shquote(path) .. " one 'two words'")
+	is(out, path .. "\n2\tone\ttwo words\n2\tone\ttwo words\n", "arg[0], arg[1..n] and ...")
+	is(code, 0, "exit status 0")
+	if code ~= 0 then tap.diag(err) end
+	local out2 = run(script("print(#arg, arg[1])"))
+	is(out2, "0\tnil\n", "no arguments")
+end)
+
+test("exit status 0 and 1 (error with a traceback on stderr)", function()
+	local _, err0, code0 = run(script("local x = 1"))
+	is(code0, 0, "a script that ends normally exits 0")
+	is(err0, "", "and prints nothing on stderr")
+	local out, err, code = run(script([[
+local function inner() error("boom-from-script") end
+print("before")
+inner()
+print("after")
+]]))
+	is(code, 1, "a script that raises exits 1")
+	is(out, "before\n", "output up to the error")
+	like(err, "boom%-from%-script", "error message on stderr")
+	like(err, "stack traceback", "traceback on stderr")
+	like(err, "inner", "traceback names the function")
+	local _, err2, code2 = run("-e " .. shquote("error('e-boom')"))
+	is(code2, 1, "-e that raises exits 1")
+	like(err2, "e%-boom", "-e error on stderr")
+	local _, err3, code3 = run(script("this is not lua"))
+	is(code3, 1, "syntax error exits 1")
+	like(err3, "syntax error", "syntax error message")
+	local _, err4, code4 = run(shquote("/nonexistent/weft-no-such-script.lua"))
+	is(code4, 1, "missing script exits 1")
+	like(err4, "weft%-no%-such%-script", "missing script message names the file")
+end)
+
+test("os.exit status", function()
+	local out, _, code = run(script("print('x') io.stdout:flush() os.exit(3)"))
+	is(code, 3, "os.exit(3)")
+	is(out, "x\n", "output before os.exit")
+	local _, _, code2 = run(script("os.exit(false)"))
+	is(code2, 1, "os.exit(false)")
+	local _, _, code3 = run(script("os.exit(true)"))
+	is(code3, 0, "os.exit(true)")
+	local _, _, code4 = run(script([[
+local weft = require "weft"
+weft.sleep(0.01)
+os.exit(5)
+]]))
+	is(code4, 5, "os.exit after a wait in the main chunk")
+end)
+
+test("the script runs inside a weft thread: I/O at top level", function()
+	local out, err, code = run(script([[
+local weft = require "weft"
+local th, ismain = weft.currentthread()
+print("ismain", ismain)
+local t0 = weft.clock()
+weft.sleep(0.05)
+print("slept", weft.clock() - t0 >= 0.05)
+local l = assert(weft.tcp())
+assert(l:listen("127.0.0.1", 0))
+weft.thread(function()
+	local c = assert(weft.tcp())
+	assert(c:connect("127.0.0.1", l.local_port, weft.clock() + 5))
+	assert(c:send("hello from a thread"))
+	c:close()
+end)
+local a = assert(l:accept(weft.clock() + 5))
+local buf, n = a:recvall(weft.clock() + 5)
+print("got", buf:tostring(1, n))
+a:close()
+l:close()
+]]))
+	is(out, "ismain\tfalse\nslept\ttrue\ngot\thello from a thread\n", "output")
+	is(code, 0, "exit status 0")
+	if code ~= 0 then tap.diag(err) end
+end)
+
+test("the loop runs until all threads finish", function()
+	local out, err, code = run(script([[
+local weft = require "weft"
+weft.thread(function()
+	weft.sleep(0.1)
+	print("late")
+end)
+weft.runafter(0.05, function() print("timer") end)
+print("early")
+]]))
+	is(out, "early\ntimer\nlate\n", "threads and timers ran before exit")
+	is(code, 0, "exit status 0")
+	if code ~= 0 then tap.diag(err) end
+end)
+
+test("an error in another thread is printed and does not stop the loop", function()
+	local out, err, code = run(script([[
+local weft = require "weft"
+weft.thread(function()
+	weft.sleep(0.01)
+	error("bg-fail")
+end)
+weft.sleep(0.05)
+print("after")
+]]))
+	is(out, "after\n", "the main chunk continued")
+	like(err, "bg%-fail", "the error is on stderr")
+	like(err, "traceback", "with a traceback")
+	local _ = code
+end)
+
+test("reading the script from stdin with -", function()
+	local out, err, code = run("- a b", { stdin = "print('from stdin', ...)\nprint(arg[1], arg[2])\n" })
+	is(out, "from stdin\ta\tb\na\tb\n", "stdin script with arguments")
+	is(code, 0, "exit status 0")
+	if code ~= 0 then tap.diag(err) end
+	local out2, _, code2 = run("-", { stdin = "local weft = require 'weft'\nweft.sleep(0.01)\nprint('io ok')\n" })
+	is(out2, "io ok\n", "a stdin script runs in a weft thread too")
+	is(code2, 0, "exit status 0")
+end)
+
+test("-m runs the script in the main Lua thread", function()
+	local out, err, code = run("-m " .. script([[
+local weft = require "weft"
+print(select(2, weft.currentthread()))
+print(pcall(weft.sleep, 0.01))
+print(weft.run(function() weft.sleep(0.01) return "ran" end))
+]]))
+	local lines = {}
+	for line in out:gmatch("[^\n]+") do lines[#lines + 1] = line end
+	is(lines[1], "true", "currentthread reports the main thread")
+	like(lines[2] or "", "^false", "sleep raises in the main thread")
+	is(lines[3], "ran", "weft.run works")
+	is(code, 0, "exit status 0")
+	if code ~= 0 then tap.diag(err) end
+end)
+
+for _, f in ipairs(tmpfiles) do os.remove(f) end
+tap.done()
