@@ -7,6 +7,7 @@
 #include <limits.h>
 #include <stddef.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "alloc.h"
@@ -17,12 +18,34 @@
 #define NS_PER_TICK 1000000ull /* the wheel ticks in milliseconds */
 #define HARVEST_MAX 256
 
+/* Parking states of a worker (DESIGN §4).  A producer pushes to the
+ * inbox, then swaps the state to NOTIFIED and wakes whatever the worker
+ * sleeps on; the worker publishes PARKED_*, re-checks its inbox, then
+ * sleeps.  Either the worker sees the message or the producer sees the
+ * parked state: no lost wake-up. */
+enum { PARK_EMPTY, PARK_FUTEX, PARK_POLLER, PARK_NOTIFIED };
+
+#define TOKEN_FREE UINT32_MAX
+
 struct weft_runtime {
 	weft_poller_t *poller;
 	weft_fdtab_t *fds;
-	pthread_mutex_t lock; /* guards workers[] */
+	pthread_mutex_t lock; /* guards workers[] and refs */
 	weft_worker_t *workers[WEFT_MAX_WORKERS];
+	int refs;
+	/* The poller token: only its holder harvests events, so exactly one
+	 * thread blocks in the poller and drains its wake-up channel (a
+	 * non-blocking harvest by another thread could swallow the wake-up
+	 * meant for the blocked one).  TOKEN_FREE or the holder's id. */
+	_Atomic uint32_t token;
+	_Atomic int nparked; /* workers parked on their condition variable */
+	weft_runtime_t *_next; /* the process's runtimes, by poller fd */
 };
+
+/* Runtimes of this process, so that a Lua state on another thread can
+ * join one by its poller descriptor (weft.epoll_fd(fd)). */
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static weft_runtime_t *registry;
 
 int weft_runtime_new(int epfd, weft_runtime_t **out)
 {
@@ -41,6 +64,30 @@ int weft_runtime_new(int epfd, weft_runtime_t **out)
 		return err;
 	}
 	pthread_mutex_init(&rt->lock, NULL);
+	rt->refs = 1;
+	atomic_init(&rt->token, TOKEN_FREE);
+	pthread_mutex_lock(&registry_lock);
+	rt->_next = registry;
+	registry = rt;
+	pthread_mutex_unlock(&registry_lock);
+	*out = rt;
+	return 0;
+}
+
+int weft_runtime_join(int pollfd, weft_runtime_t **out)
+{
+	pthread_mutex_lock(&registry_lock);
+	weft_runtime_t *rt = registry;
+	while (rt && weft_poller_fd(rt->poller) != pollfd)
+		rt = rt->_next;
+	if (rt) {
+		pthread_mutex_lock(&rt->lock);
+		rt->refs++;
+		pthread_mutex_unlock(&rt->lock);
+	}
+	pthread_mutex_unlock(&registry_lock);
+	if (!rt)
+		return -ENOENT;
 	*out = rt;
 	return 0;
 }
@@ -48,6 +95,20 @@ int weft_runtime_new(int epfd, weft_runtime_t **out)
 void weft_runtime_free(weft_runtime_t *rt)
 {
 	if (!rt)
+		return;
+	pthread_mutex_lock(&registry_lock);
+	pthread_mutex_lock(&rt->lock);
+	int last = --rt->refs == 0;
+	pthread_mutex_unlock(&rt->lock);
+	if (last) {
+		weft_runtime_t **p = &registry;
+		while (*p && *p != rt)
+			p = &(*p)->_next;
+		if (*p)
+			*p = rt->_next;
+	}
+	pthread_mutex_unlock(&registry_lock);
+	if (!last)
 		return;
 	weft_fdtab_free(rt->fds);
 	weft_poller_free(rt->poller);
@@ -65,6 +126,21 @@ weft_fdtab_t *weft_runtime_fdtab(weft_runtime_t *rt)
 	return rt->fds;
 }
 
+static int attach(weft_worker_t *w, weft_runtime_t *rt)
+{
+	pthread_mutex_lock(&rt->lock);
+	uint32_t id = 0;
+	while (id < WEFT_MAX_WORKERS && rt->workers[id])
+		id++;
+	if (id < WEFT_MAX_WORKERS) {
+		rt->workers[id] = w;
+		w->rt = rt;
+		w->id = id;
+	}
+	pthread_mutex_unlock(&rt->lock);
+	return id < WEFT_MAX_WORKERS ? 0 : -EMFILE;
+}
+
 int weft_worker_new(weft_runtime_t *rt, weft_worker_t **out)
 {
 	weft_worker_t *w = weft_calloc(1, sizeof *w);
@@ -75,24 +151,48 @@ int weft_worker_new(weft_runtime_t *rt, weft_worker_t **out)
 		weft_free(w);
 		return err;
 	}
-	w->rt = rt;
 	weft_runq_init(&w->runq);
 	weft_wheel_init(&w->wheel, weft_clock_ns() / NS_PER_TICK);
 	w->_free = UINT32_MAX;
-	pthread_mutex_lock(&rt->lock);
-	uint32_t id = 0;
-	while (id < WEFT_MAX_WORKERS && rt->workers[id])
-		id++;
-	if (id < WEFT_MAX_WORKERS)
-		rt->workers[id] = w;
-	pthread_mutex_unlock(&rt->lock);
-	if (id == WEFT_MAX_WORKERS) {
+	atomic_init(&w->_park, PARK_EMPTY);
+	pthread_mutex_init(&w->_park_lock, NULL);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&w->_park_cond, &ca);
+	pthread_condattr_destroy(&ca);
+	err = attach(w, rt);
+	if (err < 0) {
+		pthread_cond_destroy(&w->_park_cond);
+		pthread_mutex_destroy(&w->_park_lock);
 		weft_inbox_destroy(&w->inbox);
 		weft_free(w);
-		return -EMFILE;
+		return err;
 	}
-	w->id = id;
 	*out = w;
+	return 0;
+}
+
+static void detach(weft_worker_t *w)
+{
+	pthread_mutex_lock(&w->rt->lock);
+	w->rt->workers[w->id] = NULL;
+	pthread_mutex_unlock(&w->rt->lock);
+}
+
+int weft_worker_move(weft_worker_t *w, weft_runtime_t *rt)
+{
+	if (rt == w->rt)
+		return 0;
+	if (w->nfds)
+		return -EBUSY;
+	weft_runtime_t *old = w->rt;
+	detach(w);
+	int err = attach(w, rt);
+	if (err < 0) {
+		attach(w, old);
+		return err;
+	}
 	return 0;
 }
 
@@ -100,9 +200,9 @@ void weft_worker_free(weft_worker_t *w)
 {
 	if (!w)
 		return;
-	pthread_mutex_lock(&w->rt->lock);
-	w->rt->workers[w->id] = NULL;
-	pthread_mutex_unlock(&w->rt->lock);
+	detach(w);
+	pthread_cond_destroy(&w->_park_cond);
+	pthread_mutex_destroy(&w->_park_lock);
 	weft_runq_destroy(&w->runq);
 	weft_inbox_destroy(&w->inbox);
 	weft_free(w->_cos);
@@ -202,6 +302,7 @@ weft_fd_t *weft_worker_open_fd(weft_worker_t *w, int fd, int *err)
 		*err = rc;
 		return NULL;
 	}
+	w->nfds++;
 	return r;
 }
 
@@ -260,12 +361,16 @@ static void deliver(weft_worker_t *w, weft_fd_t *r, uint64_t waiter1, int32_t co
 		io_done(w, slot, code);
 		return;
 	}
-	weft_worker_t *ow = w->rt->workers[owner];
-	if (ow) {
-		weft_msg_t m = {WEFT_MSG_IO, slot, 0, code, NULL};
+	/* Under the runtime lock, so that the owner cannot be freed while
+	 * the message is posted. */
+	weft_msg_t m = {WEFT_MSG_IO, slot, 0, code, NULL};
+	pthread_mutex_lock(&w->rt->lock);
+	weft_worker_t *ow = owner < WEFT_MAX_WORKERS ? w->rt->workers[owner] : NULL;
+	if (ow)
 		weft_worker_post(ow, &m);
+	pthread_mutex_unlock(&w->rt->lock);
+	if (ow)
 		w->stats.handoffs++;
-	}
 }
 
 void weft_worker_close_fd(weft_worker_t *w, weft_fd_t *r)
@@ -280,6 +385,7 @@ void weft_worker_close_fd(weft_worker_t *w, weft_fd_t *r)
 	weft_poller_delete(w->rt->poller, fd);
 	weft_sock_close(fd);
 	weft_fdtab_release(w->rt->fds, r);
+	w->nfds--;
 }
 
 static uint64_t to_tick(uint64_t ns)
@@ -347,12 +453,102 @@ void weft_worker_suspend(weft_worker_t *w, uint32_t slot)
 	co->state = WEFT_CO_SUSPENDED;
 }
 
+void weft_worker_unpark(weft_worker_t *w)
+{
+	int prev = atomic_exchange_explicit(&w->_park, PARK_NOTIFIED, memory_order_acq_rel);
+	if (prev == PARK_FUTEX) {
+		pthread_mutex_lock(&w->_park_lock);
+		pthread_cond_signal(&w->_park_cond);
+		pthread_mutex_unlock(&w->_park_lock);
+	} else if (prev == PARK_POLLER) {
+		weft_poller_wake(w->rt->poller);
+	}
+}
+
 int weft_worker_post(weft_worker_t *w, const weft_msg_t *m)
 {
 	int rc = weft_inbox_push(&w->inbox, m);
 	if (rc == 0)
-		weft_poller_wake(w->rt->poller);
+		weft_worker_unpark(w);
 	return rc;
+}
+
+/* Publish that w is about to sleep on `how`.  Returns 1 if it must not
+ * sleep after all (notified, or messages are waiting). */
+static int park_begin(weft_worker_t *w, int how)
+{
+	if (atomic_exchange_explicit(&w->_park, how, memory_order_acq_rel) == PARK_NOTIFIED ||
+	    weft_inbox_nonempty(&w->inbox)) {
+		atomic_store_explicit(&w->_park, PARK_EMPTY, memory_order_release);
+		return 1;
+	}
+	return 0;
+}
+
+static void park_end(weft_worker_t *w)
+{
+	atomic_store_explicit(&w->_park, PARK_EMPTY, memory_order_release);
+}
+
+/* Sleep on w's condition variable until unparked or timeout_ms passes
+ * (-1 = no timeout): another worker holds the poller token and routes our
+ * events to our inbox. */
+static void park_cond(weft_worker_t *w, int timeout_ms)
+{
+	struct timespec ts;
+	if (timeout_ms >= 0) {
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_sec += timeout_ms / 1000;
+		ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+	}
+	pthread_mutex_lock(&w->_park_lock);
+	if (!park_begin(w, PARK_FUTEX)) {
+		atomic_fetch_add(&w->rt->nparked, 1);
+		w->stats.parks++;
+		while (atomic_load_explicit(&w->_park, memory_order_acquire) == PARK_FUTEX) {
+			int rc = timeout_ms >= 0
+					 ? pthread_cond_timedwait(&w->_park_cond, &w->_park_lock, &ts)
+					 : pthread_cond_wait(&w->_park_cond, &w->_park_lock);
+			if (rc == ETIMEDOUT)
+				break;
+		}
+		atomic_fetch_sub(&w->rt->nparked, 1);
+		park_end(w);
+	}
+	pthread_mutex_unlock(&w->_park_lock);
+}
+
+static int take_token(weft_worker_t *w)
+{
+	uint32_t free_ = TOKEN_FREE;
+	return atomic_compare_exchange_strong_explicit(&w->rt->token, &free_, w->id,
+						       memory_order_acq_rel, memory_order_acquire);
+}
+
+/* Give the token back.  Workers parked on their condition variable wait
+ * for events someone must harvest: wake one to take the poller role, so
+ * that it is never abandoned while this worker runs its threads. */
+static void drop_token(weft_worker_t *w)
+{
+	weft_runtime_t *rt = w->rt;
+	atomic_store_explicit(&rt->token, TOKEN_FREE, memory_order_release);
+	if (atomic_load_explicit(&rt->nparked, memory_order_acquire) == 0)
+		return;
+	pthread_mutex_lock(&rt->lock);
+	for (uint32_t i = 0; i < WEFT_MAX_WORKERS; i++) {
+		weft_worker_t *o = rt->workers[i];
+		if (o && o != w &&
+		    atomic_load_explicit(&o->_park, memory_order_acquire) == PARK_FUTEX) {
+			weft_worker_unpark(o);
+			w->stats.unparks++;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&rt->lock);
 }
 
 static void on_timer(weft_worker_t *w, weft_co_t *co)
@@ -454,13 +650,25 @@ int weft_worker_poll(weft_worker_t *w, uint64_t timeout_ns)
 	}
 
 	weft_poll_event_t ev[HARVEST_MAX];
-	w->stats.polls++;
-	int n = weft_poller_wait(w->rt->poller, ev, HARVEST_MAX, timeout_ms);
-	if (n < 0)
-		return n;
-	w->stats.events += (uint64_t)n;
-	for (int i = 0; i < n; i++)
-		on_event(w, &ev[i]);
+	if (take_token(w)) {
+		w->stats.polls++;
+		int parked = timeout_ms != 0;
+		if (parked && park_begin(w, PARK_POLLER)) {
+			parked = 0;
+			timeout_ms = 0;
+		}
+		int n = weft_poller_wait(w->rt->poller, ev, HARVEST_MAX, timeout_ms);
+		if (parked)
+			park_end(w);
+		drop_token(w);
+		if (n < 0)
+			return n;
+		w->stats.events += (uint64_t)n;
+		for (int i = 0; i < n; i++)
+			on_event(w, &ev[i]);
+	} else if (timeout_ms != 0) {
+		park_cond(w, timeout_ms);
+	}
 
 	/* Timers are checked on every step, busy or idle, so deadlines hold
 	 * under a saturating I/O load. */

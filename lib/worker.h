@@ -7,9 +7,15 @@
  * direction, a deadline, or an outside completion), then calls
  * weft_worker_poll() and resumes whatever weft_worker_next() hands out.
  *
+ * Several workers (threads) may share one runtime.  Only the holder of the
+ * runtime's poller token harvests events; it blocks in the poller while
+ * the other idle workers sleep on their own condition variables, and it
+ * routes each event to the worker that owns the fd, through that worker's
+ * inbox (DESIGN §3, §4).
+ *
  * Thread ownership: a worker's functions are called by its owner thread
- * only, except weft_worker_post(), which any thread may call.  Runtime
- * functions are thread-safe. */
+ * only, except weft_worker_post() and weft_worker_unpark(), which any
+ * thread may call.  Runtime functions are thread-safe. */
 #ifndef WEFT_WORKER_H
 #define WEFT_WORKER_H
 
@@ -60,6 +66,8 @@ typedef struct weft_worker_stats {
 	uint64_t handoffs;   /* I/O wake-ups sent to another worker */
 	uint64_t polls;      /* calls into the poller */
 	uint64_t lost;       /* wake-ups dropped for want of memory */
+	uint64_t parks;      /* sleeps on the condition variable */
+	uint64_t unparks;    /* workers woken to take the poller token */
 } weft_worker_stats_t;
 
 typedef struct weft_worker {
@@ -71,6 +79,10 @@ typedef struct weft_worker {
 	weft_co_t *_cos;
 	uint32_t _ncos, _capcos, _free;
 	uint32_t nalive; /* waits that keep the loop alive */
+	uint32_t nfds;   /* fd records this worker opened */
+	_Atomic int _park; /* parking state (worker.c) */
+	pthread_mutex_t _park_lock;
+	pthread_cond_t _park_cond;
 	weft_worker_stats_t stats;
 } weft_worker_t;
 
@@ -84,8 +96,13 @@ enum {
  * poller handle.  0 or a negative code. */
 int weft_runtime_new(int epfd, weft_runtime_t **out);
 
-/* Free a runtime with no workers left. */
+/* Drop a reference to a runtime (weft_runtime_new gives one); the last one
+ * frees it, and no worker may be attached then. */
 void weft_runtime_free(weft_runtime_t *rt);
+
+/* Take a reference to the runtime of this process whose poller handle is
+ * pollfd (another Lua state's, on another thread).  0, or -ENOENT. */
+int weft_runtime_join(int pollfd, weft_runtime_t **out);
 
 /* The runtime's poller and fd table. */
 weft_poller_t *weft_runtime_poller(weft_runtime_t *rt);
@@ -96,6 +113,15 @@ int weft_worker_new(weft_runtime_t *rt, weft_worker_t **out);
 
 /* Detach and free a worker: it must have no coroutine waiting on an fd. */
 void weft_worker_free(weft_worker_t *w);
+
+/* Move w to runtime rt (sharing rt's poller from now on).  Only a worker
+ * with no open fd records can move: -EBUSY otherwise.  The caller keeps
+ * its references to both runtimes right. */
+int weft_worker_move(weft_worker_t *w, weft_runtime_t *rt);
+
+/* Wake w if it sleeps (in the poller or on its condition variable), or
+ * make its next sleep return at once.  Any thread. */
+void weft_worker_unpark(weft_worker_t *w);
 
 /* Coroutine slots.  co_new returns a slot (>= 0) or WEFT_ENOMEM. */
 int64_t weft_worker_co_new(weft_worker_t *w);

@@ -2,6 +2,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdatomic.h>
 #include <string.h>
@@ -140,10 +141,11 @@ static int l_clock(lua_State *L)
 	return 1;
 }
 
-/* weft.epoll_fd([epfd]): get the shared poller; set = join the runtime
- * that owns epfd.  Each Lua state runs one worker of its own runtime for
- * now; a state can only "join" its own poller until workers share one
- * runtime (then the set joins the runtime registered under epfd). */
+/* weft.epoll_fd([epfd]): get the poller; set = join the runtime of this
+ * process that owns epfd (a Lua state running on another thread), so that
+ * both states share one poller: whichever thread harvests an event hands
+ * it to the state that owns the socket.  A state can join only while it
+ * has no sockets open (their registrations belong to the old poller). */
 static int l_epoll_fd(lua_State *L)
 {
 	lw_state_t *S = lw_S(L);
@@ -157,7 +159,23 @@ static int l_epoll_fd(lua_State *L)
 		lua_pushinteger(L, own);
 		return 1;
 	}
-	return lw_error(L, -EXDEV);
+	weft_runtime_t *rt;
+	if (fd < 0 || fd > INT_MAX || weft_runtime_join((int)fd, &rt) < 0) {
+		luaL_pushfail(L);
+		lua_pushliteral(L, "not the poller of a weft runtime in this process");
+		return 2;
+	}
+	int rc = weft_worker_move(S->w, rt);
+	if (rc < 0) {
+		weft_runtime_free(rt);
+		luaL_pushfail(L);
+		lua_pushliteral(L, "this state has open sockets: join before creating any");
+		return 2;
+	}
+	weft_runtime_free(S->rt);
+	S->rt = rt;
+	lua_pushinteger(L, fd);
+	return 1;
 }
 
 /* weft.iocp([h]): Windows only. */
