@@ -69,8 +69,7 @@ static const char *server_loop =
 	"    assert(c:send(buf, n))\n"
 	"  end\n"
 	"  c:close(); server:close()\n"
-	"end)\n"
-	"for k, v in pairs(weft.stats()) do io.stderr:write('A ', k, '=', v, '\\n') end";
+	"end)";
 
 START_TEST(test_join_and_echo)
 {
@@ -98,8 +97,7 @@ START_TEST(test_join_and_echo)
 		 "    assert(buf:tostring(1, #msg) == msg, 'echo mismatch')\n"
 		 "  end\n"
 		 "  c:close()\n"
-		 "end)\n"
-		 "for k, v in pairs(weft.stats()) do io.stderr:write('B ', k, '=', v, '\\n') end",
+		 "end)",
 		 (long long)epfd, (long long)epfd, (long long)epfd, (long long)port, ROUNDS);
 
 	job_t ja = {A, server_loop, "", 0}, jb = {B, chunk, "", 0};
