@@ -213,7 +213,9 @@ static int l_stats(lua_State *L)
 	F("polls", w->stats.polls);
 	F("runq", weft_runq_len(&w->runq));
 	F("waiting", w->nalive);
-	F("fds", weft_fdtab_open_count(weft_runtime_fdtab(S->rt)));
+	F("fds", w->nfds);
+	F("parks", w->stats.parks);
+	F("unparks", w->stats.unparks);
 #undef F
 	return 1;
 }

@@ -483,6 +483,29 @@ test("sharing the poller: epoll_fd and iocp", function()
 	local h, err = weft.iocp()
 	is(h, nil, "iocp on Linux returns nil")
 	is(err, "not supported", "iocp message")
+	-- a descriptor that is no weft poller is refused, and the state keeps
+	-- its own poller
+	local none, jerr = weft.epoll_fd(0)
+	is(none, nil, "joining a non-poller fails")
+	like(tostring(jerr), "not the poller", "join failure message")
+	is(weft.epoll_fd(), fd, "still on its own poller")
+end)
+
+test("stats counts this state's work", function()
+	local before = weft.stats()
+	for _, k in ipairs({"events", "stale_events", "wakes", "timers", "inbox", "handoffs",
+			"polls", "runq", "waiting", "fds", "parks", "unparks"}) do
+		is(math.type(before[k]), "integer", "stats." .. k .. " is an integer")
+	end
+	local s = assert(weft.tcp())
+	is(weft.stats().fds, before.fds + 1, "an open socket counts in fds")
+	weft.run(function() weft.sleep(0.01) end)
+	local after = weft.stats()
+	cmp_ok(after.timers, ">", before.timers, "the sleep's timer fired")
+	cmp_ok(after.wakes, ">", before.wakes, "the sleeper was woken")
+	cmp_ok(after.polls, ">", before.polls, "the loop polled")
+	s:close()
+	is(weft.stats().fds, before.fds, "closing gives the record back")
 end)
 
 test("waiting outside a thread raises", function()
