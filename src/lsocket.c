@@ -421,19 +421,22 @@ static int tcp_send_k(lua_State *L, int status, lua_KContext ctx)
 	return 1;
 }
 
-/* udp/raw:send(data, [len], [expires]) -> len */
-static int dgram_send_k(lua_State *L, int status, lua_KContext ctx)
+/* Calls that return a count in one go (recv, datagram send and sendto):
+ * try, on EAGAIN wait for direction dir until the deadline at argument
+ * expires_idx, then try again from the continuation `self`. */
+typedef ssize_t (*count_fn)(lua_State *L, lsock_t *s);
+
+static int count_op(lua_State *L, int status, int dir, int expires_idx, count_fn fn,
+		    lua_KFunction self)
 {
 	lw_state_t *S = lw_S(L);
 	lsock_t *s = checksock(L, 1);
 	int code = resumed(L, status, s);
 	if (code < 0)
 		return lw_error(L, code);
-	size_t len;
-	const char *p = send_args(L, 2, &len);
-	uint64_t deadline = lw_deadline(L, 4);
+	uint64_t deadline = lw_deadline(L, expires_idx);
 	for (;;) {
-		ssize_t n = weft_sock_send(s->fd, p, len, 0);
+		ssize_t n = fn(L, s);
 		if (n >= 0) {
 			if (fair(L, S))
 				return lw_fair_yield(L, S, (lua_KContext)n, return_ctx_k);
@@ -442,12 +445,25 @@ static int dgram_send_k(lua_State *L, int status, lua_KContext ctx)
 		}
 		if (n != -EAGAIN)
 			return lw_error(L, (int)n);
-		int rc = io_wait(L, S, s, WEFT_WRITE, deadline);
+		int rc = io_wait(L, S, s, dir, deadline);
 		if (rc < 0)
 			return lw_error(L, rc);
 		if (rc == 0)
-			return lw_await(L, 0, dgram_send_k);
+			return lw_await(L, 0, self);
 	}
+}
+
+/* udp/raw:send(data, [len], [expires]) -> len */
+static ssize_t dgram_send(lua_State *L, lsock_t *s)
+{
+	size_t len;
+	const char *p = send_args(L, 2, &len);
+	return weft_sock_send(s->fd, p, len, 0);
+}
+
+static int dgram_send_k(lua_State *L, int status, lua_KContext ctx)
+{
+	return count_op(L, status, WEFT_WRITE, 4, dgram_send, dgram_send_k);
 }
 
 static int s_send(lua_State *L)
@@ -464,34 +480,18 @@ static int s_send(lua_State *L)
 }
 
 /* udp:_sendto(addr, data, [len], [expires]) -> len */
-static int sendto_k(lua_State *L, int status, lua_KContext ctx)
+static ssize_t dgram_sendto(lua_State *L, lsock_t *s)
 {
-	lw_state_t *S = lw_S(L);
-	lsock_t *s = checksock(L, 1);
-	int code = resumed(L, status, s);
-	if (code < 0)
-		return lw_error(L, code);
 	unsigned salen;
 	const struct sockaddr *sa = lw_checkaddr(L, 2, &salen, NULL);
 	size_t len;
 	const char *p = send_args(L, 3, &len);
-	uint64_t deadline = lw_deadline(L, 5);
-	for (;;) {
-		ssize_t n = weft_sock_sendto(s->fd, p, len, 0, sa, salen);
-		if (n >= 0) {
-			if (fair(L, S))
-				return lw_fair_yield(L, S, (lua_KContext)n, return_ctx_k);
-			lua_pushinteger(L, (lua_Integer)n);
-			return 1;
-		}
-		if (n != -EAGAIN)
-			return lw_error(L, (int)n);
-		int rc = io_wait(L, S, s, WEFT_WRITE, deadline);
-		if (rc < 0)
-			return lw_error(L, rc);
-		if (rc == 0)
-			return lw_await(L, 0, sendto_k);
-	}
+	return weft_sock_sendto(s->fd, p, len, 0, sa, salen);
+}
+
+static int sendto_k(lua_State *L, int status, lua_KContext ctx)
+{
+	return count_op(L, status, WEFT_WRITE, 5, dgram_sendto, sendto_k);
 }
 
 static int s_sendto(lua_State *L)
@@ -527,32 +527,16 @@ static char *recv_args(lua_State *L, int idx, size_t *maxlen)
 }
 
 /* s:recv(buf, [maxlen], [expires]) -> n */
-static int recv_k(lua_State *L, int status, lua_KContext ctx)
+static ssize_t do_recv(lua_State *L, lsock_t *s)
 {
-	lw_state_t *S = lw_S(L);
-	lsock_t *s = checksock(L, 1);
-	int code = resumed(L, status, s);
-	if (code < 0)
-		return lw_error(L, code);
 	size_t maxlen;
 	char *p = recv_args(L, 2, &maxlen);
-	uint64_t deadline = lw_deadline(L, 4);
-	for (;;) {
-		ssize_t n = weft_sock_recv(s->fd, p, maxlen, 0);
-		if (n >= 0) {
-			if (fair(L, S))
-				return lw_fair_yield(L, S, (lua_KContext)n, return_ctx_k);
-			lua_pushinteger(L, (lua_Integer)n);
-			return 1;
-		}
-		if (n != -EAGAIN)
-			return lw_error(L, (int)n);
-		int rc = io_wait(L, S, s, WEFT_READ, deadline);
-		if (rc < 0)
-			return lw_error(L, rc);
-		if (rc == 0)
-			return lw_await(L, 0, recv_k);
-	}
+	return weft_sock_recv(s->fd, p, maxlen, 0);
+}
+
+static int recv_k(lua_State *L, int status, lua_KContext ctx)
+{
+	return count_op(L, status, WEFT_READ, 4, do_recv, recv_k);
 }
 
 static int s_recv(lua_State *L)
