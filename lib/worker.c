@@ -263,6 +263,12 @@ int64_t weft_worker_co_new(weft_worker_t *w)
 
 static void leave_wait(weft_worker_t *w, weft_co_t *co)
 {
+	/* Leaving an fd wait any other way than through its wake-up (the slot
+	 * is freed or suspended) must take the slot off the wait word, or the
+	 * fd's next event would wake whatever the slot does next.  After a
+	 * wake-up the word no longer names the slot and this does nothing. */
+	if (co->state == WEFT_CO_WAIT_IO && co->_fd)
+		weft_fd_cancel(co->_fd, co->_dir, (uint32_t)(co - w->_cos));
 	weft_wheel_cancel(&w->wheel, &co->_timer);
 	if (co->_alive) {
 		co->_alive = 0;
@@ -346,6 +352,10 @@ int weft_worker_wake(weft_worker_t *w, uint32_t slot, uint32_t seq, int32_t code
  * right one. */
 static void io_done(weft_worker_t *w, uint32_t slot, int32_t code)
 {
+	/* No seq is needed, even for a hand-off from another worker: once
+	 * the word went WAIT -> EMPTY the slot cannot leave the wait (its
+	 * deadline's cancel fails and waits for this), so it cannot be freed
+	 * or reused before this wake-up is taken. */
 	weft_co_t *co = &w->_cos[slot];
 	if (co->state == WEFT_CO_WAIT_IO && !co->_pending)
 		queue(w, slot, co, code);
