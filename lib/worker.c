@@ -74,6 +74,14 @@ int weft_runtime_new(int epfd, weft_runtime_t **out)
 	return 0;
 }
 
+weft_runtime_t *weft_runtime_ref(weft_runtime_t *rt)
+{
+	pthread_mutex_lock(&rt->lock);
+	rt->refs++;
+	pthread_mutex_unlock(&rt->lock);
+	return rt;
+}
+
 int weft_runtime_join(int pollfd, weft_runtime_t **out)
 {
 	pthread_mutex_lock(&registry_lock);

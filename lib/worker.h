@@ -100,6 +100,9 @@ int weft_runtime_new(int epfd, weft_runtime_t **out);
  * frees it, and no worker may be attached then. */
 void weft_runtime_free(weft_runtime_t *rt);
 
+/* Take another reference to rt; returns rt. */
+weft_runtime_t *weft_runtime_ref(weft_runtime_t *rt);
+
 /* Take a reference to the runtime of this process whose poller handle is
  * pollfd (another Lua state's, on another thread).  0, or -ENOENT. */
 int weft_runtime_join(int pollfd, weft_runtime_t **out);

@@ -32,6 +32,8 @@ local weft = {
 	epoll_fd = core.epoll_fd,
 	iocp = core.iocp,
 	stats = core.stats,
+	worker = core.worker,
+	workers = core.workers,
 	yield = coroutine.yield,
 	core = core,
 }

@@ -2,10 +2,9 @@
 #include "config.h"
 
 #include "lweft.h"
+#include "weft.h"
 
-WEFT_EXPORT int luaopen_weft_core(lua_State *L);
-
-WEFT_EXPORT int luaopen_weft_core(lua_State *L)
+int luaopen_weft_core(lua_State *L)
 {
 	return weft__open(L);
 }

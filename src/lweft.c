@@ -12,10 +12,18 @@
 #include "clock.h"
 #include "error.h"
 #include "lweft.h"
+#include "weft.h"
 #include "poller.h"
 #include "resolver.h"
 
 static const char STATE_KEY = 'S';
+static const char ATTACH_KEY = 'A';
+
+/* What weft_lua_attach leaves in the registry for weft__open. */
+typedef struct attach {
+	weft_runtime_t *rt;
+	int index, count;
+} attach_t;
 
 void lw_register(lua_State *L, lw_state_t *S, const luaL_Reg *funcs)
 {
@@ -241,14 +249,68 @@ static int state_gc(lua_State *L)
 	return 0;
 }
 
+/* weft.worker() -> this state's worker index (1-based) */
+static int l_worker(lua_State *L)
+{
+	lua_pushinteger(L, lw_S(L)->worker_index);
+	return 1;
+}
+
+/* weft.workers() -> how many workers the launcher (or embedder) runs */
+static int l_workers(lua_State *L)
+{
+	lua_pushinteger(L, lw_S(L)->worker_count);
+	return 1;
+}
+
 static const luaL_Reg core_funcs[] = {
 	{"clock", l_clock},
 	{"epoll_fd", l_epoll_fd},
 	{"iocp", l_iocp},
 	{"stats", l_stats},
+	{"worker", l_worker},
+	{"workers", l_workers},
 	{"_resolver_delay", l_resolver_delay},
 	{NULL, NULL},
 };
+
+int weft_lua_runtime_new(weft_runtime_t **out)
+{
+	return weft_runtime_new(-1, out);
+}
+
+void weft_lua_runtime_free(weft_runtime_t *rt)
+{
+	weft_runtime_free(rt);
+}
+
+static int attach_gc(lua_State *L)
+{
+	attach_t *a = lua_touserdata(L, 1);
+	if (a->rt)
+		weft_runtime_free(a->rt); /* attached but never loaded */
+	a->rt = NULL;
+	return 0;
+}
+
+int weft_lua_attach(lua_State *L, weft_runtime_t *rt, int index, int count)
+{
+	if (lua_rawgetp(L, LUA_REGISTRYINDEX, &STATE_KEY) != LUA_TNIL) {
+		lua_pop(L, 1);
+		return -1;
+	}
+	lua_pop(L, 1);
+	attach_t *a = lua_newuserdatauv(L, sizeof *a, 0);
+	a->rt = weft_runtime_ref(rt);
+	a->index = index;
+	a->count = count;
+	lua_newtable(L);
+	lua_pushcfunction(L, attach_gc);
+	lua_setfield(L, -2, "__gc");
+	lua_setmetatable(L, -2);
+	lua_rawsetp(L, LUA_REGISTRYINDEX, &ATTACH_KEY);
+	return 0;
+}
 
 int weft__open(lua_State *L)
 {
@@ -269,7 +331,20 @@ int weft__open(lua_State *L)
 		lua_setfield(L, -2, "__gc");
 		lua_setmetatable(L, -2);
 		lua_rawsetp(L, LUA_REGISTRYINDEX, &STATE_KEY);
-		int err = weft_runtime_new(-1, &S->rt);
+		S->worker_index = 1;
+		S->worker_count = 1;
+		int err;
+		if (lua_rawgetp(L, LUA_REGISTRYINDEX, &ATTACH_KEY) == LUA_TUSERDATA) {
+			attach_t *a = lua_touserdata(L, -1);
+			S->rt = a->rt; /* the attach reference passes to the state */
+			S->worker_index = a->index;
+			S->worker_count = a->count;
+			a->rt = NULL;
+			err = 0;
+		} else {
+			err = weft_runtime_new(-1, &S->rt);
+		}
+		lua_pop(L, 1);
 		if (err == 0) {
 			err = weft_worker_new(S->rt, &S->w);
 			if (err < 0) {

@@ -41,6 +41,7 @@ typedef struct lw_state {
 	int looping;      /* inside weft.start/poll */
 	_Atomic int ext_pending; /* resolver requests in flight */
 	int closed;       /* the state is being closed */
+	int worker_index, worker_count; /* weft.worker(), weft.workers() */
 } lw_state_t;
 
 /* The record, from the first upvalue. */

@@ -18,6 +18,10 @@
 #include <lualib.h>
 
 #include "lweft.h"
+#include "weft.h"
+
+#include <pthread.h>
+#include <unistd.h>
 
 static const char *progname = "weft";
 
@@ -34,6 +38,8 @@ static void usage(const char *badoption)
 		"  -l mod    require library 'mod' into global 'mod'\n"
 		"  -l g=mod  require library 'mod' into global 'g'\n"
 		"  -m        run the script in the main thread (no implicit loop)\n"
+		"  -t N      run N workers (threads, each with its own Lua state)\n"
+		"            sharing one poller; 0 = one per CPU (default 1)\n"
 		"  -v        show version information\n"
 		"  -E        ignore environment variables\n"
 		"  -W        turn warnings on\n"
@@ -169,6 +175,7 @@ static int collectargs(char **argv, int *flags)
 		case 'e':
 			*flags |= HAS_E;
 			/* fallthrough */
+		case 't':
 		case 'l':
 			if (argv[i][2] == '\0') {
 				i++;
@@ -193,6 +200,11 @@ static int runargs(lua_State *L, char **argv, int n)
 		int opt = argv[i][1];
 		if (opt == 'W') {
 			lua_warning(L, "@on", 0);
+			continue;
+		}
+		if (opt == 't') {
+			if (argv[i][2] == '\0')
+				i++;
 			continue;
 		}
 		if (opt != 'e' && opt != 'l')
@@ -254,6 +266,7 @@ static int pmain(lua_State *L)
 {
 	int argc = (int)lua_tointeger(L, 1);
 	char **argv = (char **)lua_touserdata(L, 2);
+	int worker_index = (int)lua_tointeger(L, 3);
 	int flags = 0;
 	int script = collectargs(argv, &flags);
 	if (flags & HAS_BAD) {
@@ -271,7 +284,7 @@ static int pmain(lua_State *L)
 	createargtable(L, argv, argc, sidx);
 	lua_gc(L, LUA_GCRESTART);
 	lua_gc(L, LUA_GCGEN, 0, 0);
-	if (flags & HAS_V)
+	if ((flags & HAS_V) && worker_index == 1)
 		print_version();
 	if (!(flags & HAS_BIGE) && handle_luainit(L) != LUA_OK)
 		return 0;
@@ -316,24 +329,113 @@ static int pmain(lua_State *L)
 	return 1;
 }
 
+/* Run the program in a new state: the whole launcher for one worker.
+ * Returns whether it succeeded. */
+static int run_state(int argc, char **argv, weft_runtime_t *rt, int index, int count)
+{
+	lua_State *L = luaL_newstate();
+	if (L == NULL) {
+		message("cannot create state: not enough memory");
+		return 0;
+	}
+	if (rt)
+		weft_lua_attach(L, rt, index, count);
+	lua_gc(L, LUA_GCSTOP);
+	lua_pushcfunction(L, pmain);
+	lua_pushinteger(L, argc);
+	lua_pushlightuserdata(L, argv);
+	lua_pushinteger(L, index);
+	int status = lua_pcall(L, 3, 1, 0);
+	int result = lua_toboolean(L, -1);
+	report(L, status);
+	lua_close(L);
+	return result && status == LUA_OK;
+}
+
+typedef struct worker_arg {
+	int argc, index, count, ok;
+	char **argv;
+	weft_runtime_t *rt;
+} worker_arg_t;
+
+static void *worker_main(void *p)
+{
+	worker_arg_t *a = p;
+	a->ok = run_state(a->argc, a->argv, a->rt, a->index, a->count);
+	return NULL;
+}
+
+/* -t N (or -tN) before the script: the number of workers; 0 = CPUs. */
+static int thread_count(char **argv)
+{
+	for (int i = 1; argv[i] && argv[i][0] == '-'; i++) {
+		if (strcmp(argv[i], "--") == 0 || strcmp(argv[i], "-") == 0)
+			break;
+		if (argv[i][1] == 'e' || argv[i][1] == 'l') {
+			if (argv[i][2] == '\0' && argv[i + 1])
+				i++;
+			continue;
+		}
+		if (argv[i][1] != 't')
+			continue;
+		const char *v = argv[i][2] ? argv[i] + 2 : argv[i + 1];
+		char *end;
+		long n = v ? strtol(v, &end, 10) : -1;
+		if (!v || *end || n < 0 || n > WEFT_MAX_WORKERS) {
+			fprintf(stderr, "%s: -t wants a number of workers from 0 to %d\n", progname,
+				WEFT_MAX_WORKERS);
+			return -1;
+		}
+		if (n == 0) {
+			long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+			n = cpus < 1 ? 1 : cpus > WEFT_MAX_WORKERS ? WEFT_MAX_WORKERS : cpus;
+		}
+		return (int)n;
+	}
+	return 1;
+}
+
 int main(int argc, char **argv)
 {
 	if (argv[0] && argv[0][0])
 		progname = argv[0];
 	signal(SIGPIPE, SIG_IGN);
 	raise_nofile();
-	lua_State *L = luaL_newstate();
-	if (L == NULL) {
-		message("cannot create state: not enough memory");
+	int n = thread_count(argv);
+	if (n < 0)
+		return EXIT_FAILURE;
+	if (n == 1)
+		return run_state(argc, argv, NULL, 1, 1) ? EXIT_SUCCESS : EXIT_FAILURE;
+
+	/* N workers: each thread runs the whole program in its own state,
+	 * all attached to one runtime (one poller). */
+	weft_runtime_t *rt;
+	if (weft_lua_runtime_new(&rt) < 0) {
+		message("cannot create the runtime");
 		return EXIT_FAILURE;
 	}
-	lua_gc(L, LUA_GCSTOP);
-	lua_pushcfunction(L, pmain);
-	lua_pushinteger(L, argc);
-	lua_pushlightuserdata(L, argv);
-	int status = lua_pcall(L, 2, 1, 0);
-	int result = lua_toboolean(L, -1);
-	report(L, status);
-	lua_close(L);
-	return (result && status == LUA_OK) ? EXIT_SUCCESS : EXIT_FAILURE;
+	worker_arg_t *args = calloc((size_t)n, sizeof *args);
+	pthread_t *tids = calloc((size_t)n, sizeof *tids);
+	if (!args || !tids) {
+		message("not enough memory");
+		return EXIT_FAILURE;
+	}
+	int started = 0;
+	for (int i = 0; i < n; i++) {
+		args[i] = (worker_arg_t){argc, i + 1, n, 0, argv, rt};
+		if (pthread_create(&tids[i], NULL, worker_main, &args[i]) != 0) {
+			message("cannot start a worker thread");
+			break;
+		}
+		started++;
+	}
+	int ok = started == n;
+	for (int i = 0; i < started; i++) {
+		pthread_join(tids[i], NULL);
+		ok = ok && args[i].ok;
+	}
+	weft_lua_runtime_free(rt);
+	free(args);
+	free(tids);
+	return ok ? EXIT_SUCCESS : EXIT_FAILURE;
 }

@@ -5,7 +5,9 @@
  * This is what a careful C programmer writes by hand: one thread, one epoll
  * instance, non-blocking sockets, edge-triggered readiness, read until EAGAIN
  * and write straight back.  Bytes the kernel will not take yet wait in a
- * per-connection buffer until EPOLLOUT.  It exists so that weft's own echo
+ * per-connection buffer until EPOLLOUT.  A connection gets a few reads per
+ * turn, then waits behind the others on a ready list, so that one fast
+ * client cannot monopolise the server.  It exists so that weft's own echo
  * server (contrib/examples/echo.lua) can be measured against the cost of the
  * system calls alone; anything weft spends beyond this is runtime overhead.
  *
@@ -28,12 +30,19 @@ enum {
 	 * is queued for it, so one slow client cannot grow our memory without
 	 * bound.  Reading resumes when the queue drains. */
 	PENDING_MAX = 1 << 20,
+	/* Reads one connection gets before the others have their turn.  Read
+	 * until EAGAIN with no bound, and a client that answers faster than
+	 * we echo keeps us in its loop for ever while every other connection
+	 * starves: an overloaded server must still be fair. */
+	READS_PER_TURN = 4,
 	MAX_EVENTS = 256
 };
 
 struct conn {
-	int fd;
+	int fd;             /* -1 once closed, while still on the ready list */
 	int read_paused;    /* stopped reading before EAGAIN (backpressure) */
+	int queued;         /* on the ready list */
+	struct conn *next;  /* on the ready list */
 	char *pending;      /* bytes read but not yet written back */
 	size_t pending_off; /* first unsent byte in pending */
 	size_t pending_len; /* end of unsent bytes in pending */
@@ -49,11 +58,30 @@ static _Noreturn void die(const char *what)
 	exit(1);
 }
 
-static void conn_free(struct conn *c)
+/* Connections whose turn ended with input perhaps still unread.  With
+ * edge-triggered epoll no new event will announce that input, so they are
+ * resumed from here, after the events of the next (non-blocking) wait. */
+static struct conn *ready_head, **ready_tail = &ready_head;
+
+static void ready_push(struct conn *c)
+{
+	if (c->queued)
+		return;
+	c->queued = 1;
+	c->next = NULL;
+	*ready_tail = c;
+	ready_tail = &c->next;
+}
+
+static void conn_close(struct conn *c)
 {
 	/* close(2) also removes the fd from the epoll set, since nothing else
-	 * holds a duplicate of it. */
+	 * holds a duplicate of it, so no later event names c. */
 	close(c->fd);
+	c->fd = -1;
+	/* On the ready list, c is freed when the list reaches it. */
+	if (c->queued)
+		return;
 	free(c->pending);
 	free(c);
 }
@@ -128,12 +156,13 @@ static int conn_echo(struct conn *c, const char *p, size_t n)
 	return conn_queue(c, p, n);
 }
 
-/* Read until the kernel has nothing more (EAGAIN): with edge-triggered
- * epoll, stopping earlier would leave data that no new event announces.
- * 0 or -1 (connection finished or dead). */
+/* Read and echo until the kernel has nothing more (EAGAIN), for at most
+ * READS_PER_TURN reads.  0 when drained (or paused for backpressure), 1 when
+ * the turn ended first (the caller queues c on the ready list), -1 when the
+ * connection is finished or dead. */
 static int conn_read(struct conn *c, char *buf)
 {
-	for (;;) {
+	for (int turn = 0; turn < READS_PER_TURN; turn++) {
 		if (c->pending_len - c->pending_off >= PENDING_MAX) {
 			c->read_paused = 1;
 			return 0;
@@ -150,35 +179,70 @@ static int conn_read(struct conn *c, char *buf)
 			continue;
 		return errno == EAGAIN ? 0 : -1;
 	}
+	return 1;
+}
+
+/* conn_read, then act on its answer.  0, or -1 when c was closed. */
+static int conn_turn(struct conn *c, char *buf)
+{
+	int r = conn_read(c, buf);
+	if (r < 0) {
+		conn_close(c);
+		return -1;
+	}
+	if (r > 0)
+		ready_push(c);
+	return 0;
+}
+
+/* Give every connection on the ready list another turn.  Those that use it
+ * up go on a fresh list, for after the next poll. */
+static void run_ready(char *buf)
+{
+	struct conn *c = ready_head;
+	ready_head = NULL;
+	ready_tail = &ready_head;
+	while (c) {
+		struct conn *next = c->next;
+		c->queued = 0;
+		if (c->fd < 0) {
+			free(c->pending);
+			free(c);
+		} else if (!c->read_paused) {
+			conn_turn(c, buf);
+		}
+		c = next;
+	}
 }
 
 static void on_conn(struct conn *c, uint32_t events, char *buf)
 {
-	if (events & EPOLLERR)
-		goto dead;
+	if (events & EPOLLERR) {
+		conn_close(c);
+		return;
+	}
 	/* EPOLLOUT also rides along with most EPOLLIN reports, because epoll
 	 * returns the socket's whole current state; only act on it when there
 	 * is something queued. */
 	if ((events & EPOLLOUT) && c->pending_off < c->pending_len) {
 		int r = conn_flush(c);
-		if (r < 0)
-			goto dead;
+		if (r < 0) {
+			conn_close(c);
+			return;
+		}
 		if (r > 0 && c->read_paused) {
 			/* No edge will come for data that arrived while we
 			 * were not reading, so pick it up now. */
 			c->read_paused = 0;
-			if (conn_read(c, buf) < 0)
-				goto dead;
+			conn_turn(c, buf);
+			return;
 		}
 	}
 	/* EPOLLHUP/EPOLLRDHUP still go through read, which drains what is
-	 * left and then sees the end of stream. */
-	if ((events & (EPOLLIN | EPOLLHUP | EPOLLRDHUP)) && !c->read_paused)
-		if (conn_read(c, buf) < 0)
-			goto dead;
-	return;
-dead:
-	conn_free(c);
+	 * left and then sees the end of stream.  A connection already on the
+	 * ready list waits for its turn there. */
+	if ((events & (EPOLLIN | EPOLLHUP | EPOLLRDHUP)) && !c->read_paused && !c->queued)
+		conn_turn(c, buf);
 }
 
 static void on_listener(int lfd, int ep)
@@ -211,7 +275,7 @@ static void on_listener(int lfd, int ep)
 		};
 		if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0) {
 			fprintf(stderr, "rawecho: epoll_ctl: %s\n", strerror(errno));
-			conn_free(c);
+			conn_close(c);
 		}
 	}
 }
@@ -306,7 +370,9 @@ int main(int argc, char **argv)
 	static char buf[READ_SIZE];
 	struct epoll_event events[MAX_EVENTS];
 	while (!stopping) {
-		int n = epoll_pwait(ep, events, MAX_EVENTS, -1, &during_wait);
+		/* With connections waiting for another turn, only look for
+		 * new events; do not sleep. */
+		int n = epoll_pwait(ep, events, MAX_EVENTS, ready_head ? 0 : -1, &during_wait);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
@@ -318,6 +384,7 @@ int main(int argc, char **argv)
 			else
 				on_conn(events[i].data.ptr, events[i].events, buf);
 		}
+		run_ready(buf);
 	}
 	/* Open connections are left to exit(): the kernel closes them. */
 	close(ep);
