@@ -261,5 +261,50 @@ print(weft.run(function() weft.sleep(0.01) return "ran" end))
 	if code ~= 0 then tap.diag(err) end
 end)
 
+test("-t N runs N workers sharing one poller", function()
+	local out, err, code = run("-t 3 " .. script([[
+local weft = require "weft"
+weft.sleep(0.01)
+print(("worker %d of %d epfd %d"):format(weft.worker(), weft.workers(), weft.epoll_fd()))
+]]))
+	is(code, 0, "exit status 0")
+	if code ~= 0 then tap.diag(err) end
+	local seen, fds, n = {}, {}, 0
+	for w, count, fd in out:gmatch("worker (%d+) of (%d+) epfd (%d+)") do
+		seen[tonumber(w)] = tonumber(count)
+		fds[fd] = true
+		n = n + 1
+	end
+	is(n, 3, "three workers ran the script")
+	ok(seen[1] == 3 and seen[2] == 3 and seen[3] == 3, "workers 1..3, each told there are 3")
+	local distinct = 0
+	for _ in pairs(fds) do distinct = distinct + 1 end
+	is(distinct, 1, "all workers report the same poller")
+
+	local out1 = run("-e " .. shquote("local w = require 'weft' print(w.worker(), w.workers())"))
+	is(out1, "1\t1\n", "without -t: worker 1 of 1")
+
+	local out0, _, code0 = run("-t0 -e " .. shquote("print(require('weft').workers())"))
+	is(code0, 0, "-t0 runs")
+	local first = out0:match("^(%d+)")
+	ok(first and tonumber(first) >= 1, "-t0 runs one worker per CPU (at least one)")
+
+	local _, errb, codeb = run("-t lots -e 1")
+	is(codeb, 1, "a bad -t value exits 1")
+	like(errb, "%-t wants a number", "and says what -t wants")
+end)
+
+test("a failing worker makes the exit status 1, the others still run", function()
+	local out, err, code = run("-t 2 " .. script([[
+local weft = require "weft"
+if weft.worker() == 2 then error("worker-two-fails") end
+weft.sleep(0.05)
+print("worker 1 finished")
+]]))
+	is(code, 1, "exit status 1")
+	like(err, "worker%-two%-fails", "the error is reported")
+	like(out, "worker 1 finished", "worker 1 ran to the end")
+end)
+
 for _, f in ipairs(tmpfiles) do os.remove(f) end
 tap.done()
