@@ -169,6 +169,7 @@ weft_fd_t *weft_fdtab_open(weft_fdtab_t *t, int fd, uint32_t owner)
 	gen = atomic_load_explicit(&r->gen, memory_order_relaxed) + 1;
 	atomic_store_explicit(&r->fd, fd, memory_order_relaxed);
 	atomic_store_explicit(&r->owner, owner, memory_order_relaxed);
+	atomic_store_explicit(&r->udata, NULL, memory_order_relaxed);
 	atomic_store_explicit(&r->_wait[WEFT_READ], WORD(gen, WEFT_WAIT_EMPTY),
 	                      memory_order_release);
 	atomic_store_explicit(&r->_wait[WEFT_WRITE], WORD(gen, WEFT_WAIT_EMPTY),

@@ -37,12 +37,13 @@ enum {
 
 typedef struct weft_fd {
 	_Atomic uint64_t _wait[2]; /* READ, WRITE wait words */
+	void *_Atomic udata;       /* a shared listener, or NULL (listener.c) */
 	_Atomic uint32_t gen;      /* current generation (odd: open) */
 	_Atomic int fd;            /* -1 when closed */
 	uint32_t slot;             /* index in the table (constant) */
 	_Atomic uint32_t owner;    /* worker whose coroutines wait here */
 	uint32_t _next_free;
-	char _pad[64 - 2 * 8 - 5 * 4];
+	char _pad[64 - 3 * 8 - 5 * 4];
 } weft_fd_t;
 
 typedef struct weft_fdtab weft_fdtab_t;

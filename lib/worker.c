@@ -13,6 +13,7 @@
 #include "alloc.h"
 #include "clock.h"
 #include "error.h"
+#include "listener.h"
 #include "sock.h"
 
 #define NS_PER_TICK 1000000ull /* the wheel ticks in milliseconds */
@@ -40,7 +41,25 @@ struct weft_runtime {
 	_Atomic uint32_t token;
 	_Atomic int nparked; /* workers parked on their condition variable */
 	weft_runtime_t *_next; /* the process's runtimes, by poller fd */
+	pthread_mutex_t llock; /* the shared listeners (listener.c) */
+	void *listeners;
 };
+
+pthread_mutex_t *weft__runtime_listener_lock(weft_runtime_t *rt)
+{
+	return &rt->llock;
+}
+
+void **weft__runtime_listeners(weft_runtime_t *rt)
+{
+	return &rt->listeners;
+}
+
+int weft__worker_idle(const weft_worker_t *w)
+{
+	int p = atomic_load_explicit(&((weft_worker_t *)w)->_park, memory_order_acquire);
+	return p == PARK_FUTEX || p == PARK_POLLER;
+}
 
 /* Runtimes of this process, so that a Lua state on another thread can
  * join one by its poller descriptor (weft.epoll_fd(fd)). */
@@ -64,6 +83,7 @@ int weft_runtime_new(int epfd, weft_runtime_t **out)
 		return err;
 	}
 	pthread_mutex_init(&rt->lock, NULL);
+	pthread_mutex_init(&rt->llock, NULL);
 	rt->refs = 1;
 	atomic_init(&rt->token, TOKEN_FREE);
 	pthread_mutex_lock(&registry_lock);
@@ -121,6 +141,7 @@ void weft_runtime_free(weft_runtime_t *rt)
 	weft_fdtab_free(rt->fds);
 	weft_poller_free(rt->poller);
 	pthread_mutex_destroy(&rt->lock);
+	pthread_mutex_destroy(&rt->llock);
 	weft_free(rt);
 }
 
@@ -450,8 +471,13 @@ int weft_worker_wait_time(weft_worker_t *w, uint32_t slot, uint64_t deadline_ns)
 
 uint32_t weft_worker_wait_ext(weft_worker_t *w, uint32_t slot)
 {
+	return weft_worker_wait_ext_until(w, slot, UINT64_MAX);
+}
+
+uint32_t weft_worker_wait_ext_until(weft_worker_t *w, uint32_t slot, uint64_t deadline_ns)
+{
 	weft_co_t *co = &w->_cos[slot];
-	begin_wait(w, co, WEFT_CO_WAIT_EXT, UINT64_MAX, 1);
+	begin_wait(w, co, WEFT_CO_WAIT_EXT, deadline_ns, 1);
 	return co->seq;
 }
 
@@ -461,6 +487,11 @@ uint32_t weft_worker_yield(weft_worker_t *w, uint32_t slot)
 	begin_wait(w, co, WEFT_CO_WAIT_TIME, UINT64_MAX, 0);
 	queue(w, slot, co, 0);
 	return co->seq;
+}
+
+void weft_worker_wait_abort(weft_worker_t *w, uint32_t slot)
+{
+	leave_wait(w, &w->_cos[slot]);
 }
 
 void weft_worker_suspend(weft_worker_t *w, uint32_t slot)
@@ -588,6 +619,10 @@ static void on_event(weft_worker_t *w, const weft_poll_event_t *ev)
 	weft_fd_t *r = weft_fdtab_lookup(w->rt->fds, ev->token);
 	if (!r) {
 		w->stats.stale++;
+		return;
+	}
+	if (atomic_load_explicit(&r->udata, memory_order_acquire)) {
+		weft__listener_event(w->rt, r);
 		return;
 	}
 	uint32_t gen = (uint32_t)(ev->token >> 32);

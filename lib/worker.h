@@ -157,6 +157,14 @@ int weft_worker_wait_time(weft_worker_t *w, uint32_t slot, uint64_t deadline_ns)
  * WEFT_MSG_WAKE message); keeps the loop alive.  Returns the wait's seq. */
 uint32_t weft_worker_wait_ext(weft_worker_t *w, uint32_t slot);
 
+/* The same with a deadline: the wait ends with WEFT_ETIMEOUT then
+ * (UINT64_MAX = none). */
+uint32_t weft_worker_wait_ext_until(weft_worker_t *w, uint32_t slot, uint64_t deadline_ns);
+
+/* Abandon the wait just begun (nothing can have woken it: the caller
+ * found what it wanted before registering anywhere). */
+void weft_worker_wait_abort(weft_worker_t *w, uint32_t slot);
+
 /* Make `slot` runnable again on the next step (a fair yield).  Returns the
  * wait's seq. */
 uint32_t weft_worker_yield(weft_worker_t *w, uint32_t slot);
@@ -183,6 +191,12 @@ int weft_worker_poll(weft_worker_t *w, uint64_t timeout_ns);
  * RUNNING, deadline cancelled).  1 and *out, or 0 when the queue is
  * empty. */
 int weft_worker_next(weft_worker_t *w, weft_wake_t *out);
+
+/* Internal, for listener.c: the runtime's listener registry and lock, and
+ * whether a worker is parked (idle). */
+pthread_mutex_t *weft__runtime_listener_lock(weft_runtime_t *rt);
+void **weft__runtime_listeners(weft_runtime_t *rt);
+int weft__worker_idle(const weft_worker_t *w);
 
 /* Whether anything can still happen: wake-ups queued or waits that keep
  * the loop alive. */

@@ -15,6 +15,7 @@
 
 #include "clock.h"
 #include "error.h"
+#include "listener.h"
 #include "lweft.h"
 #include "sock.h"
 
@@ -24,6 +25,7 @@ typedef struct lsock {
 	int family, type, protocol;
 	int listening;
 	int connected; /* TCP: a connect completed (or accepted) */
+	weft_listener_t *lst; /* listening: the (maybe shared) listener */
 } lsock_t;
 
 static lsock_t *checksock(lua_State *L, int idx)
@@ -52,6 +54,7 @@ static int push_sock(lua_State *L, lw_state_t *S, int fd, int family, int type, 
 	s->protocol = protocol;
 	s->listening = 0;
 	s->connected = 0;
+	s->lst = NULL;
 	luaL_setmetatable(L, LW_SOCKET);
 	int err;
 	weft_fd_t *rec = weft_worker_open_fd(S->w, fd, &err);
@@ -99,7 +102,14 @@ static int s_close(lua_State *L)
 {
 	lw_state_t *S = lw_S(L);
 	lsock_t *s = checksock(L, 1);
-	if (s->fd >= 0) {
+	if (s->lst) {
+		/* Waiters of this socket wake with "closed"; the listening socket
+		 * itself closes with its last user (other workers may share it). */
+		if (!S->closed)
+			weft_listener_release(s->lst, S->w, s);
+		s->lst = NULL;
+		s->fd = -1;
+	} else if (s->fd >= 0) {
 		if (S->closed)
 			weft_sock_close(s->fd); /* the worker is gone: only the fd is left */
 		else
@@ -172,23 +182,31 @@ static int s_bind(lua_State *L)
 /* s:_listen(backlog, addr | nil) */
 static int s_listen(lua_State *L)
 {
+	lw_state_t *S = lw_S(L);
 	lsock_t *s = checktype(L, 1, SOCK_STREAM, "listen");
 	lua_Integer backlog = luaL_optinteger(L, 2, 0);
 	CHECK_OPEN(L, s);
-	if (!lua_isnoneornil(L, 3)) {
-		unsigned len;
-		const struct sockaddr *sa = lw_checkaddr(L, 3, &len, NULL);
-		int rc = weft_sock_bind(s->fd, sa, len);
-		if (rc < 0)
-			return lw_error(L, rc);
-	}
+	if (s->lst)
+		return lw_error(L, -EINVAL);
+	unsigned len = 0;
+	const struct sockaddr *sa = NULL;
+	if (!lua_isnoneornil(L, 3))
+		sa = lw_checkaddr(L, 3, &len, NULL);
 	/* 0 (or nothing) = the system maximum: the kernel caps at somaxconn. */
 	if (backlog <= 0 || backlog > INT_MAX)
 		backlog = INT_MAX;
-	int rc = weft_sock_listen(s->fd, (int)backlog);
-	if (rc == 0)
-		s->listening = 1;
-	return ok_or_error(L, rc);
+	/* Workers listening on the same address share one socket (see
+	 * lib/listener.h); this socket's own fd is then closed. */
+	weft_listener_t *l;
+	int rc = weft_listener_listen(S->w, s->rec, sa, len, (int)backlog, &l);
+	if (rc < 0)
+		return lw_error(L, rc);
+	s->lst = l;
+	s->rec = NULL;
+	s->fd = weft_listener_fd(l);
+	s->listening = 1;
+	lua_pushboolean(L, 1);
+	return 1;
 }
 
 /* s:bound() -> whether the socket has a local address (for weft.lua) */
@@ -212,6 +230,8 @@ static int s_bound(lua_State *L)
 static int io_wait(lua_State *L, lw_state_t *S, lsock_t *s, int dir, uint64_t deadline)
 {
 	uint32_t slot = lw_waiter(L, S);
+	if (!s->rec)
+		return -EINVAL; /* a listening socket: only accept waits on it */
 	if (deadline != UINT64_MAX && weft_clock_ns() >= deadline)
 		return WEFT_ETIMEOUT;
 	return weft_worker_wait_io(S->w, slot, s->rec, dir, deadline);
@@ -329,36 +349,43 @@ static int s_disconnect(lua_State *L)
 /* ------------------------------------------------------------------ */
 /* accept */
 
+/* Connections come from the listener's queue (filled by whichever worker
+ * harvests the listener's events); ctx is the seq of our wait, needed to
+ * withdraw from the listener when the deadline passes. */
 static int accept_k(lua_State *L, int status, lua_KContext ctx)
 {
 	lw_state_t *S = lw_S(L);
 	lsock_t *s = checksock(L, 1);
-	int code = resumed(L, status, s);
+	int code = status == LUA_YIELD ? lw_wakecode(L) : 0;
+	if (code == WEFT_ETIMEOUT && s->lst)
+		weft_listener_cancel(s->lst, S->w, lw_waiter(L, S), (uint32_t)ctx);
+	if (code >= 0 && !s->lst)
+		code = s->fd < 0 ? WEFT_ECLOSED : -EINVAL; /* closed, or never listened */
 	if (code < 0)
 		return lw_error(L, code);
 	uint64_t deadline = lw_deadline(L, 2);
-	for (;;) {
-		int fd = weft_sock_accept(s->fd, NULL, NULL);
-		if (fd >= 0) {
-			int n = push_sock(L, S, fd, s->family, s->type, s->protocol);
-			if (n == 1)
-				((lsock_t *)lua_touserdata(L, -1))->connected = 1;
-			if (n == 1 && fair(L, S))
-				return lw_fair_yield(L, S, 0, return_top_k);
-			return n;
-		}
-		/* Errors of the new connection, not of the listener: try the
-		 * next one (accept(2) documents these as to be retried). */
-		if (fd == -ECONNABORTED || fd == -EPROTO || fd == -EPERM)
-			continue;
-		if (fd != -EAGAIN)
-			return lw_error(L, fd);
-		int rc = io_wait(L, S, s, WEFT_READ, deadline);
-		if (rc < 0)
-			return lw_error(L, rc);
-		if (rc == 0)
-			return lw_await(L, 0, accept_k);
+	uint32_t slot = lw_waiter(L, S);
+	/* First without registering, then registered as a waiter; a
+	 * connection queued in between is taken by the second call. */
+	int fd = weft_listener_take(s->lst, S->w, slot, 0, NULL);
+	uint32_t seq = 0;
+	if (fd == -EAGAIN) {
+		if (deadline != UINT64_MAX && weft_clock_ns() >= deadline)
+			return lw_error(L, WEFT_ETIMEOUT);
+		seq = weft_worker_wait_ext_until(S->w, slot, deadline);
+		fd = weft_listener_take(s->lst, S->w, slot, seq, s);
+		if (fd == -EAGAIN)
+			return lw_await(L, (lua_KContext)seq, accept_k);
+		weft_worker_wait_abort(S->w, slot);
 	}
+	if (fd < 0)
+		return lw_error(L, fd);
+	int n = push_sock(L, S, fd, s->family, s->type, s->protocol);
+	if (n == 1)
+		((lsock_t *)lua_touserdata(L, -1))->connected = 1;
+	if (n == 1 && fair(L, S))
+		return lw_fair_yield(L, S, 0, return_top_k);
+	return n;
 }
 
 /* tcp:accept([expires]) -> client */

@@ -1,7 +1,7 @@
 -- The weft launcher (os.getenv "WEFT_BIN"): options, arg, exit status,
 -- the main chunk as a weft thread, the loop running until threads finish.
 local tap = require "tap"
-local ok, is, like, test = tap.ok, tap.is, tap.like, tap.test
+local ok, is, like, test, cmp_ok = tap.ok, tap.is, tap.like, tap.test, tap.cmp_ok
 
 -- the launcher running this file: WEFT_BIN, or the program in arg
 local function weft_bin()
@@ -304,6 +304,68 @@ print("worker 1 finished")
 	is(code, 1, "exit status 1")
 	like(err, "worker%-two%-fails", "the error is reported")
 	like(out, "worker 1 finished", "worker 1 ran to the end")
+end)
+
+test("workers share one listening socket; a slow worker gets few connections", function()
+	local weft = require "weft"
+	-- a free port, for an explicit address both workers listen on
+	local probe = assert(weft.tcp())
+	assert(probe:bind("127.0.0.1", 0))
+	local port = probe.local_port
+	probe:close()
+	local srv = script([[
+local weft = require "weft"
+local port = tonumber(arg[1])
+local s = assert(weft.tcp())
+assert(s:listen("127.0.0.1", port))
+local n = 0
+while true do
+	local c = s:accept(weft.clock() + 2)
+	if not c then break end
+	n = n + 1
+	c:send("x")
+	c:close()
+	if weft.worker() == 2 then
+		-- slow worker: hogs its thread without yielding
+		local t = os.clock() + 0.25
+		while os.clock() < t do end
+	end
+end
+s:close()
+print(("worker %d accepted %d"):format(weft.worker(), n))
+]])
+	local errf = os.tmpname()
+	local p = assert(io.popen(("timeout -k 2 30 %s -t 2 %s %d 2>%s"):format(
+		shquote(BIN), srv, port, shquote(errf)), "r"))
+	local total = 40
+	local got = weft.run(function()
+		local done = 0
+		local t_end = weft.clock() + 10
+		while done < total and weft.clock() < t_end do
+			local c = assert(weft.tcp())
+			if c:connect("127.0.0.1", port, weft.clock() + 2) then
+				local b = weft.buffer(1)
+				if c:recvn(b, 1, weft.clock() + 5) then done = done + 1 end
+			else
+				weft.sleep(0.02) -- not listening yet
+			end
+			c:close()
+			weft.sleep(0.01)
+		end
+		return done
+	end)
+	local out = p:read("a")
+	local _, _, code = p:close()
+	local err = readfile(errf) or ""
+	os.remove(errf)
+	is(code, 0, "both workers listened on the same address and exited cleanly")
+	if code ~= 0 then tap.diag(err) end
+	is(got, total, "every connection was accepted and served")
+	local counts = {}
+	for w, n in out:gmatch("worker (%d) accepted (%d+)") do counts[tonumber(w)] = tonumber(n) end
+	is((counts[1] or 0) + (counts[2] or 0), total, "the two workers accepted all connections between them")
+	cmp_ok(counts[1] or 0, ">=", total * 3 // 4, "the idle worker took most of them")
+	tap.diag(("worker 1: %s, worker 2 (slow): %s"):format(counts[1], counts[2]))
 end)
 
 for _, f in ipairs(tmpfiles) do os.remove(f) end

@@ -1,0 +1,304 @@
+/* Shared listening sockets: see listener.h. */
+#include "config.h"
+
+#include "listener.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <string.h>
+
+#include "alloc.h"
+#include "error.h"
+#include "sock.h"
+
+/* Connections accepted per poller event: enough to drain a burst, small
+ * enough that the harvesting worker returns to its own threads soon. */
+#define ACCEPT_BATCH 16
+/* Queued connections at most; beyond this the listener is left disarmed
+ * (the kernel's backlog holds the rest) until acceptors catch up. */
+#define QUEUE_MAX 1024
+
+typedef struct waiter {
+	weft_worker_t *w;
+	uint32_t slot, seq;
+	const void *tag;
+} waiter_t;
+
+struct weft_listener {
+	weft_runtime_t *rt;
+	weft_fd_t *rec;
+	int fd;
+	struct sockaddr_storage key; /* the address asked for (explicit port) */
+	socklen_t keylen;            /* 0: not shared (port 0) */
+	pthread_mutex_t lock;        /* everything below */
+	int refs;
+	int armed;  /* the one-shot registration is armed */
+	int closed; /* the last reference is gone */
+	int *queue; /* accepted fds, a ring */
+	size_t qhead, qlen;
+	waiter_t *waiters; /* FIFO */
+	size_t nwait, capwait;
+	uint64_t accepted;
+	weft_listener_t *next; /* the runtime's list */
+};
+
+static int same_addr(const struct sockaddr *a, const struct sockaddr *b)
+{
+	if (a->sa_family != b->sa_family)
+		return 0;
+	if (a->sa_family == AF_INET) {
+		const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+		return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+	}
+	if (a->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+		return x->sin6_port == y->sin6_port && x->sin6_scope_id == y->sin6_scope_id &&
+		       memcmp(&x->sin6_addr, &y->sin6_addr, sizeof x->sin6_addr) == 0;
+	}
+	return 0;
+}
+
+static int shareable(const struct sockaddr *sa)
+{
+	return sa && (sa->sa_family == AF_INET || sa->sa_family == AF_INET6) &&
+	       weft_sa_port(sa) != 0;
+}
+
+/* Arm the one-shot registration again.  Called with the lock held. */
+static void rearm(weft_listener_t *l)
+{
+	if (l->armed || l->closed || l->qlen >= QUEUE_MAX)
+		return;
+	if (weft_poller_modify(weft_runtime_poller(l->rt), l->fd, WEFT_POLL_IN | WEFT_POLL_ONESHOT,
+			       weft_fd_token(l->rec)) == 0)
+		l->armed = 1;
+}
+
+int weft_listener_listen(weft_worker_t *w, weft_fd_t *r, const struct sockaddr *sa,
+			 socklen_t salen, int backlog, weft_listener_t **out)
+{
+	weft_runtime_t *rt = w->rt;
+	pthread_mutex_t *reg = weft__runtime_listener_lock(rt);
+	weft_listener_t **head = (weft_listener_t **)weft__runtime_listeners(rt);
+	int fd = atomic_load(&r->fd);
+	int rc = 0;
+
+	/* Lookup, bind and listen under the registry lock, so that two
+	 * workers listening at once end up on one socket. */
+	pthread_mutex_lock(reg);
+	if (shareable(sa)) {
+		for (weft_listener_t *l = *head; l; l = l->next) {
+			if (l->keylen && same_addr((struct sockaddr *)&l->key, sa)) {
+				pthread_mutex_lock(&l->lock);
+				l->refs++;
+				pthread_mutex_unlock(&l->lock);
+				pthread_mutex_unlock(reg);
+				weft_worker_close_fd(w, r);
+				*out = l;
+				return 0;
+			}
+		}
+	}
+	weft_listener_t *l = weft_calloc(1, sizeof *l);
+	int *queue = weft_malloc(QUEUE_MAX * sizeof *queue);
+	if (!l || !queue) {
+		rc = WEFT_ENOMEM;
+		goto fail;
+	}
+	if (sa && (rc = weft_sock_bind(fd, sa, salen)) < 0)
+		goto fail;
+	if ((rc = weft_sock_listen(fd, backlog)) < 0)
+		goto fail;
+	l->rt = rt;
+	l->rec = r;
+	l->fd = fd;
+	l->queue = queue;
+	l->refs = 1;
+	pthread_mutex_init(&l->lock, NULL);
+	if (shareable(sa)) {
+		memcpy(&l->key, sa, salen);
+		l->keylen = salen;
+	}
+	/* The record now belongs to the listener, not to w: events for it go
+	 * to whoever harvests them, through udata. */
+	atomic_store(&r->udata, l);
+	w->nfds--;
+	pthread_mutex_lock(&l->lock);
+	rearm(l);
+	pthread_mutex_unlock(&l->lock);
+	l->next = *head;
+	*head = l;
+	pthread_mutex_unlock(reg);
+	*out = l;
+	return 0;
+fail:
+	pthread_mutex_unlock(reg);
+	weft_free(queue);
+	weft_free(l);
+	return rc;
+}
+
+int weft_listener_fd(const weft_listener_t *l)
+{
+	return l->fd;
+}
+
+uint64_t weft_listener_accepted(const weft_listener_t *l)
+{
+	return l->accepted;
+}
+
+static void wake(const waiter_t *wt, int32_t code)
+{
+	weft_msg_t m = {WEFT_MSG_WAKE, wt->slot, wt->seq, code, NULL};
+	weft_worker_post(wt->w, &m);
+}
+
+static void remove_waiter(weft_listener_t *l, size_t i)
+{
+	memmove(&l->waiters[i], &l->waiters[i + 1], (l->nwait - i - 1) * sizeof *l->waiters);
+	l->nwait--;
+}
+
+/* Wake waiters for the queued connections, idle workers first (a worker
+ * parked in the poller or on its condition variable has nothing else to
+ * do), otherwise in arrival order.  Lock held. */
+static void dispatch(weft_listener_t *l)
+{
+	size_t n = l->qlen;
+	while (n > 0 && l->nwait > 0) {
+		size_t pick = 0;
+		for (size_t i = 0; i < l->nwait; i++) {
+			if (weft__worker_idle(l->waiters[i].w)) {
+				pick = i;
+				break;
+			}
+		}
+		waiter_t wt = l->waiters[pick];
+		remove_waiter(l, pick);
+		wake(&wt, 0);
+		n--;
+	}
+}
+
+/* Called with the registry lock held (see weft__listener_event). */
+static void on_event(weft_listener_t *l)
+{
+	pthread_mutex_lock(&l->lock);
+	l->armed = 0;
+	for (int i = 0; i < ACCEPT_BATCH && !l->closed && l->qlen < QUEUE_MAX; i++) {
+		int fd = weft_sock_accept(l->fd, NULL, NULL);
+		if (fd == -ECONNABORTED || fd == -EPROTO || fd == -EPERM)
+			continue; /* that connection died; try the next */
+		if (fd < 0)
+			break; /* EAGAIN, or out of descriptors: retry on the next edge */
+		l->queue[(l->qhead + l->qlen) % QUEUE_MAX] = fd;
+		l->qlen++;
+		l->accepted++;
+	}
+	dispatch(l);
+	rearm(l);
+	pthread_mutex_unlock(&l->lock);
+}
+
+void weft__listener_event(weft_runtime_t *rt, weft_fd_t *r)
+{
+	pthread_mutex_t *reg = weft__runtime_listener_lock(rt);
+	pthread_mutex_lock(reg);
+	weft_listener_t *l = atomic_load(&r->udata); /* under the lock: it may be gone */
+	if (l)
+		on_event(l);
+	pthread_mutex_unlock(reg);
+}
+
+int weft_listener_take(weft_listener_t *l, weft_worker_t *w, uint32_t slot, uint32_t seq,
+		       const void *tag)
+{
+	int rc;
+	pthread_mutex_lock(&l->lock);
+	if (l->closed) {
+		rc = WEFT_ECLOSED;
+	} else if (l->qlen > 0) {
+		rc = l->queue[l->qhead];
+		l->qhead = (l->qhead + 1) % QUEUE_MAX;
+		l->qlen--;
+		rearm(l);
+	} else {
+		rc = -EAGAIN;
+		if (tag) {
+			if (l->nwait == l->capwait) {
+				size_t cap = l->capwait ? l->capwait * 2 : 8;
+				waiter_t *nw = weft_realloc(l->waiters, cap * sizeof *nw);
+				if (!nw) {
+					pthread_mutex_unlock(&l->lock);
+					return WEFT_ENOMEM;
+				}
+				l->waiters = nw;
+				l->capwait = cap;
+			}
+			l->waiters[l->nwait++] = (waiter_t){w, slot, seq, tag};
+		}
+	}
+	pthread_mutex_unlock(&l->lock);
+	return rc;
+}
+
+void weft_listener_cancel(weft_listener_t *l, weft_worker_t *w, uint32_t slot, uint32_t seq)
+{
+	pthread_mutex_lock(&l->lock);
+	size_t i = 0;
+	while (i < l->nwait && !(l->waiters[i].w == w && l->waiters[i].slot == slot &&
+				 l->waiters[i].seq == seq))
+		i++;
+	if (i < l->nwait)
+		remove_waiter(l, i);
+	else
+		dispatch(l); /* our wake-up lost the race with the deadline: pass it on */
+	pthread_mutex_unlock(&l->lock);
+}
+
+void weft_listener_release(weft_listener_t *l, weft_worker_t *w, const void *tag)
+{
+	pthread_mutex_t *reg = weft__runtime_listener_lock(l->rt);
+	weft_listener_t **head = (weft_listener_t **)weft__runtime_listeners(l->rt);
+	pthread_mutex_lock(reg);
+	pthread_mutex_lock(&l->lock);
+	for (size_t i = 0; i < l->nwait;) {
+		if (l->waiters[i].w == w && l->waiters[i].tag == tag) {
+			wake(&l->waiters[i], WEFT_ECLOSED);
+			remove_waiter(l, i);
+		} else {
+			i++;
+		}
+	}
+	int last = --l->refs == 0;
+	if (last) {
+		l->closed = 1;
+		/* Under the registry lock: a harvesting worker finds the
+		 * listener through udata under the same lock, so after this no
+		 * event can reach l. */
+		atomic_store(&l->rec->udata, NULL);
+		weft_listener_t **p = head;
+		while (*p && *p != l)
+			p = &(*p)->next;
+		if (*p)
+			*p = l->next;
+	}
+	pthread_mutex_unlock(&l->lock);
+	pthread_mutex_unlock(reg);
+	if (!last)
+		return;
+	while (l->qlen > 0) {
+		weft_sock_close(l->queue[l->qhead]);
+		l->qhead = (l->qhead + 1) % QUEUE_MAX;
+		l->qlen--;
+	}
+	/* Closing goes through the worker that drops the last reference; the
+	 * record is counted as its own for the moment it takes. */
+	w->nfds++;
+	weft_worker_close_fd(w, l->rec);
+	pthread_mutex_destroy(&l->lock);
+	weft_free(l->queue);
+	weft_free(l->waiters);
+	weft_free(l);
+}

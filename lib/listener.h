@@ -1,0 +1,61 @@
+/* Shared listening sockets.
+ *
+ * When several workers of a runtime listen on the same address, they share
+ * one listening socket: the first listen creates it, the others join it
+ * (DESIGN §5).  The socket is registered one-shot; whichever worker holds
+ * the poller token when a connection arrives accepts a batch of
+ * connections into the listener's queue and wakes coroutines waiting in
+ * accept() in any worker, idle workers first.  A connection is bound to a
+ * Lua state only when a coroutine takes it from the queue, so a slow
+ * worker, which is not waiting in accept(), gets none.
+ *
+ * Thread safety: every function may be called from any worker thread. */
+#ifndef WEFT_LISTENER_H
+#define WEFT_LISTENER_H
+
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "worker.h"
+
+typedef struct weft_listener weft_listener_t;
+
+/* Listen on sa with the worker's socket record r (a bound or unbound TCP
+ * socket of w).  If the runtime already has a listener on that address
+ * (explicit port, not 0), r is closed and the existing listener is joined;
+ * otherwise r is bound (when sa is not NULL), put in listening mode and
+ * becomes a new listener.  Either way the caller gets a reference in *out
+ * and must not use r any more.  0 or a negative code (r is then still the
+ * caller's). */
+int weft_listener_listen(weft_worker_t *w, weft_fd_t *r, const struct sockaddr *sa,
+			 socklen_t salen, int backlog, weft_listener_t **out);
+
+/* The listening socket's descriptor (for options and addresses). */
+int weft_listener_fd(const weft_listener_t *l);
+
+/* Take an accepted connection: returns its fd (the caller opens a record
+ * for it), or -EAGAIN when the queue is empty: then, if slot/seq are
+ * given (seq from weft_worker_wait_ext_until), the coroutine is registered
+ * as waiting, tagged with `tag` (the caller's socket object), and will be
+ * woken with code 0 when a connection is queued.  WEFT_ECLOSED once the
+ * listener is closed. */
+int weft_listener_take(weft_listener_t *l, weft_worker_t *w, uint32_t slot, uint32_t seq,
+		       const void *tag);
+
+/* A waiting coroutine gave up (deadline): withdraw it; if a wake-up was
+ * already sent to it, pass it on to another waiter. */
+void weft_listener_cancel(weft_listener_t *l, weft_worker_t *w, uint32_t slot, uint32_t seq);
+
+/* Drop a reference.  Coroutines of w waiting through `tag` wake with
+ * WEFT_ECLOSED.  The last reference closes the socket and any queued
+ * connections. */
+void weft_listener_release(weft_listener_t *l, weft_worker_t *w, const void *tag);
+
+/* Called by the worker for a poller event on a record whose udata is
+ * set (a listener's). */
+void weft__listener_event(weft_runtime_t *rt, weft_fd_t *r);
+
+/* Counters, for tests and stats: connections accepted into the queue. */
+uint64_t weft_listener_accepted(const weft_listener_t *l);
+
+#endif
