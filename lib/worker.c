@@ -43,6 +43,7 @@ struct weft_runtime {
 	weft_runtime_t *_next; /* the process's runtimes, by poller fd */
 	pthread_mutex_t llock; /* the shared listeners (listener.c) */
 	void *listeners;
+	_Atomic int exiting; /* weft.exit() or a signal: every loop stops */
 };
 
 pthread_mutex_t *weft__runtime_listener_lock(weft_runtime_t *rt)
@@ -65,6 +66,30 @@ int weft__worker_idle(const weft_worker_t *w)
  * join one by its poller descriptor (weft.epoll_fd(fd)). */
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static weft_runtime_t *registry;
+
+void weft_runtime_exit(weft_runtime_t *rt)
+{
+	atomic_store_explicit(&rt->exiting, 1, memory_order_release);
+	pthread_mutex_lock(&rt->lock);
+	for (uint32_t i = 0; i < WEFT_MAX_WORKERS; i++)
+		if (rt->workers[i])
+			weft_worker_unpark(rt->workers[i]);
+	pthread_mutex_unlock(&rt->lock);
+}
+
+int weft_runtime_exiting(const weft_runtime_t *rt)
+{
+	return atomic_load_explicit(&((weft_runtime_t *)rt)->exiting, memory_order_acquire);
+}
+
+void weft_runtime_exit_all(void)
+{
+	pthread_mutex_lock(&registry_lock);
+	for (weft_runtime_t *rt = registry; rt; rt = rt->_next)
+		weft_runtime_exit(rt);
+	pthread_mutex_unlock(&registry_lock);
+}
+
 
 int weft_runtime_new(int epfd, weft_runtime_t **out)
 {

@@ -100,6 +100,13 @@ int weft_runtime_new(int epfd, weft_runtime_t **out);
  * frees it, and no worker may be attached then. */
 void weft_runtime_free(weft_runtime_t *rt);
 
+/* Tell every worker of rt to stop its loop (weft.exit(), a signal):
+ * sets a flag their loops check and wakes them.  Any thread. */
+void weft_runtime_exit(weft_runtime_t *rt);
+int weft_runtime_exiting(const weft_runtime_t *rt);
+/* weft_runtime_exit for every runtime of the process (signal handling). */
+void weft_runtime_exit_all(void);
+
 /* Take another reference to rt; returns rt. */
 weft_runtime_t *weft_runtime_ref(weft_runtime_t *rt);
 

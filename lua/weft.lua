@@ -26,6 +26,7 @@ local weft = {
 	poll = core.poll,
 	start = core.start,
 	stop = core.stop,
+	exit = core.exit,
 	sleep = core.sleep,
 	sleep_until = core.sleep_until,
 	sleep_job = core.sleep_job,
@@ -154,6 +155,9 @@ function weft.run(f, ...)
 	end, "weft.run")
 	core.resume(th, ...)
 	core.start()
+	if not res and core.exiting() then
+		return -- weft.exit() or a signal ended the program
+	end
 	if not res then
 		error("weft.run: the thread did not finish (it waits for something that cannot happen)", 2)
 	end

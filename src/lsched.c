@@ -13,6 +13,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "alloc.h"
@@ -161,6 +162,19 @@ static int dispatch(lua_State *L, lw_state_t *S, uint32_t slot, int nargs, uint3
 		S->current = slot;
 		S->budget = LW_IO_BUDGET;
 		weft_worker_co(S->w, slot)->state = WEFT_CO_RUNNING;
+#ifdef WEFT_DEBUG
+		/* A lua_State may run on one OS thread at a time (DESIGN §1): every
+		 * resume checks that this is the state's owner thread, the one
+		 * that entered the scheduler from outside (weft.start/poll, or a
+		 * top-level weft.resume), which an embedder may hand over between
+		 * runs. */
+		if (!S->looping && saved == LW_NONE)
+			S->owner = pthread_self();
+		if (!pthread_equal(pthread_self(), S->owner)) {
+			fprintf(stderr, "weft: a Lua state was resumed off its owner thread\n");
+			abort();
+		}
+#endif
 		int st = lua_resume(co, L, nargs, nres);
 		if (st == LUA_OK) {
 			done = DONE_FINISHED;
@@ -318,6 +332,7 @@ static int l_poll(lua_State *L)
 {
 	lw_state_t *S = lw_S(L);
 	check_loop_entry(L, S, "poll");
+	S->owner = pthread_self();
 	uint64_t timeout = timeout_arg(L, 1);
 	uint64_t deadline = timeout == UINT64_MAX ? UINT64_MAX : weft_clock_ns() + timeout;
 	S->looping = 1;
@@ -334,7 +349,7 @@ static int l_poll(lua_State *L)
 		if (rc < 0)
 			break;
 		ran = run_ready(L, S);
-		if (ran || wait == 0 || !weft_worker_alive(S->w))
+		if (ran || wait == 0 || !weft_worker_alive(S->w) || weft_runtime_exiting(S->rt))
 			break;
 	}
 	S->looping = 0;
@@ -349,12 +364,13 @@ static int l_start(lua_State *L)
 {
 	lw_state_t *S = lw_S(L);
 	check_loop_entry(L, S, "start");
+	S->owner = pthread_self();
 	uint64_t timeout = timeout_arg(L, 1);
 	uint64_t deadline = timeout == UINT64_MAX ? UINT64_MAX : weft_clock_ns() + timeout;
 	S->looping = 1;
 	S->stopping = 0;
 	int result = 1;
-	while (!S->stopping && weft_worker_alive(S->w)) {
+	while (!S->stopping && !weft_runtime_exiting(S->rt) && weft_worker_alive(S->w)) {
 		uint64_t wait = UINT64_MAX;
 		if (deadline != UINT64_MAX) {
 			uint64_t now = weft_clock_ns();
@@ -374,6 +390,21 @@ static int l_start(lua_State *L)
 	S->looping = 0;
 	S->stopping = 0;
 	lua_pushboolean(L, result);
+	return 1;
+}
+
+/* weft.exit(): every worker of the runtime leaves its loop; the launcher
+ * then ends the program with status 0. */
+static int l_exit(lua_State *L)
+{
+	weft_runtime_exit(lw_S(L)->rt);
+	return 0;
+}
+
+/* weft.core.exiting() -> whether weft.exit() (or a signal) ended the loop */
+static int l_exiting(lua_State *L)
+{
+	lua_pushboolean(L, weft_runtime_exiting(lw_S(L)->rt));
 	return 1;
 }
 
@@ -657,6 +688,8 @@ static const luaL_Reg sched_funcs[] = {
 	{"poll", l_poll},
 	{"start", l_start},
 	{"stop", l_stop},
+	{"exit", l_exit},
+	{"exiting", l_exiting},
 	{"sleep", l_sleep},
 	{"sleep_until", l_sleep_until},
 	{"sleep_job", l_sleep_job},

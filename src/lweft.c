@@ -11,6 +11,7 @@
 #include "alloc.h"
 #include "clock.h"
 #include "error.h"
+#include "lserial.h"
 #include "lweft.h"
 #include "weft.h"
 #include "poller.h"
@@ -326,6 +327,7 @@ int weft__open(lua_State *L)
 		S->current = LW_NONE;
 		S->budget = LW_IO_BUDGET;
 		S->L = L;
+		S->owner = pthread_self();
 		lua_newtable(L);
 		lua_pushcfunction(L, state_gc);
 		lua_setfield(L, -2, "__gc");
@@ -365,6 +367,7 @@ int weft__open(lua_State *L)
 	lw_open_addr(L, S);
 	lw_open_socket(L, S);
 	lw_open_sched(L, S);
+	lw_open_serial(L, S);
 	lua_pushliteral(L, PACKAGE_VERSION);
 	lua_setfield(L, -2, "_VERSION");
 	return 1;

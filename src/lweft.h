@@ -6,6 +6,7 @@
 #include <lauxlib.h>
 #include <lua.h>
 #include <netdb.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 
@@ -42,6 +43,7 @@ typedef struct lw_state {
 	_Atomic int ext_pending; /* resolver requests in flight */
 	int closed;       /* the state is being closed */
 	int worker_index, worker_count; /* weft.worker(), weft.workers() */
+	pthread_t owner; /* the thread that loaded weft: the only one that may run it */
 } lw_state_t;
 
 /* The record, from the first upvalue. */

@@ -19,6 +19,7 @@
 
 #include "lweft.h"
 #include "weft.h"
+#include "worker.h"
 
 #include <pthread.h>
 #include <unistd.h>
@@ -395,12 +396,49 @@ static int thread_count(char **argv)
 	return 1;
 }
 
+/* SIGINT and SIGTERM are blocked in every thread and taken here: the first
+ * asks every worker to leave its loop (weft.exit()), so the program ends
+ * normally with status 0; a second one exits at once with status 1. */
+static void *signal_main(void *arg)
+{
+	sigset_t *set = arg;
+	int sig, seen = 0;
+	for (;;) {
+		if (sigwait(set, &sig) != 0)
+			continue;
+		if (seen++) {
+			static const char msg[] = "weft: second signal, exiting now\n";
+			ssize_t rc = write(STDERR_FILENO, msg, sizeof msg - 1);
+			(void)rc;
+			_exit(1);
+		}
+		weft_runtime_exit_all();
+	}
+	return NULL;
+}
+
+static void handle_signals(void)
+{
+	static sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGTERM);
+	if (pthread_sigmask(SIG_BLOCK, &set, NULL) != 0)
+		return;
+	pthread_t tid;
+	if (pthread_create(&tid, NULL, signal_main, &set) == 0)
+		pthread_detach(tid);
+	else
+		pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+}
+
 int main(int argc, char **argv)
 {
 	if (argv[0] && argv[0][0])
 		progname = argv[0];
 	signal(SIGPIPE, SIG_IGN);
 	raise_nofile();
+	handle_signals();
 	int n = thread_count(argv);
 	if (n < 0)
 		return EXIT_FAILURE;

@@ -368,5 +368,53 @@ print(("worker %d accepted %d"):format(weft.worker(), n))
 	tap.diag(("worker 1: %s, worker 2 (slow): %s"):format(counts[1], counts[2]))
 end)
 
+test("weft.exit() from one worker ends every worker, status 0", function()
+	local t0 = os.time()
+	local out, err, code = run("-t 2 " .. script([[
+local weft = require "weft"
+if weft.worker() == 2 then
+	weft.sleep(0.05)
+	weft.exit()
+else
+	-- blocked for good: only weft.exit() can end this worker
+	weft.thread(function() weft.sleep(1000) end)
+	local s = assert(weft.tcp())
+	assert(s:listen("127.0.0.1", 0))
+	s:accept()
+	print("accept returned")
+end
+]]))
+	is(code, 0, "exit status 0")
+	if code ~= 0 then tap.diag(err) end
+	ok(not out:match("accept returned"), "the blocked worker's loop was left, not its accept")
+	ok(os.time() - t0 < 10, "promptly")
+end)
+
+test("SIGTERM ends the program with status 0, a second signal at once", function()
+	local errf = os.tmpname()
+	local src = script([[
+local weft = require "weft"
+local s = assert(weft.tcp())
+assert(s:listen("127.0.0.1", 0))
+print("ready") io.stdout:flush()
+s:accept()
+]])
+	-- the shell prints the launcher's pid, then its exit status
+	local p = assert(io.popen(("%s -t 2 %s >/dev/null 2>%s & pid=$!; sleep 0.5; "
+		.. "kill -TERM $pid; wait $pid; echo status=$?"):format(shquote(BIN), src,
+		shquote(errf))))
+	local out = p:read("a")
+	p:close()
+	is(out:match("status=(%d+)"), "0", "status 0 after SIGTERM")
+	local p2 = assert(io.popen(("%s -e %s 2>%s & pid=$!; sleep 0.5; "
+		.. "kill -INT $pid; sleep 0.2; kill -INT $pid; wait $pid; echo status=$?"):format(
+		shquote(BIN), shquote("while true do end"), shquote(errf))))
+	local out2 = p2:read("a")
+	p2:close()
+	is(out2:match("status=(%d+)"), "1", "a busy program ends with status 1 on the second SIGINT")
+	like(readfile(errf) or "", "second signal", "and says so")
+	os.remove(errf)
+end)
+
 for _, f in ipairs(tmpfiles) do os.remove(f) end
 tap.done()
