@@ -13,6 +13,7 @@
 #include "alloc.h"
 #include "clock.h"
 #include "error.h"
+#include "channel.h"
 #include "listener.h"
 #include "sock.h"
 
@@ -41,8 +42,9 @@ struct weft_runtime {
 	_Atomic uint32_t token;
 	_Atomic int nparked; /* workers parked on their condition variable */
 	weft_runtime_t *_next; /* the process's runtimes, by poller fd */
-	pthread_mutex_t llock; /* the shared listeners (listener.c) */
+	pthread_mutex_t llock; /* the shared listeners and named channels */
 	void *listeners;
+	void *channels;
 	_Atomic int exiting; /* weft.exit() or a signal: every loop stops */
 };
 
@@ -54,6 +56,11 @@ pthread_mutex_t *weft__runtime_listener_lock(weft_runtime_t *rt)
 void **weft__runtime_listeners(weft_runtime_t *rt)
 {
 	return &rt->listeners;
+}
+
+void **weft__runtime_channels(weft_runtime_t *rt)
+{
+	return &rt->channels;
 }
 
 int weft__worker_idle(const weft_worker_t *w)
@@ -163,6 +170,7 @@ void weft_runtime_free(weft_runtime_t *rt)
 	pthread_mutex_unlock(&registry_lock);
 	if (!last)
 		return;
+	weft__chan_release_named(&rt->channels);
 	weft_fdtab_free(rt->fds);
 	weft_poller_free(rt->poller);
 	pthread_mutex_destroy(&rt->lock);

@@ -33,6 +33,7 @@ local weft = {
 	epoll_fd = core.epoll_fd,
 	iocp = core.iocp,
 	stats = core.stats,
+	channel = core.channel,
 	worker = core.worker,
 	workers = core.workers,
 	yield = coroutine.yield,

@@ -1,0 +1,181 @@
+-- weft.channel: bounded FIFO queues of serialized values, within a state
+-- and between workers (weft -t N).
+local tap = require "tap"
+local weft = require "weft"
+local H = tap.weft_harness(weft)
+local ok, is, like, cmp_ok, is_deeply = tap.ok, tap.is, tap.like, tap.cmp_ok, tap.is_deeply
+
+H.test("send and recv in order, values copied", function()
+	local ch = weft.channel(8)
+	is(ch:capacity(), 8, "capacity")
+	is(ch:count(), 0, "empty")
+	local t = {a = 1, list = {1, 2, 3}, s = "text"}
+	ok(ch:send(t), "send a table")
+	ok(ch:send(42), "send a number")
+	ok(ch:send("str"), "send a string")
+	ok(ch:send(true), "send a boolean")
+	is(ch:count(), 4, "count")
+	local got = ch:recv()
+	is_deeply(got, t, "the table arrives")
+	ok(got ~= t, "as a copy")
+	is(ch:recv(), 42, "FIFO: number")
+	is(ch:recv(), "str", "FIFO: string")
+	is(ch:recv(), true, "FIFO: boolean")
+	is(ch:count(), 0, "empty again")
+	is(weft.channel():capacity(), 64, "default capacity 64")
+end)
+
+H.test("recv waits for a sender; senders wait while full", function()
+	local ch = weft.channel(2)
+	local got = {}
+	weft.thread(function()
+		for i = 1, 5 do got[#got + 1] = ch:recv(weft.clock() + 5) end
+	end)
+	local t0 = weft.clock()
+	for i = 1, 5 do assert(ch:send(i, weft.clock() + 5)) end
+	weft.sleep(0.05)
+	is_deeply(got, {1, 2, 3, 4, 5}, "all values in order through a 2-slot channel")
+	ok(weft.clock() - t0 < 1, "no deadline was needed")
+end)
+
+H.test("timeouts", function()
+	local ch = weft.channel(1)
+	local t0 = weft.clock()
+	local v, err = ch:recv(t0 + 0.05)
+	is(v, nil, "recv on an empty channel times out")
+	is(err, "timeout", "with 'timeout'")
+	cmp_ok(weft.clock() - t0, ">=", 0.05, "not before the deadline")
+	assert(ch:send(1))
+	local r, serr = ch:send(2, weft.clock() + 0.05)
+	is(r, nil, "send on a full channel times out")
+	is(serr, "timeout", "with 'timeout'")
+	is(ch:count(), 1, "the timed-out message was not queued")
+	is(ch:recv(), 1, "the queued one is still there")
+	-- a waiter that timed out does not swallow a later wake-up
+	weft.thread(function() ch:recv(weft.clock() + 0.01) end)
+	local late
+	weft.thread(function() late = ch:recv(weft.clock() + 5) end)
+	weft.sleep(0.05)
+	assert(ch:send("after"))
+	weft.sleep(0.02)
+	is(late, "after", "the next waiter got the message")
+end)
+
+H.test("close: senders fail, receivers drain then get 'closed'", function()
+	local ch = weft.channel(4)
+	assert(ch:send("a"))
+	local blocked
+	local c2 = weft.channel(1)
+	weft.thread(function()
+		blocked = table.pack(c2:recv(weft.clock() + 5))
+	end)
+	local waiting
+	local ch2 = weft.channel(1)
+	weft.thread(function() waiting = table.pack(ch2:recv(weft.clock() + 5)) end)
+	weft.sleep(0.01)
+	ch2:close()
+	weft.sleep(0.01)
+	is(waiting and waiting[1], nil, "a waiting receiver wakes on close")
+	is(waiting and waiting[2], "closed", "with 'closed'")
+	ch:close()
+	local r, err = ch:send("b")
+	is(r, nil, "send after close fails")
+	is(err, "closed", "with 'closed'")
+	is(ch:recv(), "a", "what was queued is still received")
+	local v, e = ch:recv()
+	is(v, nil, "then recv fails")
+	is(e, "closed", "with 'closed'")
+	ok(ch:close(), "close is idempotent")
+	ok(blocked == nil, "an unrelated waiter stays blocked")
+	c2:close()
+	weft.sleep(0.01)
+	is(blocked and blocked[2], "closed", "until its own channel closes")
+end)
+
+H.test("values that cannot cross give a clear error", function()
+	local ch = weft.channel(4)
+	local r, err = ch:send(io.stdout)
+	is(r, nil, "a userdata cannot be sent")
+	like(err, "cannot pass a userdata", "message")
+	r, err = ch:send(setmetatable({}, {}))
+	is(r, nil, "a table with a metatable cannot be sent")
+	like(err, "metatable", "message")
+	local up = 1
+	r, err = ch:send(function() return up end)
+	is(r, nil, "a function cannot be sent on a channel")
+	is(ch:count(), 0, "nothing was queued")
+	ok(not pcall(ch.send, ch), "send without a value raises")
+end)
+
+H.test("named channels and channels inside messages", function()
+	local a = weft.channel("shared-name", 3)
+	local b = weft.channel("shared-name")
+	assert(a:send("via a"))
+	is(b:recv(), "via a", "two objects, one named channel")
+	is(b:capacity(), 3, "created with the first capacity")
+	local inner = weft.channel(2)
+	assert(a:send({reply = inner}))
+	local msg = b:recv()
+	assert(msg.reply:send("pong"))
+	is(inner:recv(), "pong", "a channel sent in a message is the same channel")
+end)
+
+tap.test("I/O on a channel outside a thread raises", function()
+	local ch = weft.channel(1)
+	ok(not pcall(ch.recv, ch), "recv in the main thread raises")
+	ok(not pcall(ch.send, ch, 1), "send in the main thread raises")
+	ok(not pcall(weft.channel, 0), "capacity 0 raises")
+end)
+
+-- Between workers: a subprocess with two workers moves N messages from
+-- worker 1 to worker 2 and back, with exact accounting.
+tap.test("between workers: exact counts, FIFO per sender", function()
+	local bin = os.getenv("WEFT_BIN")
+	if not bin then
+		tap.skip("WEFT_BIN not set", 3)
+		return
+	end
+	local path = os.tmpname()
+	local f = assert(io.open(path, "w"))
+	f:write([[
+local weft = require "weft"
+local N = 100000
+local jobs = weft.channel("jobs", 16)
+local back = weft.channel("back", 16)
+if weft.worker() == 1 then
+	weft.thread(function()
+		for i = 1, N do assert(jobs:send(i, weft.clock() + 30)) end
+		jobs:close()
+	end)
+	local n, last, inorder = 0, 0, true
+	while true do
+		local v = back:recv(weft.clock() + 30)
+		if not v then break end
+		if v ~= last + 1 then inorder = false end
+		last = v
+		n = n + 1
+		if n == N then break end
+	end
+	print(("received %d in order %s"):format(n, tostring(inorder)))
+else
+	local n = 0
+	while true do
+		local v = jobs:recv(weft.clock() + 30)
+		if v == nil then break end
+		assert(back:send(v, weft.clock() + 30))
+		n = n + 1
+	end
+	print(("relayed %d"):format(n))
+end
+]])
+	f:close()
+	local p = assert(io.popen(("timeout -k 2 60 %s -t 2 %s 2>&1"):format(bin, path)))
+	local out = p:read("a")
+	local okc = p:close()
+	os.remove(path)
+	ok(okc, "the two workers exited cleanly")
+	like(out, "received 100000 in order true", "every message came back, in order")
+	like(out, "relayed 100000", "worker 2 relayed every message exactly once")
+end)
+
+tap.done()
