@@ -316,6 +316,7 @@ int64_t weft_worker_co_new(weft_worker_t *w)
 	weft_co_t *co = &w->_cos[slot];
 	weft_timer_init(&co->_timer);
 	co->_fd = NULL;
+	co->_data = NULL;
 	co->state = WEFT_CO_RUNNING;
 	co->_alive = 0;
 	co->_pending = 0;
@@ -522,6 +523,13 @@ uint32_t weft_worker_yield(weft_worker_t *w, uint32_t slot)
 	return co->seq;
 }
 
+void *weft_worker_take_data(weft_worker_t *w, uint32_t slot)
+{
+	void *p = w->_cos[slot]._data;
+	w->_cos[slot]._data = NULL;
+	return p;
+}
+
 void weft_worker_wait_abort(weft_worker_t *w, uint32_t slot)
 {
 	leave_wait(w, &w->_cos[slot]);
@@ -676,7 +684,14 @@ static void on_message(weft_worker_t *w, const weft_msg_t *m)
 			io_done(w, m->slot, m->code);
 		break;
 	case WEFT_MSG_WAKE:
-		weft_worker_wake(w, m->slot, m->seq, m->code);
+		/* A wake-up may carry data for the woken coroutine (values from
+		 * another worker); if the wait is over, the data is dropped. */
+		if (weft_worker_wake(w, m->slot, m->seq, m->code)) {
+			if (m->ptr)
+				w->_cos[m->slot]._data = m->ptr;
+		} else if (m->ptr && w->drop_data) {
+			w->drop_data(m->ptr);
+		}
 		break;
 	default:
 		break;

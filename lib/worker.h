@@ -47,6 +47,7 @@ enum weft_co_state {
 typedef struct weft_co {
 	weft_timer_t _timer; /* deadline of the current wait */
 	weft_fd_t *_fd;      /* WAIT_IO: the record waited on */
+	void *_data;         /* data that came with the last wake-up */
 	uint32_t seq;        /* number of the current (or last) wait */
 	uint32_t _next_free;
 	uint8_t state;       /* enum weft_co_state */
@@ -84,6 +85,9 @@ typedef struct weft_worker {
 	pthread_mutex_t _park_lock;
 	pthread_cond_t _park_cond;
 	weft_worker_stats_t stats;
+	/* Frees the data of a WEFT_MSG_WAKE message whose wait was over
+	 * (set by the binding; NULL = the data is not owned). */
+	void (*drop_data)(void *);
 } weft_worker_t;
 
 /* Inbox message kinds. */
@@ -167,6 +171,10 @@ uint32_t weft_worker_wait_ext(weft_worker_t *w, uint32_t slot);
 /* The same with a deadline: the wait ends with WEFT_ETIMEOUT then
  * (UINT64_MAX = none). */
 uint32_t weft_worker_wait_ext_until(weft_worker_t *w, uint32_t slot, uint64_t deadline_ns);
+
+/* The data that came with the wake-up that ended slot's last wait (a
+ * WEFT_MSG_WAKE message's ptr), or NULL; the caller owns it. */
+void *weft_worker_take_data(weft_worker_t *w, uint32_t slot);
 
 /* Abandon the wait just begun (nothing can have woken it: the caller
  * found what it wanted before registering anywhere). */

@@ -19,6 +19,7 @@
 #include "alloc.h"
 #include "clock.h"
 #include "error.h"
+#include "lserial.h"
 #include "lweft.h"
 
 static char MARK_SUSPEND, MARK_TRANSFER;
@@ -585,27 +586,95 @@ static int l_sleep(lua_State *L)
 	return do_sleep(L, seconds_from_now(luaL_checknumber(L, 1)));
 }
 
+/* Sleep jobs may be passed to another worker (as a channel message or a
+ * spawn argument), whose wakeup then resumes the sleeper in its own
+ * worker.  The part both sides see is shared: the word naming the sleeping
+ * slot and wait, which a waker claims with a CAS (exactly one wake-up per
+ * sleep), and the owner's worker, which a remote waker posts to. */
+typedef struct sjshared {
+	_Atomic uint64_t word; /* 0, or (slot + 1) << 32 | seq of the sleeper */
+	weft_worker_t *w;      /* the owner's worker; NULL once it is gone */
+	_Atomic long refs;
+} sjshared_t;
+
 typedef struct sleepjob {
-	uint32_t slot, seq;
-	int waiting;
+	sjshared_t *sh;
+	lw_state_t *owner; /* the state whose threads may sleep on it */
 } sleepjob_t;
+
+/* Guards sjshared_t.w against the owner going away while a remote waker
+ * posts to it. */
+static pthread_mutex_t sj_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void sh_unref(sjshared_t *sh)
+{
+	if (atomic_fetch_sub(&sh->refs, 1) == 1)
+		weft_free(sh);
+}
+
+static void push_sj(lua_State *L, sjshared_t *sh, lw_state_t *owner)
+{
+	sleepjob_t *sj = lua_newuserdatauv(L, sizeof *sj, 1);
+	sj->sh = sh;
+	sj->owner = owner;
+	luaL_setmetatable(L, LW_SLEEPJOB);
+}
 
 /* weft.sleep_job() -> sj */
 static int l_sleep_job(lua_State *L)
 {
-	sleepjob_t *sj = lua_newuserdatauv(L, sizeof *sj, 1);
-	sj->waiting = 0;
-	luaL_setmetatable(L, LW_SLEEPJOB);
+	lw_state_t *S = lw_S(L);
+	sjshared_t *sh = weft_calloc(1, sizeof *sh);
+	if (!sh)
+		return luaL_error(L, "weft.sleep_job: out of memory");
+	sh->w = S->w;
+	atomic_init(&sh->refs, 1);
+	push_sj(L, sh, S);
 	return 1;
+}
+
+static int sj_gc(lua_State *L)
+{
+	lw_state_t *S = lw_S(L);
+	sleepjob_t *sj = luaL_checkudata(L, 1, LW_SLEEPJOB);
+	if (!sj->sh)
+		return 0;
+	if (sj->owner == S && sj->sh->w == S->w) {
+		pthread_mutex_lock(&sj_lock);
+		sj->sh->w = NULL;
+		pthread_mutex_unlock(&sj_lock);
+	}
+	sh_unref(sj->sh);
+	sj->sh = NULL;
+	return 0;
+}
+
+/* Values that came from another worker's wakeup. */
+static void drop_blob(void *p)
+{
+	lw_blob_t *b = p;
+	lw_blob_free(b);
+	weft_free(b);
 }
 
 static int sj_sleep_k(lua_State *L, int status, lua_KContext ctx)
 {
+	lw_state_t *S = lw_S(L);
 	int code = lw_wakecode(L);
 	sleepjob_t *sj = lua_touserdata(L, 1);
-	sj->waiting = 0;
+	uint64_t mine = (uint64_t)ctx;
+	/* Woken by the deadline: take the word back (a waker that claimed it
+	 * first has a wake-up in flight that will find the wait over). */
+	atomic_compare_exchange_strong(&sj->sh->word, &mine, 0);
 	if (code != WEFT_WAKE_USER)
 		return 0;
+	lw_blob_t *b = weft_worker_take_data(S->w, S->current);
+	if (b) {
+		lua_settop(L, 0);
+		int n = lw_deserialize(L, b->data, b->len, 0);
+		drop_blob(b);
+		return n < 0 ? lua_error(L) : n;
+	}
 	lua_getiuservalue(L, 1, 1);
 	lua_pushnil(L);
 	lua_setiuservalue(L, 1, 1);
@@ -623,14 +692,15 @@ static int sj_wait(lua_State *L, uint64_t deadline)
 	lw_state_t *S = lw_S(L);
 	sleepjob_t *sj = luaL_checkudata(L, 1, LW_SLEEPJOB);
 	uint32_t slot = lw_waiter(L, S);
-	if (sj->waiting)
+	if (sj->owner != S || sj->sh->w != S->w)
+		return luaL_error(L, "sleep_job: only the worker that made it can sleep on it");
+	if (atomic_load(&sj->sh->word) != 0)
 		return luaL_error(L, "sleep_job: another thread is sleeping on it");
 	lua_settop(L, 1);
 	weft_worker_wait_time(S->w, slot, deadline);
-	sj->slot = slot;
-	sj->seq = weft_worker_co(S->w, slot)->seq;
-	sj->waiting = 1;
-	return lw_await(L, 0, sj_sleep_k);
+	uint64_t word = ((uint64_t)slot + 1) << 32 | weft_worker_co(S->w, slot)->seq;
+	atomic_store(&sj->sh->word, word);
+	return lw_await(L, (lua_KContext)word, sj_sleep_k);
 }
 
 /* sj:sleep_until([t]) -> wakeup values */
@@ -647,31 +717,85 @@ static int sj_sleep(lua_State *L)
 	return sj_wait(L, seconds_from_now(luaL_checknumber(L, 2)));
 }
 
-/* sj:wakeup(...) -> true if a sleeper was woken */
+/* Claim the sleeper: returns its word, or 0 if nobody sleeps. */
+static uint64_t sj_claim(sjshared_t *sh)
+{
+	uint64_t v = atomic_load(&sh->word);
+	while (v != 0 && !atomic_compare_exchange_weak(&sh->word, &v, 0))
+		;
+	return v;
+}
+
+/* sj:wakeup(...) -> true if a sleeper was woken.  From the owner's worker
+ * the values are kept as they are; from another worker they are
+ * serialized and travel with the wake-up message. */
 static int sj_wakeup(lua_State *L)
 {
 	lw_state_t *S = lw_S(L);
 	sleepjob_t *sj = luaL_checkudata(L, 1, LW_SLEEPJOB);
 	int n = lua_gettop(L) - 1;
-	if (!sj->waiting || !weft_worker_wake(S->w, sj->slot, sj->seq, WEFT_WAKE_USER)) {
-		lua_pushboolean(L, 0);
+	if (sj->owner == S && sj->sh->w == S->w) {
+		uint64_t v = sj_claim(sj->sh);
+		if (!v || !weft_worker_wake(S->w, (uint32_t)(v >> 32) - 1, (uint32_t)v,
+					    WEFT_WAKE_USER)) {
+			lua_pushboolean(L, 0);
+			return 1;
+		}
+		lua_createtable(L, n, 1);
+		lua_insert(L, 2);
+		for (int i = n; i >= 1; i--)
+			lua_rawseti(L, 2, i);
+		lua_pushinteger(L, n);
+		lua_setfield(L, 2, "n");
+		lua_setiuservalue(L, 1, 1);
+		lua_pushboolean(L, 1);
 		return 1;
 	}
-	lua_createtable(L, n, 1);
-	lua_insert(L, 2);
-	for (int i = n; i >= 1; i--)
-		lua_rawseti(L, 2, i);
-	lua_pushinteger(L, n);
-	lua_setfield(L, 2, "n");
-	lua_setiuservalue(L, 1, 1);
-	lua_pushboolean(L, 1);
+	lw_blob_t *b = weft_calloc(1, sizeof *b);
+	if (!b)
+		return luaL_error(L, "sleep_job: out of memory");
+	if (lw_serialize(L, 2, n, 0, b) < 0) {
+		drop_blob(b);
+		return lua_error(L);
+	}
+	int woke = 0;
+	pthread_mutex_lock(&sj_lock);
+	uint64_t v = sj->sh->w ? sj_claim(sj->sh) : 0;
+	if (v) {
+		weft_msg_t m = {WEFT_MSG_WAKE, (uint32_t)(v >> 32) - 1, (uint32_t)v, WEFT_WAKE_USER, b};
+		woke = weft_worker_post(sj->sh->w, &m) == 0;
+	}
+	pthread_mutex_unlock(&sj_lock);
+	if (!woke)
+		drop_blob(b);
+	lua_pushboolean(L, woke);
 	return 1;
+}
+
+static int pack_sj(lua_State *L, int idx, uint64_t out[2])
+{
+	sleepjob_t *sj = luaL_checkudata(L, idx, LW_SLEEPJOB);
+	atomic_fetch_add(&sj->sh->refs, 1); /* the message's reference */
+	out[0] = (uint64_t)(uintptr_t)sj->sh;
+	out[1] = (uint64_t)(uintptr_t)sj->owner;
+	return 0;
+}
+
+static int unpack_sj(lua_State *L, const uint64_t in[2])
+{
+	push_sj(L, (sjshared_t *)(uintptr_t)in[0], (lw_state_t *)(uintptr_t)in[1]);
+	return 0;
 }
 
 static const luaL_Reg sj_methods[] = {
 	{"sleep", sj_sleep},
 	{"sleep_until", sj_sleep_until},
 	{"wakeup", sj_wakeup},
+	{NULL, NULL},
+};
+
+static const luaL_Reg sj_meta[] = {
+	{"__gc", sj_gc},
 	{NULL, NULL},
 };
 
@@ -701,7 +825,9 @@ void lw_open_sched(lua_State *L, lw_state_t *S)
 	reg_table(L, &THREADS_KEY);
 	reg_table(L, &NAMES_KEY);
 	reg_table(L, &FINISH_KEY);
-	lw_newclass(L, S, LW_SLEEPJOB, sj_methods, NULL);
+	lw_newclass(L, S, LW_SLEEPJOB, sj_methods, sj_meta);
+	lw_serial_register(LW_SLEEPJOB, pack_sj, unpack_sj);
+	S->w->drop_data = drop_blob;
 	lw_register(L, S, sched_funcs);
 	lua_createtable(L, 0, 3);
 	lua_pushlightuserdata(L, lw_mark_wait());

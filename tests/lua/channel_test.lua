@@ -178,4 +178,54 @@ end
 	like(out, "relayed 100000", "worker 2 relayed every message exactly once")
 end)
 
+-- A sleep job passed to another worker: its wakeup resumes the sleeper in
+-- its own worker, with the values.
+tap.test("between workers: sleep_job wakeup with values, many times", function()
+	local bin = os.getenv("WEFT_BIN")
+	if not bin then
+		tap.skip("WEFT_BIN not set", 2)
+		return
+	end
+	local path = os.tmpname()
+	local f = assert(io.open(path, "w"))
+	f:write([[
+local weft = require "weft"
+local N = 20000
+local handoff = weft.channel("handoff", 4)
+if weft.worker() == 1 then
+	local sj = weft.sleep_job()
+	local good = 0
+	for i = 1, N do
+		assert(handoff:send(sj, weft.clock() + 30))
+		local a, b, t = sj:sleep(30)
+		if a == "wake" and b == i and type(t) == "table" and t.n == i then good = good + 1 end
+	end
+	assert(handoff:send(false))
+	print(("woken %d of %d with the right values"):format(good, N))
+else
+	local n, i = 0, 0
+	while true do
+		local sj = handoff:recv(weft.clock() + 30)
+		if not sj then break end
+		i = i + 1
+		-- the sleeper may not be asleep yet: retry until it is
+		while not sj:wakeup("wake", i, {n = i}) do weft.sleep(0) end
+		n = n + 1
+		local ok = pcall(sj.sleep, sj, 0.01)
+		if ok then error("a foreign worker slept on the sleep job") end
+	end
+	print(("woke %d"):format(n))
+end
+]])
+	f:close()
+	local p = assert(io.popen(("timeout -k 2 60 %s -t 2 %s 2>&1"):format(bin, path)))
+	local out = p:read("a")
+	local okc = p:close()
+	os.remove(path)
+	ok(okc, "the two workers exited cleanly")
+	if not okc then tap.diag(out) end
+	like(out, "woken 20000 of 20000 with the right values", "every cross-worker wakeup arrived, values intact")
+	like(out, "woke 20000", "worker 2 woke the sleeper every time")
+end)
+
 tap.done()
