@@ -46,6 +46,7 @@ struct weft_runtime {
 	void *listeners;
 	void *channels;
 	_Atomic int exiting; /* weft.exit() or a signal: every loop stops */
+	_Atomic long jobs;   /* jobs queued in all workers (stealing hint) */
 };
 
 pthread_mutex_t *weft__runtime_listener_lock(weft_runtime_t *rt)
@@ -214,6 +215,7 @@ int weft_worker_new(weft_runtime_t *rt, weft_worker_t **out)
 		return err;
 	}
 	weft_runq_init(&w->runq);
+	weft_jobq_init(&w->jobs);
 	weft_wheel_init(&w->wheel, weft_clock_ns() / NS_PER_TICK);
 	w->_free = UINT32_MAX;
 	atomic_init(&w->_park, PARK_EMPTY);
@@ -265,6 +267,7 @@ void weft_worker_free(weft_worker_t *w)
 	detach(w);
 	pthread_cond_destroy(&w->_park_cond);
 	pthread_mutex_destroy(&w->_park_lock);
+	weft_jobq_destroy(&w->jobs);
 	weft_runq_destroy(&w->runq);
 	weft_inbox_destroy(&w->inbox);
 	weft_free(w->_cos);
@@ -523,6 +526,56 @@ uint32_t weft_worker_yield(weft_worker_t *w, uint32_t slot)
 	return co->seq;
 }
 
+void weft_worker_spawn(weft_worker_t *w, weft_job_t *j)
+{
+	weft_runtime_t *rt = w->rt;
+	weft_jobq_push(&w->jobs, j);
+	atomic_fetch_add_explicit(&rt->jobs, 1, memory_order_acq_rel);
+	/* Publishing: an idle worker may take it (DESIGN §5); this worker
+	 * runs it otherwise, on its next step. */
+	pthread_mutex_lock(&rt->lock);
+	for (uint32_t i = 0; i < WEFT_MAX_WORKERS; i++) {
+		weft_worker_t *o = rt->workers[i];
+		if (o && o != w && weft__worker_idle(o)) {
+			weft_worker_unpark(o);
+			break;
+		}
+	}
+	pthread_mutex_unlock(&rt->lock);
+}
+
+weft_job_t *weft_worker_next_job(weft_worker_t *w)
+{
+	weft_runtime_t *rt = w->rt;
+	if (atomic_load_explicit(&rt->jobs, memory_order_acquire) == 0)
+		return NULL;
+	weft_job_t *j = weft_jobq_pop(&w->jobs);
+	if (!j) {
+		/* Steal half of the longest queue.  Under the runtime lock, so
+		 * that no worker is freed while its queue is read. */
+		pthread_mutex_lock(&rt->lock);
+		weft_worker_t *victim = NULL;
+		size_t most = 0;
+		for (uint32_t i = 0; i < WEFT_MAX_WORKERS; i++) {
+			weft_worker_t *o = rt->workers[i];
+			size_t n = o ? atomic_load_explicit(&o->jobs.len, memory_order_relaxed) : 0;
+			if (o && o != w && n > most) {
+				most = n;
+				victim = o;
+			}
+		}
+		if (victim)
+			w->stats.jobs_stolen += weft_jobq_steal(&victim->jobs, &w->jobs);
+		pthread_mutex_unlock(&rt->lock);
+		j = weft_jobq_pop(&w->jobs);
+	}
+	if (j) {
+		atomic_fetch_sub_explicit(&rt->jobs, 1, memory_order_acq_rel);
+		w->stats.jobs_run++;
+	}
+	return j;
+}
+
 void *weft_worker_take_data(weft_worker_t *w, uint32_t slot)
 {
 	void *p = w->_cos[slot]._data;
@@ -735,7 +788,10 @@ int weft_worker_poll(weft_worker_t *w, uint64_t timeout_ns)
 	uint64_t queued0 = w->stats.wakes;
 	uint64_t now = weft_clock_ns();
 	int timeout_ms = 0;
-	if (before == 0 && !weft_inbox_nonempty(&w->inbox)) {
+	/* Jobs waiting anywhere: don't sleep, the binding takes or steals
+	 * them after this poll. */
+	if (before == 0 && !weft_inbox_nonempty(&w->inbox) &&
+	    atomic_load_explicit(&w->rt->jobs, memory_order_acquire) == 0) {
 		uint64_t deadline = timeout_ns == UINT64_MAX || timeout_ns > UINT64_MAX - now
 					    ? UINT64_MAX
 					    : now + timeout_ns;

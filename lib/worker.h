@@ -24,6 +24,7 @@
 
 #include "fdtab.h"
 #include "inbox.h"
+#include "jobq.h"
 #include "poller.h"
 #include "runq.h"
 #include "timer.h"
@@ -69,6 +70,8 @@ typedef struct weft_worker_stats {
 	uint64_t lost;       /* wake-ups dropped for want of memory */
 	uint64_t parks;      /* sleeps on the condition variable */
 	uint64_t unparks;    /* workers woken to take the poller token */
+	uint64_t jobs_run;   /* jobs taken from the job queue */
+	uint64_t jobs_stolen; /* jobs taken from other workers' queues */
 } weft_worker_stats_t;
 
 typedef struct weft_worker {
@@ -77,6 +80,7 @@ typedef struct weft_worker {
 	weft_runq_t runq;
 	weft_wheel_t wheel;
 	weft_inbox_t inbox;
+	weft_jobq_t jobs; /* spawned work not yet bound to a state */
 	weft_co_t *_cos;
 	uint32_t _ncos, _capcos, _free;
 	uint32_t nalive; /* waits that keep the loop alive */
@@ -214,11 +218,20 @@ void **weft__runtime_listeners(weft_runtime_t *rt);
 void **weft__runtime_channels(weft_runtime_t *rt);
 int weft__worker_idle(const weft_worker_t *w);
 
-/* Whether anything can still happen: wake-ups queued or waits that keep
- * the loop alive. */
+/* Queue a job on w's queue and wake an idle worker that may steal it.
+ * Owner only. */
+void weft_worker_spawn(weft_worker_t *w, weft_job_t *j);
+
+/* The next job to run: w's oldest, or else half of the longest queue of
+ * another worker is stolen first.  NULL when there is none.  Owner only. */
+weft_job_t *weft_worker_next_job(weft_worker_t *w);
+
+/* Whether anything can still happen: wake-ups queued, waits that keep
+ * the loop alive, or jobs queued here. */
 static inline int weft_worker_alive(const weft_worker_t *w)
 {
-	return weft_runq_len(&w->runq) != 0 || w->nalive != 0;
+	return weft_runq_len(&w->runq) != 0 || w->nalive != 0 ||
+	       atomic_load_explicit(&((weft_worker_t *)w)->jobs.len, memory_order_relaxed) != 0;
 }
 
 #endif

@@ -34,6 +34,7 @@ local weft = {
 	iocp = core.iocp,
 	stats = core.stats,
 	channel = core.channel,
+	spawn = core.spawn,
 	worker = core.worker,
 	workers = core.workers,
 	yield = coroutine.yield,

@@ -306,6 +306,35 @@ static int run_ready(lua_State *L, lw_state_t *S)
 	return ran;
 }
 
+void lw_thread_start(lua_State *L, lw_state_t *S, int nargs, const char *name)
+{
+	int64_t slot = weft_worker_co_new(S->w);
+	if (slot < 0 || grow_threads(S, (uint32_t)slot) < 0) {
+		if (slot >= 0)
+			weft_worker_co_free(S->w, (uint32_t)slot);
+		luaL_error(L, "weft: out of memory");
+	}
+	lua_State *co = lua_newthread(L);
+	lua_insert(L, -(nargs + 2));
+	lua_xmove(L, co, nargs + 1);
+	S->threads[slot] = co;
+	lw_set_slot(co, (uint32_t)slot);
+	lua_rawgetp(L, LUA_REGISTRYINDEX, &THREADS_KEY);
+	lua_pushvalue(L, -2);
+	lua_rawseti(L, -2, slot + 1);
+	lua_pop(L, 2);
+	if (name) {
+		lua_rawgetp(L, LUA_REGISTRYINDEX, &NAMES_KEY);
+		lua_pushstring(L, name);
+		lua_rawseti(L, -2, slot + 1);
+		lua_pop(L, 1);
+	}
+	uint32_t out;
+	int nres;
+	int done = dispatch(L, S, (uint32_t)slot, nargs, &out, &nres);
+	settle(L, S, done, out, nres);
+}
+
 static void check_loop_entry(lua_State *L, lw_state_t *S, const char *what)
 {
 	if (S->current != LW_NONE)
@@ -349,7 +378,7 @@ static int l_poll(lua_State *L)
 		rc = weft_worker_poll(S->w, wait);
 		if (rc < 0)
 			break;
-		ran = run_ready(L, S);
+		ran = run_ready(L, S) + lw_spawn_step(L, S);
 		if (ran || wait == 0 || !weft_worker_alive(S->w) || weft_runtime_exiting(S->rt))
 			break;
 	}
@@ -387,6 +416,7 @@ static int l_start(lua_State *L)
 			return luaL_error(L, "weft.start: %s", weft_strerror(rc));
 		}
 		run_ready(L, S);
+		lw_spawn_step(L, S);
 	}
 	S->looping = 0;
 	S->stopping = 0;

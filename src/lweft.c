@@ -224,6 +224,8 @@ static int l_stats(lua_State *L)
 	F("waiting", w->nalive);
 	F("fds", w->nfds);
 	F("parks", w->stats.parks);
+	F("jobs_run", w->stats.jobs_run);
+	F("jobs_stolen", w->stats.jobs_stolen);
 	F("unparks", w->stats.unparks);
 #undef F
 	return 1;
@@ -369,6 +371,7 @@ int weft__open(lua_State *L)
 	lw_open_sched(L, S);
 	lw_open_serial(L, S);
 	lw_open_channel(L, S);
+	lw_open_spawn(L, S);
 	lua_pushliteral(L, PACKAGE_VERSION);
 	lua_setfield(L, -2, "_VERSION");
 	return 1;

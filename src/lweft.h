@@ -121,12 +121,22 @@ int lw_buffer_resize(lw_buffer_t *b, size_t len);
  * at it (valid while the object is on the stack).  Raises otherwise. */
 const struct sockaddr *lw_checkaddr(lua_State *L, int idx, unsigned *salen, int *socktype);
 
+/* Start a weft thread running the function under the nargs values at
+ * the top of L's stack (all popped), as the loop does: errors go to the
+ * error handler.  For lspawn.c. */
+void lw_thread_start(lua_State *L, lw_state_t *S, int nargs, const char *name);
+
+/* Run jobs from the job queue (stealing if idle): a few per loop step.
+ * Returns how many were started. */
+int lw_spawn_step(lua_State *L, lw_state_t *S);
+
 /* Module parts. */
 void lw_open_buffer(lua_State *L, lw_state_t *S);
 void lw_open_addr(lua_State *L, lw_state_t *S);
 void lw_open_socket(lua_State *L, lw_state_t *S);
 void lw_open_sched(lua_State *L, lw_state_t *S);
 void lw_open_channel(lua_State *L, lw_state_t *S);
+void lw_open_spawn(lua_State *L, lw_state_t *S);
 
 /* Push a new addrinfo userdata owning list; for laddr.c and lsocket.c. */
 void lw_addrinfo_push(lua_State *L, struct addrinfo *list);
