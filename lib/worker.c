@@ -127,6 +127,24 @@ int weft_runtime_new(int epfd, weft_runtime_t **out)
 	return 0;
 }
 
+int weft_runtime_stats(weft_runtime_t *rt, uint64_t sum[WEFT_NSTATS])
+{
+	int n = 0;
+	memset(sum, 0, WEFT_NSTATS * sizeof *sum);
+	pthread_mutex_lock(&rt->lock);
+	for (uint32_t i = 0; i < WEFT_MAX_WORKERS; i++) {
+		weft_worker_t *w = rt->workers[i];
+		if (!w)
+			continue;
+		n++;
+		_Atomic uint64_t *c = (_Atomic uint64_t *)&w->stats;
+		for (int k = 0; k < WEFT_NSTATS; k++)
+			sum[k] += atomic_load_explicit(&c[k], memory_order_relaxed);
+	}
+	pthread_mutex_unlock(&rt->lock);
+	return n;
+}
+
 weft_runtime_t *weft_runtime_ref(weft_runtime_t *rt)
 {
 	pthread_mutex_lock(&rt->lock);
@@ -389,11 +407,11 @@ static void queue(weft_worker_t *w, uint32_t slot, weft_co_t *co, int32_t code)
 	/* Cannot fail: the ring has room for one wake-up per slot (see
 	 * weft_worker_co_new); counted, never silent, should that change. */
 	if (weft_runq_push(&w->runq, wk) < 0) {
-		w->stats.lost++;
+		WEFT_STAT_ADD(w, lost, 1);
 		return;
 	}
 	co->_pending = 1;
-	w->stats.wakes++;
+	WEFT_STAT_ADD(w, wakes, 1);
 }
 
 int weft_worker_wake(weft_worker_t *w, uint32_t slot, uint32_t seq, int32_t code)
@@ -446,7 +464,7 @@ static void deliver(weft_worker_t *w, weft_fd_t *r, uint64_t waiter1, int32_t co
 		weft_worker_post(ow, &m);
 	pthread_mutex_unlock(&w->rt->lock);
 	if (ow)
-		w->stats.handoffs++;
+		WEFT_STAT_ADD(w, handoffs, 1);
 }
 
 void weft_worker_close_fd(weft_worker_t *w, weft_fd_t *r)
@@ -565,13 +583,13 @@ weft_job_t *weft_worker_next_job(weft_worker_t *w)
 			}
 		}
 		if (victim)
-			w->stats.jobs_stolen += weft_jobq_steal(&victim->jobs, &w->jobs);
+			WEFT_STAT_ADD(w, jobs_stolen, weft_jobq_steal(&victim->jobs, &w->jobs));
 		pthread_mutex_unlock(&rt->lock);
 		j = weft_jobq_pop(&w->jobs);
 	}
 	if (j) {
 		atomic_fetch_sub_explicit(&rt->jobs, 1, memory_order_acq_rel);
-		w->stats.jobs_run++;
+		WEFT_STAT_ADD(w, jobs_run, 1);
 	}
 	return j;
 }
@@ -651,7 +669,7 @@ static void park_cond(weft_worker_t *w, int timeout_ms)
 	pthread_mutex_lock(&w->_park_lock);
 	if (!park_begin(w, PARK_FUTEX)) {
 		atomic_fetch_add(&w->rt->nparked, 1);
-		w->stats.parks++;
+		WEFT_STAT_ADD(w, parks, 1);
 		while (atomic_load_explicit(&w->_park, memory_order_acquire) == PARK_FUTEX) {
 			int rc = timeout_ms >= 0
 					 ? pthread_cond_timedwait(&w->_park_cond, &w->_park_lock, &ts)
@@ -687,7 +705,7 @@ static void drop_token(weft_worker_t *w)
 		if (o && o != w &&
 		    atomic_load_explicit(&o->_park, memory_order_acquire) == PARK_FUTEX) {
 			weft_worker_unpark(o);
-			w->stats.unparks++;
+			WEFT_STAT_ADD(w, unparks, 1);
 			break;
 		}
 	}
@@ -697,7 +715,7 @@ static void drop_token(weft_worker_t *w)
 static void on_timer(weft_worker_t *w, weft_co_t *co)
 {
 	uint32_t slot = (uint32_t)(co - w->_cos);
-	w->stats.timers++;
+	WEFT_STAT_ADD(w, timers, 1);
 	if (co->state == WEFT_CO_WAIT_IO) {
 		/* Withdraw from the wait word; if an event won the race, its
 		 * wake-up is already queued (or posted) and will be taken. */
@@ -712,7 +730,7 @@ static void on_event(weft_worker_t *w, const weft_poll_event_t *ev)
 {
 	weft_fd_t *r = weft_fdtab_lookup(w->rt->fds, ev->token);
 	if (!r) {
-		w->stats.stale++;
+		WEFT_STAT_ADD(w, stale, 1);
 		return;
 	}
 	if (atomic_load_explicit(&r->udata, memory_order_acquire)) {
@@ -730,7 +748,7 @@ static void on_event(weft_worker_t *w, const weft_poll_event_t *ev)
 
 static void on_message(weft_worker_t *w, const weft_msg_t *m)
 {
-	w->stats.inbox++;
+	WEFT_STAT_ADD(w, inbox, 1);
 	switch (m->kind) {
 	case WEFT_MSG_IO:
 		if (m->slot < w->_ncos)
@@ -785,7 +803,7 @@ static weft_timer_t *sort_by_expiry(weft_timer_t *list)
 int weft_worker_poll(weft_worker_t *w, uint64_t timeout_ns)
 {
 	size_t before = weft_runq_len(&w->runq);
-	uint64_t queued0 = w->stats.wakes;
+	uint64_t queued0 = WEFT_STAT(w, wakes);
 	uint64_t now = weft_clock_ns();
 	int timeout_ms = 0;
 	/* Jobs waiting anywhere: don't sleep, the binding takes or steals
@@ -808,7 +826,7 @@ int weft_worker_poll(weft_worker_t *w, uint64_t timeout_ns)
 
 	weft_poll_event_t ev[HARVEST_MAX];
 	if (take_token(w)) {
-		w->stats.polls++;
+		WEFT_STAT_ADD(w, polls, 1);
 		int parked = timeout_ms != 0;
 		if (parked && park_begin(w, PARK_POLLER)) {
 			parked = 0;
@@ -820,7 +838,7 @@ int weft_worker_poll(weft_worker_t *w, uint64_t timeout_ns)
 		drop_token(w);
 		if (n < 0)
 			return n;
-		w->stats.events += (uint64_t)n;
+		WEFT_STAT_ADD(w, events, (uint64_t)n);
 		for (int i = 0; i < n; i++)
 			on_event(w, &ev[i]);
 	} else if (timeout_ms != 0) {
@@ -847,7 +865,7 @@ int weft_worker_poll(weft_worker_t *w, uint64_t timeout_ns)
 		for (size_t i = 0; i < nm; i++)
 			on_message(w, &m[i]);
 	}
-	return (int)(w->stats.wakes - queued0);
+	return (int)(WEFT_STAT(w, wakes) - queued0);
 }
 
 int weft_worker_next(weft_worker_t *w, weft_wake_t *out)

@@ -30,6 +30,7 @@
 #include "timer.h"
 
 #define WEFT_MAX_WORKERS 256
+#define WEFT_NSTATS 12 /* counters in weft_worker_stats_t */
 
 /* A wake-up code for waits that another party ends on purpose (a sleep
  * job's wakeup); I/O waits end with 0, WEFT_ETIMEOUT or WEFT_ECLOSED. */
@@ -59,20 +60,30 @@ typedef struct weft_co {
 
 typedef struct weft_runtime weft_runtime_t;
 
+/* Counters, in this order (weft_runtime_stats sums them as an array). */
 typedef struct weft_worker_stats {
-	uint64_t events;     /* poller events harvested */
-	uint64_t stale;      /* events for closed/reused fds, dropped */
-	uint64_t wakes;      /* wake-ups queued */
-	uint64_t timers;     /* timers fired */
-	uint64_t inbox;      /* inbox messages taken */
-	uint64_t handoffs;   /* I/O wake-ups sent to another worker */
-	uint64_t polls;      /* calls into the poller */
-	uint64_t lost;       /* wake-ups dropped for want of memory */
-	uint64_t parks;      /* sleeps on the condition variable */
-	uint64_t unparks;    /* workers woken to take the poller token */
-	uint64_t jobs_run;   /* jobs taken from the job queue */
-	uint64_t jobs_stolen; /* jobs taken from other workers' queues */
+	_Atomic uint64_t events;     /* poller events harvested */
+	_Atomic uint64_t stale;      /* events for closed/reused fds, dropped */
+	_Atomic uint64_t wakes;      /* wake-ups queued */
+	_Atomic uint64_t timers;     /* timers fired */
+	_Atomic uint64_t inbox;      /* inbox messages taken */
+	_Atomic uint64_t handoffs;   /* I/O wake-ups sent to another worker */
+	_Atomic uint64_t polls;      /* calls into the poller */
+	_Atomic uint64_t lost;       /* wake-ups dropped for want of memory */
+	_Atomic uint64_t parks;      /* sleeps on the condition variable */
+	_Atomic uint64_t unparks;    /* workers woken to take the poller token */
+	_Atomic uint64_t jobs_run;   /* jobs taken from the job queue */
+	_Atomic uint64_t jobs_stolen; /* jobs taken from other workers' queues */
 } weft_worker_stats_t;
+
+/* Counters are written by their worker only and may be read by any
+ * thread (weft.stats totals): relaxed atomic loads and stores, which cost
+ * what plain ones do, not read-modify-write instructions. */
+#define WEFT_STAT_ADD(w, field, n)                                                                 \
+	atomic_store_explicit(&(w)->stats.field,                                                   \
+			      atomic_load_explicit(&(w)->stats.field, memory_order_relaxed) + (n), \
+			      memory_order_relaxed)
+#define WEFT_STAT(w, field) atomic_load_explicit(&(w)->stats.field, memory_order_relaxed)
 
 typedef struct weft_worker {
 	weft_runtime_t *rt;
@@ -114,6 +125,10 @@ void weft_runtime_exit(weft_runtime_t *rt);
 int weft_runtime_exiting(const weft_runtime_t *rt);
 /* weft_runtime_exit for every runtime of the process (signal handling). */
 void weft_runtime_exit_all(void);
+
+/* The counters of rt's workers added up, and how many workers there are.
+ * Any thread. */
+int weft_runtime_stats(weft_runtime_t *rt, uint64_t sum[WEFT_NSTATS]);
 
 /* Take another reference to rt; returns rt. */
 weft_runtime_t *weft_runtime_ref(weft_runtime_t *rt);

@@ -86,6 +86,7 @@ static int l_newthread(lua_State *L)
 	lua_pushvalue(L, 1);
 	lua_xmove(L, co, 1);
 	S->threads[slot] = co;
+	S->nthreads++;
 	lw_set_slot(co, (uint32_t)slot);
 	weft_worker_suspend(S->w, (uint32_t)slot);
 	lua_rawgetp(L, LUA_REGISTRYINDEX, &THREADS_KEY);
@@ -138,6 +139,7 @@ static void finish(lua_State *L, lw_state_t *S, uint32_t slot, int ok, int err_i
 
 	lw_set_slot(co, LW_NONE);
 	S->threads[slot] = NULL;
+	S->nthreads--;
 	weft_worker_co_free(S->w, slot);
 	lua_rawgetp(L, LUA_REGISTRYINDEX, &THREADS_KEY);
 	lua_pushnil(L);
@@ -318,6 +320,7 @@ void lw_thread_start(lua_State *L, lw_state_t *S, int nargs, const char *name)
 	lua_insert(L, -(nargs + 2));
 	lua_xmove(L, co, nargs + 1);
 	S->threads[slot] = co;
+	S->nthreads++;
 	lw_set_slot(co, (uint32_t)slot);
 	lua_rawgetp(L, LUA_REGISTRYINDEX, &THREADS_KEY);
 	lua_pushvalue(L, -2);

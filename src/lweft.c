@@ -204,30 +204,52 @@ static int l_resolver_delay(lua_State *L)
 	return 0;
 }
 
-/* weft.stats(): this worker's counters. */
+/* The counters' names, in weft_worker_stats_t order. */
+static const char *const stat_names[WEFT_NSTATS] = {
+	"events", "stale_events", "wakes", "timers", "inbox", "handoffs",
+	"token_holds", "lost_wakes", "parks", "unparks", "jobs_run", "jobs_stolen",
+};
+
+static void push_counters(lua_State *L, const uint64_t *c)
+{
+	for (int k = 0; k < WEFT_NSTATS; k++) {
+		lua_pushinteger(L, (lua_Integer)c[k]);
+		lua_setfield(L, -2, stat_names[k]);
+	}
+}
+
+/* weft.stats(): this worker's counters and gauges, and in `total` the
+ * counters of every worker of the runtime added up (with `workers`). */
 static int l_stats(lua_State *L)
 {
 	lw_state_t *S = lw_S(L);
 	weft_worker_t *w = S->w;
-	lua_createtable(L, 0, 12);
-#define F(name, v)                                                                                 \
-	lua_pushinteger(L, (lua_Integer)(v));                                                      \
-	lua_setfield(L, -2, name)
-	F("events", w->stats.events);
-	F("stale_events", w->stats.stale);
-	F("wakes", w->stats.wakes);
-	F("timers", w->stats.timers);
-	F("inbox", w->stats.inbox);
-	F("handoffs", w->stats.handoffs);
-	F("polls", w->stats.polls);
-	F("runq", weft_runq_len(&w->runq));
-	F("waiting", w->nalive);
-	F("fds", w->nfds);
-	F("parks", w->stats.parks);
-	F("jobs_run", w->stats.jobs_run);
-	F("jobs_stolen", w->stats.jobs_stolen);
-	F("unparks", w->stats.unparks);
-#undef F
+	uint64_t mine[WEFT_NSTATS], sum[WEFT_NSTATS];
+	_Atomic uint64_t *c = (_Atomic uint64_t *)&w->stats;
+	for (int k = 0; k < WEFT_NSTATS; k++)
+		mine[k] = atomic_load_explicit(&c[k], memory_order_relaxed);
+	lua_createtable(L, 0, WEFT_NSTATS + 8);
+	push_counters(L, mine);
+	lua_pushinteger(L, (lua_Integer)mine[6]);
+	lua_setfield(L, -2, "polls"); /* the older name of token_holds */
+	lua_pushinteger(L, S->worker_index);
+	lua_setfield(L, -2, "worker");
+	lua_pushinteger(L, (lua_Integer)weft_runq_len(&w->runq));
+	lua_setfield(L, -2, "runq");
+	lua_pushinteger(L, (lua_Integer)w->nalive);
+	lua_setfield(L, -2, "waiting");
+	lua_pushinteger(L, (lua_Integer)w->nfds);
+	lua_setfield(L, -2, "fds");
+	lua_pushinteger(L, (lua_Integer)S->nthreads);
+	lua_setfield(L, -2, "coroutines");
+	lua_pushinteger(L, (lua_Integer)atomic_load(&w->jobs.len));
+	lua_setfield(L, -2, "jobs_queued");
+	int n = weft_runtime_stats(S->rt, sum);
+	lua_createtable(L, 0, WEFT_NSTATS + 1);
+	push_counters(L, sum);
+	lua_pushinteger(L, n);
+	lua_setfield(L, -2, "workers");
+	lua_setfield(L, -2, "total");
 	return 1;
 }
 

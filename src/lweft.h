@@ -43,6 +43,7 @@ typedef struct lw_state {
 	_Atomic int ext_pending; /* resolver requests in flight */
 	int closed;       /* the state is being closed */
 	int worker_index, worker_count; /* weft.worker(), weft.workers() */
+	uint32_t nthreads; /* live weft threads */
 	pthread_t owner; /* the thread that loaded weft: the only one that may run it */
 } lw_state_t;
 
