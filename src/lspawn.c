@@ -105,6 +105,7 @@ static int job_done(lua_State *L, int status, lua_KContext ctx)
 		lua_pushboolean(L, 1);
 		lua_insert(L, 2);
 		if (lw_serialize(L, 2, n + 1, 0, &b) < 0) {
+			lw_blob_free(&b); /* what was written before the failure */
 			const char *msg = lua_tostring(L, -1);
 			lua_pushfstring(L, "weft.spawn: the results cannot be returned: %s", msg);
 			fut_fail(L, f, lua_tostring(L, -1));
