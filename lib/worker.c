@@ -17,6 +17,8 @@
 #include "listener.h"
 #include "sock.h"
 
+static void bury(weft_worker_t *w);
+
 #define NS_PER_TICK 1000000ull /* the wheel ticks in milliseconds */
 #define HARVEST_MAX 256
 
@@ -47,6 +49,7 @@ struct weft_runtime {
 	void *channels;
 	_Atomic int exiting; /* weft.exit() or a signal: every loop stops */
 	_Atomic long jobs;   /* jobs queued in all workers (stealing hint) */
+	weft_worker_t *graveyard; /* freed workers, kept until the runtime goes */
 };
 
 pthread_mutex_t *weft__runtime_listener_lock(weft_runtime_t *rt)
@@ -190,6 +193,11 @@ void weft_runtime_free(weft_runtime_t *rt)
 	if (!last)
 		return;
 	weft__chan_release_named(&rt->channels);
+	while (rt->graveyard) {
+		weft_worker_t *w = rt->graveyard;
+		rt->graveyard = w->_grave;
+		bury(w);
+	}
 	weft_fdtab_free(rt->fds);
 	weft_poller_free(rt->poller);
 	pthread_mutex_destroy(&rt->lock);
@@ -278,18 +286,37 @@ int weft_worker_move(weft_worker_t *w, weft_runtime_t *rt)
 	return 0;
 }
 
+/* The memory a worker keeps after it is freed: other workers may still
+ * hold its address (a channel's or listener's waiter list, a message
+ * being posted), so its inbox and parking fields stay valid until the
+ * runtime goes; posting to a dead worker is harmless. */
+static void bury(weft_worker_t *w)
+{
+	weft_msg_t *m;
+	size_t n = weft_inbox_drain(&w->inbox, &m);
+	for (size_t i = 0; i < n; i++)
+		if (m[i].kind == WEFT_MSG_WAKE && m[i].ptr && w->drop_data)
+			w->drop_data(m[i].ptr);
+	pthread_cond_destroy(&w->_park_cond);
+	pthread_mutex_destroy(&w->_park_lock);
+	weft_inbox_destroy(&w->inbox);
+	weft_free(w);
+}
+
 void weft_worker_free(weft_worker_t *w)
 {
 	if (!w)
 		return;
+	weft_runtime_t *rt = w->rt;
 	detach(w);
-	pthread_cond_destroy(&w->_park_cond);
-	pthread_mutex_destroy(&w->_park_lock);
 	weft_jobq_destroy(&w->jobs);
 	weft_runq_destroy(&w->runq);
-	weft_inbox_destroy(&w->inbox);
 	weft_free(w->_cos);
-	weft_free(w);
+	w->_cos = NULL;
+	pthread_mutex_lock(&rt->lock);
+	w->_grave = rt->graveyard;
+	rt->graveyard = w;
+	pthread_mutex_unlock(&rt->lock);
 }
 
 /* Move the coroutine table to a larger array.  Not realloc: the wheel links

@@ -103,6 +103,7 @@ typedef struct weft_worker {
 	/* Frees the data of a WEFT_MSG_WAKE message whose wait was over
 	 * (set by the binding; NULL = the data is not owned). */
 	void (*drop_data)(void *);
+	struct weft_worker *_grave; /* the runtime's freed workers */
 } weft_worker_t;
 
 /* Inbox message kinds. */
@@ -144,7 +145,9 @@ weft_fdtab_t *weft_runtime_fdtab(weft_runtime_t *rt);
 /* Attach a new worker to rt.  0 or a negative code. */
 int weft_worker_new(weft_runtime_t *rt, weft_worker_t **out);
 
-/* Detach and free a worker: it must have no coroutine waiting on an fd. */
+/* Detach and free a worker: it must have no coroutine waiting on an fd.
+ * The part other threads may still touch (inbox, parking) is kept until
+ * the runtime is freed. */
 void weft_worker_free(weft_worker_t *w);
 
 /* Move w to runtime rt (sharing rt's poller from now on).  Only a worker

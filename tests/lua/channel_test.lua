@@ -4,6 +4,8 @@ local tap = require "tap"
 local weft = require "weft"
 local H = tap.weft_harness(weft)
 local ok, is, like, cmp_ok, is_deeply = tap.ok, tap.is, tap.like, tap.cmp_ok, tap.is_deeply
+-- Slow (instrumented) builds divide the stress sizes by WEFT_TEST_SCALE.
+local SCALE = tonumber(os.getenv("WEFT_TEST_SCALE")) or 1
 
 H.test("send and recv in order, values copied", function()
 	local ch = weft.channel(8)
@@ -139,7 +141,7 @@ tap.test("between workers: exact counts, FIFO per sender", function()
 	local f = assert(io.open(path, "w"))
 	f:write([[
 local weft = require "weft"
-local N = 100000
+local N = tonumber(arg[1])
 local jobs = weft.channel("jobs", 16)
 local back = weft.channel("back", 16)
 if weft.worker() == 1 then
@@ -169,13 +171,14 @@ else
 end
 ]])
 	f:close()
-	local p = assert(io.popen(("timeout -k 2 60 %s -t 2 %s 2>&1"):format(bin, path)))
+	local N = 100000 // SCALE
+	local p = assert(io.popen(("timeout -k 2 120 %s -t 2 %s %d 2>&1"):format(bin, path, N)))
 	local out = p:read("a")
 	local okc = p:close()
 	os.remove(path)
 	ok(okc, "the two workers exited cleanly")
-	like(out, "received 100000 in order true", "every message came back, in order")
-	like(out, "relayed 100000", "worker 2 relayed every message exactly once")
+	like(out, ("received %d in order true"):format(N), "every message came back, in order")
+	like(out, ("relayed %d"):format(N), "worker 2 relayed every message exactly once")
 end)
 
 -- A sleep job passed to another worker: its wakeup resumes the sleeper in
@@ -190,7 +193,7 @@ tap.test("between workers: sleep_job wakeup with values, many times", function()
 	local f = assert(io.open(path, "w"))
 	f:write([[
 local weft = require "weft"
-local N = 20000
+local N = tonumber(arg[1])
 local handoff = weft.channel("handoff", 4)
 if weft.worker() == 1 then
 	local sj = weft.sleep_job()
@@ -218,14 +221,15 @@ else
 end
 ]])
 	f:close()
-	local p = assert(io.popen(("timeout -k 2 60 %s -t 2 %s 2>&1"):format(bin, path)))
+	local N = 20000 // SCALE
+	local p = assert(io.popen(("timeout -k 2 120 %s -t 2 %s %d 2>&1"):format(bin, path, N)))
 	local out = p:read("a")
 	local okc = p:close()
 	os.remove(path)
 	ok(okc, "the two workers exited cleanly")
 	if not okc then tap.diag(out) end
-	like(out, "woken 20000 of 20000 with the right values", "every cross-worker wakeup arrived, values intact")
-	like(out, "woke 20000", "worker 2 woke the sleeper every time")
+	like(out, ("woken %d of %d with the right values"):format(N, N), "every cross-worker wakeup arrived, values intact")
+	like(out, ("woke %d"):format(N), "worker 2 woke the sleeper every time")
 end)
 
 tap.done()

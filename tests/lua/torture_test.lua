@@ -9,7 +9,8 @@ local weft = require "weft"
 local ok, is, cmp_ok = tap.ok, tap.is, tap.cmp_ok
 
 local bin = os.getenv("WEFT_BIN")
-local CONNS = tonumber(os.getenv("WEFT_TORTURE_CONNS")) or 200
+-- Slow (instrumented) builds divide the stress sizes by WEFT_TEST_SCALE.
+local CONNS = 200 // (tonumber(os.getenv("WEFT_TEST_SCALE")) or 1)
 local BYTES = 48 * 1024 -- per connection
 
 local server = [[
