@@ -102,6 +102,16 @@ server_cmd() {
 			     "$WEFT_BIN" "$srcdir/contrib/examples/echo.lua" 127.0.0.1 0)
 		fi
 		;;
+	weft2)
+		# Two workers sharing one poller and one listening socket, both
+		# on the server CPU: what a second worker costs per round-trip.
+		override=${WEFT2_CMD:-}
+		if [[ -z $override ]]; then
+			need_exe "$WEFT_BIN"
+			cmd=(env "LUA_PATH=$srcdir/lua/?.lua;${LUA_PATH:-;}"
+			     "$WEFT_BIN" -t 2 "$srcdir/contrib/examples/echo.lua" 127.0.0.1 0)
+		fi
+		;;
 	node)
 		override=${NODE_CMD:-}
 		if [[ -z $override ]]; then
@@ -193,7 +203,7 @@ measure() {
 			die "$name exited before listening: $(cat "$err")"
 		sleep 0.05
 	done
-	[[ $line =~ listening\ on\ (.*):([0-9]+)$ ]] ||
+	[[ $line =~ listening\ on\ ([^ ]*):([0-9]+) ]] ||
 		die "$name did not say 'listening on HOST:PORT' within 10 s"
 	mapfile -t group < <(pgrep -g "$server_pid")
 	((${#group[@]} > 0)) || die "$name: no process in group $server_pid"

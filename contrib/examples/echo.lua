@@ -1,16 +1,31 @@
 -- A TCP echo server: one coroutine per connection.
 --   weft contrib/examples/echo.lua [host] [port]
+--   weft -t 4 contrib/examples/echo.lua [host] [port]   (four workers)
 -- then, for instance:  nc 127.0.0.1 <port>
 local weft = require "weft"
 
 local host = arg[1] or "127.0.0.1"
 local port = tonumber(arg[2]) or 7000
 
+-- With several workers, each listens on the same address and they share
+-- one listening socket.  Port 0 means "any": worker 1 picks it and tells
+-- the others over a named channel.
+if port == 0 and weft.workers() > 1 and weft.worker() > 1 then
+	port = assert(weft.channel("echo-port"):recv())
+	weft.channel("echo-port"):send(port)
+end
+
 local server = assert(weft.tcp())
 assert(server:setopt("so_reuseaddr", true))
 assert(server:listen(host, port))
-print(("echo server listening on %s:%d"):format(server.local_addr, server.local_port))
-io.stdout:flush()
+if weft.worker() == 1 then
+	if port == 0 and weft.workers() > 1 then
+		weft.channel("echo-port"):send(server.local_port)
+	end
+	print(("echo server listening on %s:%d (%d worker%s)"):format(server.local_addr,
+		server.local_port, weft.workers(), weft.workers() > 1 and "s" or ""))
+	io.stdout:flush()
+end
 
 local function serve(client)
 	local buf = weft.buffer(16384)
