@@ -27,6 +27,13 @@ local function serve(c)
 		return
 	end
 	local kind = buf:tostring(1, 4)
+	if kind == "CHRN" then
+		-- fd churn: answer and close at once (fd numbers get reused
+		-- across workers while events for the old ones may be queued)
+		c:send("k")
+		c:close()
+		return
+	end
 	if kind == "STAT" then
 		-- sum what every worker reported, answer, then end the program
 		local want = tonumber((c:recvall(weft.clock() + 30)):tostring())
@@ -80,6 +87,7 @@ tap.test("echo torture across 4 workers", function()
 	local p = assert(io.popen(("timeout -k 2 120 %s -t 4 %s %d 2>&1"):format(bin, path, port)))
 
 	local good, bad, sent_total = 0, 0, 0
+	local churn_ok, churn_n
 	local reply
 	weft.run(function()
 		-- wait for the server
@@ -132,6 +140,27 @@ tap.test("echo torture across 4 workers", function()
 			if i % 20 == 0 then weft.sleep(0) end
 		end
 		while done < CONNS do weft.sleep(0.01) end
+		-- fd churn: many short connections, 50 at a time
+		local CHURN = 40 * CONNS // 4
+		local churned, inflight = 0, 0
+		for i = 1, CHURN do
+			while inflight >= 50 do weft.sleep(0.001) end
+			inflight = inflight + 1
+			weft.thread(function()
+				local c = assert(weft.tcp())
+				if c:connect("127.0.0.1", port, weft.clock() + 10) and c:send("CHRN") then
+					local b = weft.buffer(1)
+					if c:recvn(b, 1, weft.clock() + 10) and b:tostring() == "k" then
+						churned = churned + 1
+					end
+				end
+				c:close()
+				inflight = inflight - 1
+			end)
+		end
+		while inflight > 0 do weft.sleep(0.01) end
+		churn_ok = churned == CHURN
+		churn_n = churned
 		local c = assert(weft.tcp())
 		assert(c:connect("127.0.0.1", port, weft.clock() + 10))
 		assert(c:send("STAT" .. tostring(CONNS)))
@@ -144,6 +173,7 @@ tap.test("echo torture across 4 workers", function()
 	local okp = p:close()
 	os.remove(path)
 	is(good, CONNS, "every connection echoed every byte in order")
+	ok(churn_ok, ("fd churn: every short connection was served (%s)"):format(tostring(churn_n)))
 	is(bad, 0, "no connection lost or corrupted data")
 	ok(okp, "the server exited cleanly after weft.exit()")
 	if not okp then tap.diag(out) end
