@@ -21,7 +21,17 @@ cpu_ticks() { # utime+stime of a process
 	awk '{ print $14 + $15 }' "/proc/$1/stat"
 }
 
-measure() { # workers -> prints "us_per_request requests_per_s"
+stat_line() { # port -> "events handoffs wakes" from GET /stats
+	exec 3<>"/dev/tcp/127.0.0.1/$1"
+	printf 'GET /stats HTTP/1.1\r\nHost: x\r\n\r\n' >&3
+	local body
+	body=$(timeout 2 cat <&3 || true)
+	exec 3<&-
+	echo "$body" | awk '$1 == "events" { e = $2 } $1 == "handoffs" { h = $2 } $1 == "wakes" { w = $2 }
+		END { print e + 0, h + 0, w + 0 }'
+}
+
+measure() { # workers -> prints "us_per_request requests_per_s handoff_fraction wakes_per_request"
 	local out pid port line
 	out=$(mktemp)
 	taskset -c 0 "$WEFT_BIN" -t "$1" "$top/contrib/examples/hello-http.lua" 127.0.0.1 0 >"$out" 2>&1 &
@@ -34,22 +44,28 @@ measure() { # workers -> prints "us_per_request requests_per_s"
 	[[ $line =~ listening\ on\ ([^ ]*):([0-9]+) ]] || { echo "server did not start" >&2; kill $pid; exit 1; }
 	port=${BASH_REMATCH[2]}
 	taskset -c 1 "$WRK" -t1 -c50 -d1s "http://127.0.0.1:$port/" >/dev/null 2>&1 # warm-up
-	local c0 c1 res reqs
+	local c0 c1 res reqs s0 s1
+	s0=$(stat_line "$port")
 	c0=$(cpu_ticks $pid)
 	res=$(taskset -c 1 "$WRK" -t1 -c50 -d"${DURATION}s" "http://127.0.0.1:$port/")
 	c1=$(cpu_ticks $pid)
+	s1=$(stat_line "$port")
 	kill $pid; wait $pid 2>/dev/null || true
 	rm -f "$out"
 	reqs=$(echo "$res" | awk '/requests in/ { print $1 }')
+	# events harvested, hand-offs to the other worker, wake-ups
+	read -r e0 h0 w0 <<<"$s0"
+	read -r e1 h1 w1 <<<"$s1"
 	awk -v c=$((c1 - c0)) -v t="$tck" -v r="$reqs" -v d="$DURATION" \
-		'BEGIN { printf "%.2f %.0f\n", c / t * 1e6 / r, r / d }'
+		-v e=$((e1 - e0)) -v h=$((h1 - h0)) -v w=$((w1 - w0)) \
+		'BEGIN { printf "%.2f %.0f %.3f %.3f\n", c / t * 1e6 / r, r / d, (e ? h / e : 0), w / r }'
 }
 
 declare -a one two
 for r in $(seq "$ROUNDS"); do
-	read -r a ra < <(measure 1)
-	read -r b rb < <(measure 2)
-	echo "round $r: 1 worker ${a} us/req (${ra} req/s)   2 workers ${b} us/req (${rb} req/s)"
+	read -r a ra _ wa < <(measure 1)
+	read -r b rb hb wb < <(measure 2)
+	echo "round $r: 1 worker ${a} us/req (${ra} req/s, ${wa} wakes/req)   2 workers ${b} us/req (${rb} req/s, ${wb} wakes/req, ${hb} of events handed off)"
 	one+=("$a")
 	two+=("$b")
 done

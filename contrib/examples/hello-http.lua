@@ -2,6 +2,7 @@
 -- and for benchmarks (contrib/bench/http-cpu.sh).
 --   weft [-t N] contrib/examples/hello-http.lua [host] [port]
 -- then:  curl http://127.0.0.1:<port>/
+-- (GET /stats answers with weft.stats().total, the runtime's counters)
 local weft = require "weft"
 
 local host = arg[1] or "127.0.0.1"
@@ -41,7 +42,17 @@ local function serve(c)
 		while true do
 			local e = pending:find("\r\n\r\n", pos, true)
 			if not e then break end
-			out[#out + 1] = response
+			if pending:sub(pos, pos + 10) == "GET /stats " then
+				-- the runtime's counters, all workers added up
+				local t, lines = weft.stats().total, {}
+				for k, v in pairs(t) do lines[#lines + 1] = k .. " " .. v end
+				table.sort(lines)
+				local b = table.concat(lines, "\n") .. "\n"
+				out[#out + 1] = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
+					.. #b .. "\r\n\r\n" .. b
+			else
+				out[#out + 1] = response
+			end
 			pos = e + 4
 		end
 		pending = pending:sub(pos)
