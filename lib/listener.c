@@ -22,6 +22,7 @@ typedef struct waiter {
 	weft_worker_t *w;
 	uint32_t slot, seq;
 	const void *tag;
+	int fd; /* handed: the connection assigned to this waiter */
 } waiter_t;
 
 struct weft_listener {
@@ -38,6 +39,8 @@ struct weft_listener {
 	size_t qhead, qlen;
 	waiter_t *waiters; /* FIFO */
 	size_t nwait, capwait;
+	waiter_t *handed; /* woken with a connection of their own, not yet claimed */
+	size_t nhanded, caphanded;
 	uint64_t accepted;
 	weft_listener_t *next; /* the runtime's list */
 };
@@ -148,6 +151,19 @@ uint64_t weft_listener_accepted(const weft_listener_t *l)
 	return l->accepted;
 }
 
+static int grow(waiter_t **v, size_t *cap, size_t n)
+{
+	if (n < *cap)
+		return 0;
+	size_t c = *cap ? *cap * 2 : 8;
+	waiter_t *nv = weft_realloc(*v, c * sizeof *nv);
+	if (!nv)
+		return WEFT_ENOMEM;
+	*v = nv;
+	*cap = c;
+	return 0;
+}
+
 static void wake(const waiter_t *wt, int32_t code)
 {
 	weft_msg_t m = {WEFT_MSG_WAKE, wt->slot, wt->seq, code, NULL};
@@ -160,13 +176,16 @@ static void remove_waiter(weft_listener_t *l, size_t i)
 	l->nwait--;
 }
 
-/* Wake waiters for the queued connections, idle workers first (a worker
- * parked in the poller or on its condition variable has nothing else to
- * do), otherwise in arrival order.  Lock held. */
+/* Hand queued connections to waiters, idle workers first (a worker parked
+ * in the poller or on its condition variable has nothing else to do),
+ * otherwise in arrival order.  Each woken waiter gets its own connection,
+ * so a busy worker that happens to run first cannot take them all.  Lock
+ * held. */
 static void dispatch(weft_listener_t *l)
 {
-	size_t n = l->qlen;
-	while (n > 0 && l->nwait > 0) {
+	while (l->qlen > 0 && l->nwait > 0) {
+		if (grow(&l->handed, &l->caphanded, l->nhanded) < 0)
+			return; /* the waiters stay registered; retried on the next event */
 		size_t pick = 0;
 		for (size_t i = 0; i < l->nwait; i++) {
 			if (weft__worker_idle(l->waiters[i].w)) {
@@ -176,9 +195,23 @@ static void dispatch(weft_listener_t *l)
 		}
 		waiter_t wt = l->waiters[pick];
 		remove_waiter(l, pick);
+		wt.fd = l->queue[l->qhead];
+		l->qhead = (l->qhead + 1) % QUEUE_MAX;
+		l->qlen--;
+		l->handed[l->nhanded++] = wt;
 		wake(&wt, 0);
-		n--;
 	}
+}
+
+/* Put a handed connection back at the head of the queue.  Lock held. */
+static void unhand(weft_listener_t *l, size_t i)
+{
+	int fd = l->handed[i].fd;
+	memmove(&l->handed[i], &l->handed[i + 1], (l->nhanded - i - 1) * sizeof *l->handed);
+	l->nhanded--;
+	l->qhead = (l->qhead + QUEUE_MAX - 1) % QUEUE_MAX;
+	l->queue[l->qhead] = fd;
+	l->qlen++;
 }
 
 /* Called with the registry lock held (see weft__listener_event). */
@@ -186,7 +219,15 @@ static void on_event(weft_listener_t *l)
 {
 	pthread_mutex_lock(&l->lock);
 	l->armed = 0;
-	for (int i = 0; i < ACCEPT_BATCH && !l->closed && l->qlen < QUEUE_MAX; i++) {
+	/* With acceptors waiting, take one connection for each: the rest stay
+	 * in the kernel's backlog, the one-shot registration fires again at
+	 * once, and the next harvest shares them among the acceptors then
+	 * waiting, so connections spread over the workers.  With nobody
+	 * waiting, queue a batch for whoever accepts next. */
+	size_t want = l->nwait > 0 ? l->nwait : ACCEPT_BATCH;
+	if (want > ACCEPT_BATCH)
+		want = ACCEPT_BATCH;
+	for (size_t i = 0; i < want && !l->closed && l->qlen < QUEUE_MAX; i++) {
 		int fd = weft_sock_accept(l->fd, NULL, NULL);
 		if (fd == -ECONNABORTED || fd == -EPROTO || fd == -EPERM)
 			continue; /* that connection died; try the next */
@@ -211,6 +252,23 @@ void weft__listener_event(weft_runtime_t *rt, weft_fd_t *r)
 	pthread_mutex_unlock(reg);
 }
 
+int weft_listener_claim(weft_listener_t *l, weft_worker_t *w, uint32_t slot, uint32_t seq)
+{
+	int fd = -EAGAIN;
+	pthread_mutex_lock(&l->lock);
+	for (size_t i = 0; i < l->nhanded; i++) {
+		waiter_t *h = &l->handed[i];
+		if (h->w == w && h->slot == slot && h->seq == seq) {
+			fd = h->fd;
+			memmove(h, h + 1, (l->nhanded - i - 1) * sizeof *h);
+			l->nhanded--;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&l->lock);
+	return fd;
+}
+
 int weft_listener_take(weft_listener_t *l, weft_worker_t *w, uint32_t slot, uint32_t seq,
 		       const void *tag)
 {
@@ -226,17 +284,11 @@ int weft_listener_take(weft_listener_t *l, weft_worker_t *w, uint32_t slot, uint
 	} else {
 		rc = -EAGAIN;
 		if (tag) {
-			if (l->nwait == l->capwait) {
-				size_t cap = l->capwait ? l->capwait * 2 : 8;
-				waiter_t *nw = weft_realloc(l->waiters, cap * sizeof *nw);
-				if (!nw) {
-					pthread_mutex_unlock(&l->lock);
-					return WEFT_ENOMEM;
-				}
-				l->waiters = nw;
-				l->capwait = cap;
+			if (grow(&l->waiters, &l->capwait, l->nwait) < 0) {
+				pthread_mutex_unlock(&l->lock);
+				return WEFT_ENOMEM;
 			}
-			l->waiters[l->nwait++] = (waiter_t){w, slot, seq, tag};
+			l->waiters[l->nwait++] = (waiter_t){w, slot, seq, tag, -1};
 		}
 	}
 	pthread_mutex_unlock(&l->lock);
@@ -250,10 +302,20 @@ void weft_listener_cancel(weft_listener_t *l, weft_worker_t *w, uint32_t slot, u
 	while (i < l->nwait && !(l->waiters[i].w == w && l->waiters[i].slot == slot &&
 				 l->waiters[i].seq == seq))
 		i++;
-	if (i < l->nwait)
+	if (i < l->nwait) {
 		remove_waiter(l, i);
-	else
-		dispatch(l); /* our wake-up lost the race with the deadline: pass it on */
+	} else {
+		/* Our wake-up lost the race with the deadline: give the connection
+		 * handed to us to someone else. */
+		for (size_t k = 0; k < l->nhanded; k++) {
+			if (l->handed[k].w == w && l->handed[k].slot == slot &&
+			    l->handed[k].seq == seq) {
+				unhand(l, k);
+				break;
+			}
+		}
+		dispatch(l);
+	}
 	pthread_mutex_unlock(&l->lock);
 }
 
@@ -271,6 +333,13 @@ void weft_listener_release(weft_listener_t *l, weft_worker_t *w, const void *tag
 			i++;
 		}
 	}
+	for (size_t i = 0; i < l->nhanded;) {
+		if (l->handed[i].w == w && l->handed[i].tag == tag)
+			unhand(l, i); /* its acceptor will find the socket closed */
+		else
+			i++;
+	}
+	dispatch(l);
 	int last = --l->refs == 0;
 	if (last) {
 		l->closed = 1;
@@ -288,6 +357,8 @@ void weft_listener_release(weft_listener_t *l, weft_worker_t *w, const void *tag
 	pthread_mutex_unlock(reg);
 	if (!last)
 		return;
+	for (size_t i = 0; i < l->nhanded; i++)
+		weft_sock_close(l->handed[i].fd);
 	while (l->qlen > 0) {
 		weft_sock_close(l->queue[l->qhead]);
 		l->qhead = (l->qhead + 1) % QUEUE_MAX;
@@ -300,5 +371,6 @@ void weft_listener_release(weft_listener_t *l, weft_worker_t *w, const void *tag
 	pthread_mutex_destroy(&l->lock);
 	weft_free(l->queue);
 	weft_free(l->waiters);
+	weft_free(l->handed);
 	weft_free(l);
 }

@@ -37,10 +37,16 @@ int weft_listener_fd(const weft_listener_t *l);
  * for it), or -EAGAIN when the queue is empty: then, if slot/seq are
  * given (seq from weft_worker_wait_ext_until), the coroutine is registered
  * as waiting, tagged with `tag` (the caller's socket object), and will be
- * woken with code 0 when a connection is queued.  WEFT_ECLOSED once the
+ * woken with code 0 when a connection is handed to it (claim it with
+ * weft_listener_claim).  WEFT_ECLOSED once the
  * listener is closed. */
 int weft_listener_take(weft_listener_t *l, weft_worker_t *w, uint32_t slot, uint32_t seq,
 		       const void *tag);
+
+/* A waiter woken with code 0 was handed a connection of its own: claim
+ * it by the wait's slot and seq.  The fd, or -EAGAIN if none (then try
+ * weft_listener_take). */
+int weft_listener_claim(weft_listener_t *l, weft_worker_t *w, uint32_t slot, uint32_t seq);
 
 /* A waiting coroutine gave up (deadline): withdraw it; if a wake-up was
  * already sent to it, pass it on to another waiter. */

@@ -365,9 +365,13 @@ static int accept_k(lua_State *L, int status, lua_KContext ctx)
 		return lw_error(L, code);
 	uint64_t deadline = lw_deadline(L, 2);
 	uint32_t slot = lw_waiter(L, S);
-	/* First without registering, then registered as a waiter; a
-	 * connection queued in between is taken by the second call. */
-	int fd = weft_listener_take(s->lst, S->w, slot, 0, NULL);
+	/* Woken: the connection handed to this wait, if any; then the queue
+	 * without registering; then registered as a waiter (a connection
+	 * queued in between is taken by that call). */
+	int fd = status == LUA_YIELD ? weft_listener_claim(s->lst, S->w, slot, (uint32_t)ctx)
+				     : -EAGAIN;
+	if (fd == -EAGAIN)
+		fd = weft_listener_take(s->lst, S->w, slot, 0, NULL);
 	uint32_t seq = 0;
 	if (fd == -EAGAIN) {
 		if (deadline != UINT64_MAX && weft_clock_ns() >= deadline)
