@@ -368,6 +368,51 @@ print(("worker %d accepted %d"):format(weft.worker(), n))
 	tap.diag(("worker 1: %s, worker 2 (slow): %s"):format(counts[1], counts[2]))
 end)
 
+test("arriving connections spread over the workers", function()
+	local weft = require "weft"
+	local probe = assert(weft.tcp())
+	assert(probe:bind("127.0.0.1", 0))
+	local port = probe.local_port
+	probe:close()
+	local srv = script([[
+local weft = require "weft"
+local s = assert(weft.tcp())
+assert(s:listen("127.0.0.1", tonumber(arg[1])))
+local n = 0
+while true do
+	local c = s:accept(weft.clock() + 1.5)
+	if not c then break end
+	n = n + 1
+	weft.thread(function() c:recv(weft.buffer(1), 1, weft.clock() + 5) c:close() end)
+end
+print(("worker %d accepted %d"):format(weft.worker(), n))
+]])
+	local p = assert(io.popen(("timeout -k 2 30 %s -t 2 %s %d 2>&1"):format(shquote(BIN), srv, port), "r"))
+	local opened = weft.run(function()
+		local cs, t_end = {}, weft.clock() + 5
+		while #cs == 0 and weft.clock() < t_end do -- wait for the listener
+			local c = assert(weft.tcp())
+			if c:connect("127.0.0.1", port, weft.clock() + 1) then cs[1] = c else c:close() weft.sleep(0.02) end
+		end
+		for i = 2, 50 do
+			local c = assert(weft.tcp())
+			if c:connect("127.0.0.1", port, weft.clock() + 5) then cs[#cs + 1] = c end
+			weft.sleep(0.002) -- a stream of arrivals, not one burst
+		end
+		weft.sleep(0.2)
+		for _, c in ipairs(cs) do c:close() end
+		return #cs
+	end)
+	local out = p:read("a")
+	p:close()
+	local counts = {}
+	for w, n in out:gmatch("worker (%d) accepted (%d+)") do counts[tonumber(w)] = tonumber(n) end
+	is(opened, 50, "50 connections opened")
+	is((counts[1] or 0) + (counts[2] or 0), 50, "all accepted")
+	ok((counts[1] or 0) > 0 and (counts[2] or 0) > 0, "both workers got some")
+	tap.diag(("worker 1: %s, worker 2: %s"):format(counts[1], counts[2]))
+end)
+
 test("weft.exit() from one worker ends every worker, status 0", function()
 	local t0 = os.time()
 	local out, err, code = run("-t 2 " .. script([[
