@@ -132,14 +132,9 @@ end)
 -- Between workers: a subprocess with two workers moves N messages from
 -- worker 1 to worker 2 and back, with exact accounting.
 tap.test("between workers: 10^6 messages each way, exact counts, FIFO", function()
-	local bin = os.getenv("WEFT_BIN")
-	if not bin then
-		tap.skip("WEFT_BIN not set", 3)
-		return
-	end
-	local path = os.tmpname()
-	local f = assert(io.open(path, "w"))
-	f:write([[
+	-- a million messages each way (a slow build divides it)
+	local N = 1000000 // SCALE
+	local out, okc = tap.run_workers(2, [[
 local weft = require "weft"
 local N = tonumber(arg[1])
 local jobs = weft.channel("jobs", 16)
@@ -169,14 +164,11 @@ else
 	end
 	print(("relayed %d"):format(n))
 end
-]])
-	f:close()
-	-- a million messages each way (a slow build divides it)
-	local N = 1000000 // SCALE
-	local p = assert(io.popen(("timeout -k 2 120 %s -t 2 %s %d 2>&1"):format(bin, path, N)))
-	local out = p:read("a")
-	local okc = p:close()
-	os.remove(path)
+]], N)
+	if not out then
+		tap.skip("WEFT_BIN not set", 3)
+		return
+	end
 	ok(okc, "the two workers exited cleanly")
 	like(out, ("received %d in order true"):format(N), "every message came back, in order")
 	like(out, ("relayed %d"):format(N), "worker 2 relayed every message exactly once")
@@ -185,14 +177,8 @@ end)
 -- A sleep job passed to another worker: its wakeup resumes the sleeper in
 -- its own worker, with the values.
 tap.test("between workers: sleep_job wakeup with values, many times", function()
-	local bin = os.getenv("WEFT_BIN")
-	if not bin then
-		tap.skip("WEFT_BIN not set", 2)
-		return
-	end
-	local path = os.tmpname()
-	local f = assert(io.open(path, "w"))
-	f:write([[
+	local N = 20000 // SCALE
+	local out, okc = tap.run_workers(2, [[
 local weft = require "weft"
 local N = tonumber(arg[1])
 local handoff = weft.channel("handoff", 4)
@@ -220,13 +206,11 @@ else
 	end
 	print(("woke %d"):format(n))
 end
-]])
-	f:close()
-	local N = 20000 // SCALE
-	local p = assert(io.popen(("timeout -k 2 120 %s -t 2 %s %d 2>&1"):format(bin, path, N)))
-	local out = p:read("a")
-	local okc = p:close()
-	os.remove(path)
+]], N)
+	if not out then
+		tap.skip("WEFT_BIN not set", 2)
+		return
+	end
 	ok(okc, "the two workers exited cleanly")
 	if not okc then tap.diag(out) end
 	like(out, ("woken %d of %d with the right values"):format(N, N), "every cross-worker wakeup arrived, values intact")

@@ -211,6 +211,27 @@ end
 -- loop for at most timeout seconds (default 10), so a hang becomes a
 -- failure instead of stalling the file.  Errors of other threads during
 -- the test (reported through weft's error handler) fail the test too.
+-- Run a Lua program with the weft launcher and n workers (weft -t n),
+-- with extra command-line arguments, bounded by timeout(1).  Returns its
+-- output (stdout and stderr) and whether it exited with status 0, or nil
+-- when WEFT_BIN is not set.
+function M.run_workers(n, source, ...)
+	local bin = os.getenv("WEFT_BIN")
+	if not bin then return nil end
+	local path = os.tmpname()
+	local f = assert(io.open(path, "w"))
+	f:write(source)
+	f:close()
+	local args = {}
+	for i = 1, select("#", ...) do args[i] = ("%q"):format(tostring((select(i, ...)))) end
+	local p = assert(io.popen(("timeout -k 2 120 %s -t %d %s %s 2>&1"):format(
+		bin, n, path, table.concat(args, " "))))
+	local out = p:read("a")
+	local okc = p:close()
+	os.remove(path)
+	return out, okc == true
+end
+
 function M.weft_harness(weft)
 	local H = {}
 	local errors = {}
