@@ -142,4 +142,42 @@ end
 	tap.diag(out)
 end)
 
+-- No worker stays parked while jobs wait: the spawning worker is then
+-- busy (it never yields), so only the idle worker can run the jobs, and it
+-- must do so while the spawner is still busy.
+tap.test("an idle worker is woken to run jobs while the spawner is busy", function()
+	local out, okc = tap.run_workers(2, [[
+local weft = require "weft"
+local go = weft.channel("go", 1)
+local done = weft.channel("done", 1)
+if weft.worker() == 1 then
+	assert(go:recv(weft.clock() + 30)) -- worker 2 is parked by now
+	local futures = {}
+	for i = 1, 20 do
+		futures[i] = weft.spawn(function() return require("weft").clock() end)
+	end
+	local t0 = weft.clock()
+	while weft.clock() - t0 < 0.5 do end -- busy, no yield
+	local busy_end = weft.clock()
+	local during = 0
+	for i = 1, 20 do
+		local ok, t = futures[i]:wait(weft.clock() + 30)
+		if ok and t < busy_end then during = during + 1 end
+	end
+	assert(done:send(true))
+	print(("ran during the busy spell: %d of 20"):format(during))
+else
+	weft.sleep(0.1)
+	assert(go:send(true))
+	done:recv(weft.clock() + 30)
+end
+]])
+	if not out then
+		tap.skip("WEFT_BIN not set", 2)
+		return
+	end
+	ok(okc, "the workers exited cleanly")
+	like(out, "ran during the busy spell: 20 of 20", "every job ran while its spawner was busy")
+end)
+
 tap.done()
