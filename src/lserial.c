@@ -668,6 +668,8 @@ typedef struct span {
 	size_t n;
 } span_t;
 
+static const char func_cache_key = 'f';
+
 static const char *span_reader(lua_State *L, void *ud, size_t *size)
 {
 	span_t *s = ud;
@@ -681,9 +683,33 @@ static void decode_function(lua_State *L, dec_t *d)
 {
 	if (!(d->flags & LW_SER_FUNCTIONS))
 		fail(L, "cannot receive a function from another worker here");
+	if (!lua_checkstack(L, 6))
+		fail(L, "out of memory");
 	const unsigned char *h = take(L, d, FUNC_HEADER);
 	uint32_t len = load_u32(h);
 	const unsigned char *code = take(L, d, len);
+	/* Loaded functions are cached by their bytecode (weak values): a
+	 * worker running the same spawned function many times loads it once.
+	 * Equal bytes were checked when they were first loaded. */
+	if (lua_rawgetp(L, LUA_REGISTRYINDEX, &func_cache_key) != LUA_TTABLE) {
+		lua_pop(L, 1);
+		lua_newtable(L);
+		lua_createtable(L, 0, 1);
+		lua_pushliteral(L, "v");
+		lua_setfield(L, -2, "__mode");
+		lua_setmetatable(L, -2);
+		lua_pushvalue(L, -1);
+		lua_rawsetp(L, LUA_REGISTRYINDEX, &func_cache_key);
+	}
+	lua_pushlstring(L, (const char *)code, len);
+	lua_pushvalue(L, -1);
+	if (lua_rawget(L, -3) == LUA_TFUNCTION) {
+		lua_replace(L, -3);
+		lua_pop(L, 1);
+		number_object(L, d);
+		return;
+	}
+	lua_pop(L, 1); /* cache, bytecode key left for storing below */
 	/* lua_load checks little beyond the header of a binary chunk, and a
 	 * corrupt size inside one can make it allocate without bound: the
 	 * checksum stops a damaged blob before Lua sees it. */
@@ -702,6 +728,12 @@ static void decode_function(lua_State *L, dec_t *d)
 		if (strcmp(up, "_ENV") != 0 || lua_getupvalue(L, -1, 2))
 			corrupt(L, "function with upvalues");
 	}
+	/* stack: cache, key, function */
+	lua_pushvalue(L, -2);
+	lua_pushvalue(L, -2);
+	lua_rawset(L, -5);
+	lua_replace(L, -3);
+	lua_pop(L, 1);
 	number_object(L, d);
 }
 

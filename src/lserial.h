@@ -15,7 +15,11 @@
  * Sharing is preserved: a table, function or handle that appears several
  * times in one call is written once and rebuilt once, so the receiver sees
  * the same object at every place, and cycles (t.self = t) work.  Sharing
- * is per call: two calls never share objects.  Nesting is limited to
+ * is per call: two calls never share tables or handles.  Functions are
+ * the exception: a state caches the functions it loads by their bytecode,
+ * so the same function received twice is the same closure (it has no
+ * upvalue but _ENV, so nothing can tell, and a job run many times is
+ * loaded once).  Nesting is limited to
  * LW_SER_MAXDEPTH tables, on both sides, so that neither the C stack nor a
  * corrupt blob can make the recursion run away.
  *
