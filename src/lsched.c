@@ -626,6 +626,7 @@ static int l_sleep(lua_State *L)
  * sleep), and the owner's worker, which a remote waker posts to. */
 typedef struct sjshared {
 	_Atomic uint64_t word; /* 0, or (slot + 1) << 32 | seq of the sleeper */
+	void *_Atomic sleeper; /* the object it sleeps through (compared only) */
 	weft_worker_t *w;      /* the owner's worker; NULL once it is gone */
 	_Atomic long refs;
 } sjshared_t;
@@ -732,6 +733,7 @@ static int sj_wait(lua_State *L, uint64_t deadline)
 	lua_settop(L, 1);
 	weft_worker_wait_time(S->w, slot, deadline);
 	uint64_t word = ((uint64_t)slot + 1) << 32 | weft_worker_co(S->w, slot)->seq;
+	atomic_store(&sj->sh->sleeper, (void *)sj);
 	atomic_store(&sj->sh->word, word);
 	return lw_await(L, (lua_KContext)word, sj_sleep_k);
 }
@@ -767,7 +769,10 @@ static int sj_wakeup(lua_State *L)
 	lw_state_t *S = lw_S(L);
 	sleepjob_t *sj = luaL_checkudata(L, 1, LW_SLEEPJOB);
 	int n = lua_gettop(L) - 1;
-	if (sj->owner == S && sj->sh->w == S->w) {
+	/* The values stay Lua values when the waker holds the very object the
+	 * thread sleeps through (its user value carries them); any other copy
+	 * of the handle, even in this worker, sends them serialized. */
+	if (sj->owner == S && sj->sh->w == S->w && atomic_load(&sj->sh->sleeper) == (void *)sj) {
 		uint64_t v = sj_claim(sj->sh);
 		if (!v || !weft_worker_wake(S->w, (uint32_t)(v >> 32) - 1, (uint32_t)v,
 					    WEFT_WAKE_USER)) {

@@ -76,6 +76,20 @@ H.test("what cannot be spawned is refused at the call", function()
 	ok(not pcall(weft.spawn, 42), "a number raises")
 end)
 
+H.test("handles as arguments: a channel and a sleep job", function()
+	local ch = weft.channel(4)
+	local sj = weft.sleep_job()
+	local f = weft.spawn(function(c, s)
+		assert(c:send("from the job"))
+		while not s:wakeup("woken by the job") do require("weft").sleep(0.001) end
+		return true
+	end, ch, sj)
+	is(sj:sleep(5), "woken by the job", "the job woke this thread through the sleep job")
+	is(ch:recv(weft.clock() + 5), "from the job", "the job sent on the channel it was given")
+	local okv, r = f:wait(weft.clock() + 5)
+	is(r, true, "the job finished")
+end)
+
 H.test("wait timeout", function()
 	local f = weft.spawn(function()
 		require("weft").sleep(0.3)
