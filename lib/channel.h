@@ -20,7 +20,8 @@ typedef struct weft_chan weft_chan_t;
 int weft_chan_new(size_t capacity, weft_chan_t **out);
 
 /* The channel called `name` in rt, created with `capacity` if it does not
- * exist yet; a new reference either way.  0 or WEFT_ENOMEM. */
+ * exist yet (an existing one keeps its own capacity); a new reference
+ * either way.  0, -EINVAL (capacity 0 for a new channel) or WEFT_ENOMEM. */
 int weft_chan_named(weft_runtime_t *rt, const char *name, size_t capacity, weft_chan_t **out);
 
 /* References: the last unref frees the channel and the messages in it. */

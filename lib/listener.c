@@ -3,6 +3,7 @@
 
 #include "listener.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <string.h>
@@ -14,8 +15,11 @@
 /* Connections accepted per poller event: enough to drain a burst, small
  * enough that the harvesting worker returns to its own threads soon. */
 #define ACCEPT_BATCH 16
-/* Queued connections at most; beyond this the listener is left disarmed
- * (the kernel's backlog holds the rest) until acceptors catch up. */
+/* Accepted connections not yet taken (queued or handed to a waiter) at
+ * most: the listen backlog, capped at QUEUE_MAX.  At the bound the listener
+ * is left disarmed and the kernel's backlog holds the rest until acceptors
+ * catch up.  Counting handed connections in the bound is what leaves room
+ * for a cancelled waiter to give its connection back to the queue. */
 #define QUEUE_MAX 1024
 
 typedef struct waiter {
@@ -36,7 +40,7 @@ struct weft_listener {
 	int armed;  /* the one-shot registration is armed */
 	int closed; /* the last reference is gone */
 	int *queue; /* accepted fds, a ring */
-	size_t qhead, qlen;
+	size_t qhead, qlen, qmax; /* qlen + nhanded <= qmax <= QUEUE_MAX */
 	waiter_t *waiters; /* FIFO */
 	size_t nwait, capwait;
 	waiter_t *handed; /* woken with a connection of their own, not yet claimed */
@@ -67,10 +71,15 @@ static int shareable(const struct sockaddr *sa)
 	       weft_sa_port(sa) != 0;
 }
 
+static int full(const weft_listener_t *l)
+{
+	return l->qlen + l->nhanded >= l->qmax;
+}
+
 /* Arm the one-shot registration again.  Called with the lock held. */
 static void rearm(weft_listener_t *l)
 {
-	if (l->armed || l->closed || l->qlen >= QUEUE_MAX)
+	if (l->armed || l->closed || full(l))
 		return;
 	if (weft_poller_modify(weft_runtime_poller(l->rt), l->fd, WEFT_POLL_IN | WEFT_POLL_ONESHOT,
 			       weft_fd_token(l->rec)) == 0)
@@ -116,6 +125,7 @@ int weft_listener_listen(weft_worker_t *w, weft_fd_t *r, const struct sockaddr *
 	l->rec = r;
 	l->fd = fd;
 	l->queue = queue;
+	l->qmax = backlog > 0 && backlog < QUEUE_MAX ? (size_t)backlog : QUEUE_MAX;
 	l->refs = 1;
 	pthread_mutex_init(&l->lock, NULL);
 	if (shareable(sa)) {
@@ -207,6 +217,7 @@ static void dispatch(weft_listener_t *l)
 static void unhand(weft_listener_t *l, size_t i)
 {
 	int fd = l->handed[i].fd;
+	assert(l->qlen < QUEUE_MAX); /* qlen + nhanded <= qmax */
 	memmove(&l->handed[i], &l->handed[i + 1], (l->nhanded - i - 1) * sizeof *l->handed);
 	l->nhanded--;
 	l->qhead = (l->qhead + QUEUE_MAX - 1) % QUEUE_MAX;
@@ -227,7 +238,7 @@ static void on_event(weft_listener_t *l)
 	size_t want = l->nwait > 0 ? l->nwait : ACCEPT_BATCH;
 	if (want > ACCEPT_BATCH)
 		want = ACCEPT_BATCH;
-	for (size_t i = 0; i < want && !l->closed && l->qlen < QUEUE_MAX; i++) {
+	for (size_t i = 0; i < want && !l->closed && !full(l); i++) {
 		int fd = weft_sock_accept(l->fd, NULL, NULL);
 		if (fd == -ECONNABORTED || fd == -EPROTO || fd == -EPERM)
 			continue; /* that connection died; try the next */
@@ -262,6 +273,7 @@ int weft_listener_claim(weft_listener_t *l, weft_worker_t *w, uint32_t slot, uin
 			fd = h->fd;
 			memmove(h, h + 1, (l->nhanded - i - 1) * sizeof *h);
 			l->nhanded--;
+			rearm(l); /* it may have been full */
 			break;
 		}
 	}

@@ -215,7 +215,10 @@ void weft_worker_suspend(weft_worker_t *w, uint32_t slot);
 int weft_worker_wake(weft_worker_t *w, uint32_t slot, uint32_t seq, int32_t code);
 
 /* Post a message to w's inbox and interrupt its poll.  Any thread.
- * 0 or WEFT_ENOMEM. */
+ * 0 or WEFT_ENOMEM: the inbox could not grow.  Wake-up posters (channels,
+ * listeners, futures, sleep jobs) have no better fallback than letting
+ * the waiter run into its deadline, so a wait without one can hang only
+ * when memory is exhausted. */
 int weft_worker_post(weft_worker_t *w, const weft_msg_t *m);
 
 /* Gather work: harvest poller events (blocking up to timeout_ns, or up to

@@ -1,0 +1,553 @@
+/* Channels: capacities 1..n, FIFO send/recv with the data handed over;
+ * -EAGAIN without a worker; waiters registered through a worker and woken
+ * through its inbox (receivers by a send, senders by a recv); close wakes
+ * everyone, recv drains then says WEFT_ECLOSED; cancel withdraws a waiter;
+ * named channels live as long as the runtime; and a two-thread stress run
+ * with exact accounting. */
+#include "channel.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "alloc.h"
+#include "checkutil.h"
+#include "clock.h"
+#include "error.h"
+
+typedef struct env {
+	weft_runtime_t *rt;
+	weft_worker_t *w;
+} env_t;
+
+static env_t setup(void)
+{
+	env_t e;
+
+	ck_assert_int_eq(weft_runtime_new(-1, &e.rt), 0);
+	ck_assert_int_eq(weft_worker_new(e.rt, &e.w), 0);
+	return e;
+}
+
+static void teardown(env_t e)
+{
+	weft_wake_t wk;
+
+	ck_assert_int_eq(weft_worker_poll(e.w, 0), 0);
+	ck_assert_int_eq(weft_worker_next(e.w, &wk), 0); /* no stray wake-up */
+	ck_assert_uint_eq(e.w->nalive, 0);
+	weft_worker_free(e.w);
+	weft_runtime_free(e.rt);
+}
+
+/* A weft_malloc'd message "m<n>", the way the binding hands one over. */
+static char *msg(unsigned n, size_t *len)
+{
+	char buf[32];
+	int k = snprintf(buf, sizeof buf, "m%u", n);
+	char *p = weft_malloc((size_t)k);
+	ck_assert_ptr_nonnull(p);
+	memcpy(p, buf, (size_t)k);
+	*len = (size_t)k;
+	return p;
+}
+
+static void send_ok(weft_chan_t *c, unsigned n)
+{
+	size_t len;
+	char *p = msg(n, &len);
+	ck_assert_int_eq(weft_chan_send(c, p, len, NULL, 0, 0), 0);
+}
+
+/* Receive message n and free it: the receiver owns it. */
+static void recv_ok(weft_chan_t *c, unsigned n)
+{
+	char buf[32], *p = NULL;
+	size_t len = 0;
+	int k = snprintf(buf, sizeof buf, "m%u", n);
+
+	ck_assert_int_eq(weft_chan_recv(c, &p, &len, NULL, 0, 0), 0);
+	ck_assert_ptr_nonnull(p);
+	ck_assert_uint_eq(len, (size_t)k);
+	ck_assert_int_eq(memcmp(p, buf, len), 0);
+	weft_free(p);
+}
+
+static void recv_fails(weft_chan_t *c, int rc)
+{
+	char *p = (char *)"untouched";
+	size_t len = 99;
+
+	ck_assert_int_eq(weft_chan_recv(c, &p, &len, NULL, 0, 0), rc);
+	ck_assert_str_eq(p, "untouched");
+	ck_assert_uint_eq(len, 99);
+}
+
+static uint32_t new_co(weft_worker_t *w)
+{
+	int64_t slot = weft_worker_co_new(w);
+
+	ck_assert_int_ge(slot, 0);
+	return (uint32_t)slot;
+}
+
+/* Begin an outside wait for slot, as the binding does before it asks the
+ * channel; the wait's seq. */
+static uint32_t begin(weft_worker_t *w, uint32_t slot)
+{
+	return weft_worker_wait_ext_until(w, slot, UINT64_MAX);
+}
+
+/* Take what the inbox holds; the wake-ups now queued. */
+static int poll_now(weft_worker_t *w)
+{
+	int n = weft_worker_poll(w, 0);
+	ck_assert_int_ge(n, 0);
+	return n;
+}
+
+static void expect_wake(weft_worker_t *w, uint32_t slot, uint32_t seq)
+{
+	weft_wake_t wk;
+
+	ck_assert_int_eq(weft_worker_next(w, &wk), 1);
+	ck_assert_uint_eq(wk.slot, slot);
+	ck_assert_uint_eq(wk.seq, seq);
+	ck_assert_int_eq(wk.code, 0);
+	ck_assert_int_eq(weft_worker_co(w, slot)->state, WEFT_CO_RUNNING);
+}
+
+static void expect_no_wake(weft_worker_t *w)
+{
+	weft_wake_t wk;
+
+	poll_now(w);
+	ck_assert_int_eq(weft_worker_next(w, &wk), 0);
+}
+
+/* ------------------------------------------------------------------ */
+
+START_TEST(test_new_capacity)
+{
+	weft_chan_t *c = (weft_chan_t *)&c;
+
+	ck_assert_int_lt(weft_chan_new(0, &c), 0);
+	ck_assert_ptr_eq(c, (weft_chan_t *)&c); /* not written on failure */
+	for (size_t cap = 1; cap <= 5; cap++) {
+		ck_assert_int_eq(weft_chan_new(cap, &c), 0);
+		ck_assert_uint_eq(weft_chan_capacity(c), cap);
+		ck_assert_uint_eq(weft_chan_count(c), 0);
+		weft_chan_unref(c);
+	}
+}
+END_TEST
+
+/* Fill to capacity, one more is refused, drain in order; then go round
+ * the ring several times with it partly full. */
+START_TEST(test_fifo)
+{
+	for (size_t cap = 1; cap <= 8; cap++) {
+		weft_chan_t *c;
+		unsigned in = 0, out = 0;
+
+		ck_assert_int_eq(weft_chan_new(cap, &c), 0);
+		recv_fails(c, -EAGAIN);
+		for (size_t i = 0; i < cap; i++) {
+			send_ok(c, in++);
+			ck_assert_uint_eq(weft_chan_count(c), i + 1);
+		}
+		/* Full: data stays the caller's. */
+		size_t len;
+		char *p = msg(999, &len);
+		ck_assert_int_eq(weft_chan_send(c, p, len, NULL, 0, 0), -EAGAIN);
+		ck_assert_uint_eq(weft_chan_count(c), cap);
+		while (out < in)
+			recv_ok(c, out++);
+		recv_fails(c, -EAGAIN);
+		ck_assert_int_eq(weft_chan_send(c, p, len, NULL, 0, 0), 0);
+		p = NULL;
+		recv_ok(c, 999);
+
+		for (int round = 0; round < 50; round++) {
+			size_t k = 1 + (size_t)round % cap;
+			for (size_t i = 0; i < k; i++)
+				send_ok(c, in++);
+			for (size_t i = 0; i < k; i++)
+				recv_ok(c, out++);
+			ck_assert_uint_eq(weft_chan_count(c), 0);
+		}
+		/* Messages left in it are freed with the channel (ASan). */
+		send_ok(c, in++);
+		weft_chan_unref(c);
+	}
+}
+END_TEST
+
+/* A reference keeps the channel and its messages alive. */
+START_TEST(test_refs)
+{
+	weft_chan_t *c;
+
+	ck_assert_int_eq(weft_chan_new(2, &c), 0);
+	ck_assert_ptr_eq(weft_chan_ref(c), c);
+	send_ok(c, 1);
+	weft_chan_unref(c);
+	ck_assert_uint_eq(weft_chan_count(c), 1);
+	recv_ok(c, 1);
+	weft_chan_unref(c);
+}
+END_TEST
+
+/* Empty: a receiver registers and is woken (code 0) by the next send;
+ * waiters are served oldest first, one per message. */
+START_TEST(test_recv_wait)
+{
+	env_t e = setup();
+	weft_worker_t *w = e.w;
+	weft_chan_t *c;
+	char *p;
+	size_t len;
+
+	ck_assert_int_eq(weft_chan_new(4, &c), 0);
+	uint32_t a = new_co(w), b = new_co(w);
+	uint32_t sa = begin(w, a);
+	ck_assert_int_eq(weft_chan_recv(c, &p, &len, w, a, sa), -EAGAIN);
+	uint32_t sb = begin(w, b);
+	ck_assert_int_eq(weft_chan_recv(c, &p, &len, w, b, sb), -EAGAIN);
+	expect_no_wake(w);
+	ck_assert_int_eq(weft_worker_co(w, a)->state, WEFT_CO_WAIT_EXT);
+
+	send_ok(c, 1);
+	ck_assert_int_eq(poll_now(w), 1);
+	expect_wake(w, a, sa);
+	expect_no_wake(w); /* one message, one receiver woken */
+	recv_ok(c, 1);     /* a tries again */
+
+	send_ok(c, 2);
+	ck_assert_int_eq(poll_now(w), 1);
+	expect_wake(w, b, sb);
+	recv_ok(c, 2);
+	expect_no_wake(w);
+
+	weft_worker_co_free(w, a);
+	weft_worker_co_free(w, b);
+	weft_chan_unref(c);
+	teardown(e);
+}
+END_TEST
+
+/* Full: a sender registers and is woken when a recv makes room. */
+START_TEST(test_send_wait)
+{
+	env_t e = setup();
+	weft_worker_t *w = e.w;
+	weft_chan_t *c;
+
+	ck_assert_int_eq(weft_chan_new(1, &c), 0);
+	send_ok(c, 1);
+	uint32_t a = new_co(w);
+	uint32_t sa = begin(w, a);
+	size_t len;
+	char *p = msg(2, &len);
+	ck_assert_int_eq(weft_chan_send(c, p, len, w, a, sa), -EAGAIN);
+	expect_no_wake(w);
+
+	recv_ok(c, 1);
+	ck_assert_int_eq(poll_now(w), 1);
+	expect_wake(w, a, sa);
+	ck_assert_int_eq(weft_chan_send(c, p, len, NULL, 0, 0), 0); /* again */
+	recv_ok(c, 2);
+	expect_no_wake(w);
+
+	weft_worker_co_free(w, a);
+	weft_chan_unref(c);
+	teardown(e);
+}
+END_TEST
+
+/* Close wakes every waiter, senders and receivers; queued messages are
+ * still received, then WEFT_ECLOSED; sends fail and leave data alone. */
+START_TEST(test_close)
+{
+	env_t e = setup();
+	weft_worker_t *w = e.w;
+	weft_chan_t *empty, *full;
+	char *p;
+	size_t len;
+
+	ck_assert_int_eq(weft_chan_new(2, &empty), 0);
+	ck_assert_int_eq(weft_chan_new(2, &full), 0);
+	send_ok(full, 1);
+	send_ok(full, 2);
+
+	enum { NR = 3 };
+	uint32_t r[NR], rs[NR];
+	for (int i = 0; i < NR; i++) {
+		r[i] = new_co(w);
+		rs[i] = begin(w, r[i]);
+		ck_assert_int_eq(weft_chan_recv(empty, &p, &len, w, r[i], rs[i]), -EAGAIN);
+	}
+	uint32_t s[2], ss[2];
+	char *data[2];
+	for (int i = 0; i < 2; i++) {
+		s[i] = new_co(w);
+		ss[i] = begin(w, s[i]);
+		data[i] = msg(10 + (unsigned)i, &len);
+		ck_assert_int_eq(weft_chan_send(full, data[i], len, w, s[i], ss[i]), -EAGAIN);
+	}
+	expect_no_wake(w);
+
+	weft_chan_close(empty);
+	ck_assert_int_eq(poll_now(w), NR);
+	for (int i = 0; i < NR; i++)
+		expect_wake(w, r[i], rs[i]);
+	for (int i = 0; i < NR; i++)
+		recv_fails(empty, WEFT_ECLOSED);
+
+	weft_chan_close(full);
+	weft_chan_close(full); /* idempotent */
+	ck_assert_int_eq(poll_now(w), 2);
+	for (int i = 0; i < 2; i++) {
+		expect_wake(w, s[i], ss[i]);
+		ck_assert_int_eq(weft_chan_send(full, data[i], len, NULL, 0, 0), WEFT_ECLOSED);
+		weft_free(data[i]); /* still ours */
+	}
+	ck_assert_uint_eq(weft_chan_count(full), 2);
+	recv_ok(full, 1);
+	recv_ok(full, 2);
+	recv_fails(full, WEFT_ECLOSED);
+	recv_fails(full, WEFT_ECLOSED);
+
+	/* Closed: no waiting, even with a worker given. */
+	uint32_t seq = begin(w, r[0]);
+	ck_assert_int_eq(weft_chan_recv(full, &p, &len, w, r[0], seq), WEFT_ECLOSED);
+	weft_worker_wait_abort(w, r[0]);
+	ck_assert_int_eq(weft_chan_send(empty, data[0], 0, w, r[0], seq), WEFT_ECLOSED);
+	expect_no_wake(w);
+
+	for (int i = 0; i < NR; i++)
+		weft_worker_co_free(w, r[i]);
+	for (int i = 0; i < 2; i++)
+		weft_worker_co_free(w, s[i]);
+	weft_chan_unref(empty);
+	weft_chan_unref(full);
+	teardown(e);
+}
+END_TEST
+
+/* A waiter that gives up is withdrawn: the next send wakes the one after
+ * it, or nobody. */
+START_TEST(test_cancel)
+{
+	env_t e = setup();
+	weft_worker_t *w = e.w;
+	weft_chan_t *c;
+	char *p;
+	size_t len;
+
+	ck_assert_int_eq(weft_chan_new(1, &c), 0);
+	uint32_t a = new_co(w), b = new_co(w);
+	uint32_t sa = begin(w, a);
+	ck_assert_int_eq(weft_chan_recv(c, &p, &len, w, a, sa), -EAGAIN);
+	uint32_t sb = begin(w, b);
+	ck_assert_int_eq(weft_chan_recv(c, &p, &len, w, b, sb), -EAGAIN);
+
+	weft_chan_cancel(c, w, a, sa);
+	weft_worker_wait_abort(w, a);
+	send_ok(c, 1);
+	ck_assert_int_eq(poll_now(w), 1);
+	expect_wake(w, b, sb); /* not a */
+	recv_ok(c, 1);
+
+	/* The only waiter withdrawn: a send wakes nobody. */
+	sa = begin(w, a);
+	ck_assert_int_eq(weft_chan_recv(c, &p, &len, w, a, sa), -EAGAIN);
+	weft_chan_cancel(c, w, a, sa);
+	weft_worker_wait_abort(w, a);
+	send_ok(c, 2);
+	expect_no_wake(w);
+
+	/* A sender withdrawn likewise: the recv that makes room wakes
+	 * nobody. */
+	sa = begin(w, a);
+	char *d = msg(3, &len);
+	ck_assert_int_eq(weft_chan_send(c, d, len, w, a, sa), -EAGAIN);
+	weft_chan_cancel(c, w, a, sa);
+	weft_worker_wait_abort(w, a);
+	recv_ok(c, 2);
+	expect_no_wake(w);
+	weft_free(d);
+
+	weft_worker_co_free(w, a);
+	weft_worker_co_free(w, b);
+	weft_chan_unref(c);
+	teardown(e);
+}
+END_TEST
+
+/* Woken, but the deadline won the race: the wake-up is passed on to the
+ * next receiver, so the message is not stranded. */
+START_TEST(test_cancel_after_wake)
+{
+	env_t e = setup();
+	weft_worker_t *w = e.w;
+	weft_chan_t *c;
+	char *p;
+	size_t len;
+
+	ck_assert_int_eq(weft_chan_new(2, &c), 0);
+	uint32_t a = new_co(w), b = new_co(w);
+	uint32_t sa = begin(w, a);
+	ck_assert_int_eq(weft_chan_recv(c, &p, &len, w, a, sa), -EAGAIN);
+	uint32_t sb = begin(w, b);
+	ck_assert_int_eq(weft_chan_recv(c, &p, &len, w, b, sb), -EAGAIN);
+
+	send_ok(c, 1); /* wakes a (in the inbox) */
+	weft_chan_cancel(c, w, a, sa);
+	ck_assert_int_eq(weft_worker_wake(w, a, sa, WEFT_ETIMEOUT), 1);
+	/* a's wake-up from the channel finds one already queued: only b's
+	 * is new. */
+	ck_assert_int_eq(poll_now(w), 1);
+	weft_wake_t wk;
+	ck_assert_int_eq(weft_worker_next(w, &wk), 1);
+	ck_assert_uint_eq(wk.slot, a);
+	ck_assert_int_eq(wk.code, WEFT_ETIMEOUT);
+	expect_wake(w, b, sb);
+	recv_ok(c, 1);
+	expect_no_wake(w);
+
+	weft_worker_co_free(w, a);
+	weft_worker_co_free(w, b);
+	weft_chan_unref(c);
+	teardown(e);
+}
+END_TEST
+
+/* Same name, same channel (the first capacity wins); the runtime keeps a
+ * reference, and frees the channel and its messages with itself. */
+START_TEST(test_named)
+{
+	env_t e = setup();
+	weft_chan_t *a, *b, *x;
+
+	ck_assert_int_eq(weft_chan_named(e.rt, "jobs", 3, &a), 0);
+	ck_assert_int_eq(weft_chan_named(e.rt, "jobs", 7, &b), 0);
+	ck_assert_int_eq(weft_chan_named(e.rt, "other", 1, &x), 0);
+	ck_assert_ptr_eq(a, b);
+	ck_assert_ptr_ne(a, x);
+	ck_assert_uint_eq(weft_chan_capacity(a), 3);
+	ck_assert_uint_eq(weft_chan_capacity(x), 1);
+
+	send_ok(a, 1);
+	send_ok(a, 2);
+	ck_assert_uint_eq(weft_chan_count(b), 2);
+	recv_ok(b, 1);
+	weft_chan_unref(a);
+	weft_chan_unref(b);
+	weft_chan_unref(x);
+
+	/* All our references gone: still there, message and all. */
+	ck_assert_int_eq(weft_chan_named(e.rt, "jobs", 1, &a), 0);
+	ck_assert_uint_eq(weft_chan_capacity(a), 3);
+	ck_assert_uint_eq(weft_chan_count(a), 1);
+	weft_chan_unref(a);
+	teardown(e); /* frees "jobs" with m2 in it, and "other" (ASan) */
+}
+END_TEST
+
+/* ------------------------------------------------------------------ */
+
+enum { NMSG = 100000 };
+
+static void *producer(void *arg)
+{
+	weft_chan_t *c = arg;
+	uint64_t end = weft_clock_ns() + 5000000000ull; /* never hang */
+
+	for (unsigned i = 0; i < NMSG; i++) {
+		unsigned *p = weft_malloc(sizeof *p);
+		if (!p)
+			return (void *)1;
+		*p = i;
+		int rc;
+		while ((rc = weft_chan_send(c, (char *)p, sizeof *p, NULL, 0, 0)) == -EAGAIN) {
+			if (weft_clock_ns() > end) {
+				weft_free(p);
+				return (void *)2;
+			}
+			sched_yield();
+		}
+		if (rc != 0) {
+			weft_free(p);
+			return (void *)3;
+		}
+	}
+	return NULL;
+}
+
+START_TEST(test_stress)
+{
+	weft_chan_t *c;
+	pthread_t t;
+	unsigned got = 0;
+	uint64_t end = weft_clock_ns() + 6000000000ull;
+
+	ck_assert_int_eq(weft_chan_new(16, &c), 0);
+	ck_assert_int_eq(pthread_create(&t, NULL, producer, c), 0);
+	while (got < NMSG) {
+		char *p;
+		size_t len;
+		int rc = weft_chan_recv(c, &p, &len, NULL, 0, 0);
+		if (rc == -EAGAIN) {
+			ck_assert_uint_lt(weft_clock_ns(), end);
+			sched_yield();
+			continue;
+		}
+		ck_assert_int_eq(rc, 0);
+		ck_assert_uint_eq(len, sizeof(unsigned));
+		unsigned v;
+		memcpy(&v, p, sizeof v);
+		weft_free(p);
+		ck_assert_uint_eq(v, got); /* in order, none lost or doubled */
+		got++;
+		ck_assert_uint_le(weft_chan_count(c), 16);
+	}
+	void *ret;
+	ck_assert_int_eq(pthread_join(t, &ret), 0);
+	ck_assert_ptr_null(ret);
+	ck_assert_uint_eq(got, NMSG);
+	recv_fails(c, -EAGAIN); /* nothing extra */
+	weft_chan_close(c);
+	recv_fails(c, WEFT_ECLOSED);
+	weft_chan_unref(c);
+}
+END_TEST
+
+static Suite *channel_suite(void)
+{
+	Suite *s = suite_create("channel");
+	TCase *tc = tcase_create("core");
+	TCase *st = tcase_create("threads");
+
+	tcase_add_test(tc, test_new_capacity);
+	tcase_add_test(tc, test_fifo);
+	tcase_add_test(tc, test_refs);
+	tcase_add_test(tc, test_recv_wait);
+	tcase_add_test(tc, test_send_wait);
+	tcase_add_test(tc, test_close);
+	tcase_add_test(tc, test_cancel);
+	tcase_add_test(tc, test_cancel_after_wake);
+	tcase_add_test(tc, test_named);
+	suite_add_tcase(s, tc);
+	/* Both sides give up after a few seconds themselves; this backs that
+	 * up under slow sanitizers. */
+	tcase_set_timeout(st, 15);
+	tcase_add_test(st, test_stress);
+	suite_add_tcase(s, st);
+	return s;
+}
+
+WEFT_CHECK_MAIN(channel_suite)

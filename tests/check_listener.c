@@ -1,0 +1,512 @@
+/* Shared listening sockets (lib/listener): a plain take once the poller
+ * event is harvested; a registered waiter woken with a connection of its
+ * own and claiming it; two workers of one runtime sharing one socket by
+ * reference count; a handed connection given back by cancel; release
+ * waking the waiters of its tag with WEFT_ECLOSED; the backlog bounding
+ * the connections held in user space.
+ *
+ * Everything runs on the test's thread, on 127.0.0.1 only; each test ends
+ * with no record open and no waiter left behind. */
+#include "listener.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "checkutil.h"
+#include "clock.h"
+#include "error.h"
+#include "sock.h"
+
+#define MS 1000000ull
+
+typedef struct env {
+	weft_runtime_t *rt;
+	weft_worker_t *w;
+} env_t;
+
+static env_t setup(void)
+{
+	env_t e;
+
+	ck_assert_int_eq(weft_runtime_new(-1, &e.rt), 0);
+	ck_assert_int_eq(weft_worker_new(e.rt, &e.w), 0);
+	return e;
+}
+
+/* Nothing queued, nothing alive, no record open: the listener gave back
+ * everything it took. */
+static void teardown(env_t e)
+{
+	weft_wake_t wk;
+
+	ck_assert_int_eq(weft_worker_next(e.w, &wk), 0);
+	ck_assert_int_eq(weft_worker_alive(e.w), 0);
+	ck_assert_uint_eq(e.w->nfds, 0);
+	ck_assert_uint_eq(weft_fdtab_open_count(weft_runtime_fdtab(e.rt)), 0);
+	weft_worker_free(e.w);
+	weft_runtime_free(e.rt);
+}
+
+static struct sockaddr_in loopback(int port)
+{
+	struct sockaddr_in sa;
+
+	memset(&sa, 0, sizeof sa);
+	sa.sin_family = AF_INET;
+	sa.sin_port = htons((uint16_t)port);
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	return sa;
+}
+
+static int port_of(int fd)
+{
+	struct sockaddr_in sa;
+	socklen_t len = sizeof sa;
+
+	ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+	return ntohs(sa.sin_port);
+}
+
+/* A port nobody listens on now: port 0 listeners are never shared, so the
+ * sharing tests need an explicit one. */
+static int free_port(void)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in sa = loopback(0);
+
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+	int port = port_of(fd);
+	close(fd);
+	return port;
+}
+
+/* A fresh TCP socket record of w listening on 127.0.0.1:port with the
+ * given backlog, as the binding's listen() makes one. */
+static weft_listener_t *listen_backlog(weft_worker_t *w, int port, int backlog)
+{
+	int fd = weft_sock_open(AF_INET, SOCK_STREAM, 0), err = 0;
+	ck_assert_int_ge(fd, 0);
+	weft_fd_t *r = weft_worker_open_fd(w, fd, &err);
+	ck_assert_ptr_nonnull(r);
+	struct sockaddr_in sa = loopback(port);
+	weft_listener_t *l = NULL;
+	ck_assert_int_eq(weft_listener_listen(w, r, (struct sockaddr *)&sa, sizeof sa, backlog, &l),
+			 0);
+	ck_assert_ptr_nonnull(l);
+	return l;
+}
+
+static weft_listener_t *listen_on(weft_worker_t *w, int port)
+{
+	return listen_backlog(w, port, 16);
+}
+
+static int is_listening(int fd)
+{
+	int v = 0;
+	socklen_t len = sizeof v;
+
+	ck_assert_int_eq(getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &v, &len), 0);
+	return v;
+}
+
+/* A blocking client: on loopback connect() returns once the kernel has
+ * queued the connection, before anyone accepts it.  -errno on failure. */
+static int connect_to(int port)
+{
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in sa = loopback(port);
+
+	ck_assert_int_ge(fd, 0);
+	if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+		int e = errno;
+		close(fd);
+		return -e;
+	}
+	return fd;
+}
+
+/* Poll until the listener has accepted n connections in all (the event
+ * may take a moment to show). */
+static void harvest(weft_worker_t *w, weft_listener_t *l, uint64_t n)
+{
+	uint64_t end = weft_clock_ns() + 2000 * MS;
+
+	while (weft_listener_accepted(l) < n) {
+		ck_assert_msg(weft_clock_ns() < end, "listener event never harvested");
+		ck_assert_int_ge(weft_worker_poll(w, 10 * MS), 0);
+	}
+}
+
+/* Poll until a wake-up comes (2 s at most). */
+static weft_wake_t next_wake(weft_worker_t *w)
+{
+	uint64_t end = weft_clock_ns() + 2000 * MS;
+	weft_wake_t wk;
+
+	while (!weft_worker_next(w, &wk)) {
+		ck_assert_msg(weft_clock_ns() < end, "no wake-up came");
+		ck_assert_int_ge(weft_worker_poll(w, 10 * MS), 0);
+	}
+	return wk;
+}
+
+/* A coroutine waiting as accept() does: an outside completion, no
+ * deadline.  Returns the wait's seq. */
+static uint32_t wait_accept(weft_worker_t *w, uint32_t *slot)
+{
+	int64_t s = weft_worker_co_new(w);
+
+	ck_assert_int_ge(s, 0);
+	*slot = (uint32_t)s;
+	return weft_worker_wait_ext_until(w, *slot, UINT64_MAX);
+}
+
+START_TEST(test_take_after_harvest)
+{
+	env_t e = setup();
+	weft_listener_t *l = listen_on(e.w, 0);
+	int lfd = weft_listener_fd(l);
+
+	ck_assert_int_ge(lfd, 0);
+	ck_assert_int_eq(is_listening(lfd), 1);
+	/* The record moved to the listener: not the worker's any more. */
+	ck_assert_uint_eq(e.w->nfds, 0);
+	int c = connect_to(port_of(lfd));
+	ck_assert_int_ge(c, 0);
+	/* Nothing is accepted until a worker harvests the poller event, and
+	 * a take without a tag registers nobody. */
+	ck_assert_int_eq(weft_listener_take(l, e.w, 0, 0, NULL), -EAGAIN);
+	harvest(e.w, l, 1);
+	int fd = weft_listener_take(l, e.w, 0, 0, NULL);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_ne(fd, lfd);
+	/* One connection, one fd: the queue is empty again. */
+	ck_assert_int_eq(weft_listener_take(l, e.w, 0, 0, NULL), -EAGAIN);
+	close(fd);
+	close(c);
+	weft_listener_release(l, e.w, NULL);
+	teardown(e);
+}
+END_TEST
+
+START_TEST(test_waiter_claims)
+{
+	env_t e = setup();
+	weft_listener_t *l = listen_on(e.w, 0);
+	int tag;
+	uint32_t slot, seq = wait_accept(e.w, &slot);
+
+	ck_assert_int_eq(weft_listener_take(l, e.w, slot, seq, &tag), -EAGAIN);
+	int c = connect_to(port_of(weft_listener_fd(l)));
+	ck_assert_int_ge(c, 0);
+	weft_wake_t wk = next_wake(e.w);
+	ck_assert_uint_eq(wk.slot, slot);
+	ck_assert_uint_eq(wk.seq, seq);
+	ck_assert_int_eq(wk.code, 0);
+	/* The connection was handed to this waiter, not queued for anyone. */
+	ck_assert_int_eq(weft_listener_take(l, e.w, 0, 0, NULL), -EAGAIN);
+	int fd = weft_listener_claim(l, e.w, slot, seq);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(weft_listener_claim(l, e.w, slot, seq), -EAGAIN);
+	close(fd);
+	close(c);
+	weft_worker_co_free(e.w, slot);
+	weft_listener_release(l, e.w, &tag);
+	teardown(e);
+}
+END_TEST
+
+START_TEST(test_shared_refs)
+{
+	weft_runtime_t *rt;
+	weft_worker_t *a, *b;
+	int port = free_port();
+
+	ck_assert_int_eq(weft_runtime_new(-1, &rt), 0);
+	ck_assert_int_eq(weft_worker_new(rt, &a), 0);
+	ck_assert_int_eq(weft_worker_new(rt, &b), 0);
+	weft_listener_t *la = listen_on(a, port);
+	/* B's own socket is closed and it joins A's listener: a second bind
+	 * would have failed with EADDRINUSE otherwise. */
+	weft_listener_t *lb = listen_on(b, port);
+	ck_assert_ptr_eq(la, lb);
+	ck_assert_int_eq(weft_listener_fd(la), weft_listener_fd(lb));
+	ck_assert_uint_eq(b->nfds, 0);
+	ck_assert_uint_eq(weft_fdtab_open_count(weft_runtime_fdtab(rt)), 1);
+	int lfd = weft_listener_fd(la);
+
+	/* A's reference gone, B's keeps the socket listening. */
+	weft_listener_release(la, a, NULL);
+	ck_assert_int_eq(is_listening(lfd), 1);
+	int c = connect_to(port);
+	ck_assert_int_ge(c, 0);
+	harvest(b, lb, 1);
+	int fd = weft_listener_take(lb, b, 0, 0, NULL);
+	ck_assert_int_ge(fd, 0);
+	close(fd);
+	close(c);
+
+	/* The last reference closes it: nobody listens on the port now. */
+	weft_listener_release(lb, b, NULL);
+	ck_assert_uint_eq(weft_fdtab_open_count(weft_runtime_fdtab(rt)), 0);
+	ck_assert_int_eq(connect_to(port), -ECONNREFUSED);
+	ck_assert_uint_eq(a->nfds, 0);
+	ck_assert_uint_eq(b->nfds, 0);
+	weft_worker_free(a);
+	weft_worker_free(b);
+	weft_runtime_free(rt);
+}
+END_TEST
+
+/* The last release takes the listener off the runtime's list: listening
+ * on the address again makes a new socket instead of joining a dead one. */
+START_TEST(test_relisten_after_close)
+{
+	env_t e = setup();
+	int port = free_port();
+	weft_listener_t *l1 = listen_on(e.w, port);
+
+	weft_listener_release(l1, e.w, NULL);
+	weft_listener_t *l2 = listen_on(e.w, port);
+	ck_assert_int_eq(is_listening(weft_listener_fd(l2)), 1);
+	int c = connect_to(port);
+	ck_assert_int_ge(c, 0);
+	harvest(e.w, l2, 1);
+	int fd = weft_listener_take(l2, e.w, 0, 0, NULL);
+	ck_assert_int_ge(fd, 0);
+	close(fd);
+	close(c);
+	weft_listener_release(l2, e.w, NULL);
+	teardown(e);
+}
+END_TEST
+
+START_TEST(test_cancel_gives_back)
+{
+	env_t e = setup();
+	weft_listener_t *l = listen_on(e.w, 0);
+	int tag;
+	uint32_t slot, seq = wait_accept(e.w, &slot);
+
+	ck_assert_int_eq(weft_listener_take(l, e.w, slot, seq, &tag), -EAGAIN);
+	int c = connect_to(port_of(weft_listener_fd(l)));
+	ck_assert_int_ge(c, 0);
+	weft_wake_t wk = next_wake(e.w);
+	ck_assert_int_eq(wk.code, 0);
+	/* The waiter gives up (as on a deadline that raced the wake-up): its
+	 * connection must not be lost, but queued for the next taker. */
+	weft_listener_cancel(l, e.w, slot, seq);
+	ck_assert_int_eq(weft_listener_claim(l, e.w, slot, seq), -EAGAIN);
+	int fd = weft_listener_take(l, e.w, 0, 0, NULL);
+	ck_assert_int_ge(fd, 0);
+	close(fd);
+	close(c);
+	weft_worker_co_free(e.w, slot);
+	weft_listener_release(l, e.w, &tag);
+	teardown(e);
+}
+END_TEST
+
+/* A cancel handing the connection on to the next waiter rather than the
+ * queue, when there is one. */
+START_TEST(test_cancel_passes_on)
+{
+	env_t e = setup();
+	weft_listener_t *l = listen_on(e.w, 0);
+	int tag;
+	uint32_t s1, q1 = wait_accept(e.w, &s1);
+	uint32_t s2, q2 = wait_accept(e.w, &s2);
+
+	ck_assert_int_eq(weft_listener_take(l, e.w, s1, q1, &tag), -EAGAIN);
+	ck_assert_int_eq(weft_listener_take(l, e.w, s2, q2, &tag), -EAGAIN);
+	int c = connect_to(port_of(weft_listener_fd(l)));
+	ck_assert_int_ge(c, 0);
+	/* One connection, two waiters: the first in line gets it. */
+	weft_wake_t wk = next_wake(e.w);
+	ck_assert_uint_eq(wk.slot, s1);
+	ck_assert_int_eq(wk.code, 0);
+	weft_listener_cancel(l, e.w, s1, q1);
+	wk = next_wake(e.w);
+	ck_assert_uint_eq(wk.slot, s2);
+	ck_assert_uint_eq(wk.seq, q2);
+	ck_assert_int_eq(wk.code, 0);
+	int fd = weft_listener_claim(l, e.w, s2, q2);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(weft_listener_take(l, e.w, 0, 0, NULL), -EAGAIN);
+	close(fd);
+	close(c);
+	weft_worker_co_free(e.w, s1);
+	weft_worker_co_free(e.w, s2);
+	weft_listener_release(l, e.w, &tag);
+	teardown(e);
+}
+END_TEST
+
+START_TEST(test_release_wakes_tag)
+{
+	env_t e = setup();
+	int port = free_port();
+	/* Two references (two sockets of one worker on one address), each
+	 * with a waiter of its own tag. */
+	weft_listener_t *l = listen_on(e.w, port);
+	ck_assert_ptr_eq(listen_on(e.w, port), l);
+	int tag1, tag2;
+	uint32_t s1, q1 = wait_accept(e.w, &s1);
+	uint32_t s2, q2 = wait_accept(e.w, &s2);
+	ck_assert_int_eq(weft_listener_take(l, e.w, s1, q1, &tag1), -EAGAIN);
+	ck_assert_int_eq(weft_listener_take(l, e.w, s2, q2, &tag2), -EAGAIN);
+
+	/* Closing one socket wakes only the coroutines accepting on it. */
+	weft_listener_release(l, e.w, &tag1);
+	weft_wake_t wk = next_wake(e.w);
+	ck_assert_uint_eq(wk.slot, s1);
+	ck_assert_uint_eq(wk.seq, q1);
+	ck_assert_int_eq(wk.code, WEFT_ECLOSED);
+	ck_assert_int_eq(weft_worker_poll(e.w, 0), 0);
+	ck_assert_int_eq(weft_worker_next(e.w, &wk), 0);
+	ck_assert_int_eq(weft_worker_co(e.w, s2)->state, WEFT_CO_WAIT_EXT);
+
+	/* The last reference too, and the socket goes with it. */
+	weft_listener_release(l, e.w, &tag2);
+	wk = next_wake(e.w);
+	ck_assert_uint_eq(wk.slot, s2);
+	ck_assert_uint_eq(wk.seq, q2);
+	ck_assert_int_eq(wk.code, WEFT_ECLOSED);
+	weft_worker_co_free(e.w, s1);
+	weft_worker_co_free(e.w, s2);
+	teardown(e);
+}
+END_TEST
+
+/* The peer port of an accepted connection is the client's local port:
+ * tells which client a taken fd belongs to. */
+static int peer_port(int fd)
+{
+	struct sockaddr_in sa;
+	socklen_t len = sizeof sa;
+
+	ck_assert_int_eq(getpeername(fd, (struct sockaddr *)&sa, &len), 0);
+	return ntohs(sa.sin_port);
+}
+
+/* Accepted-but-untaken connections, queued or handed to a waiter, never
+ * exceed the backlog: the rest wait in the kernel.  A connection handed
+ * to a waiter counts, so a cancel always finds room to give it back to
+ * the head of a full queue (before this bound, a cancel on a full queue
+ * overwrote a queued connection). */
+START_TEST(test_backlog_bounds_queue)
+{
+	env_t e = setup();
+	weft_listener_t *l = listen_backlog(e.w, 0, 2);
+	int port = port_of(weft_listener_fd(l)), tag, c[4];
+	uint32_t slot, seq = wait_accept(e.w, &slot);
+
+	ck_assert_int_eq(weft_listener_take(l, e.w, slot, seq, &tag), -EAGAIN);
+	c[0] = connect_to(port);
+	ck_assert_int_ge(c[0], 0);
+	weft_wake_t wk = next_wake(e.w);
+	ck_assert_int_eq(wk.code, 0);
+	for (int i = 1; i < 4; i++) {
+		c[i] = connect_to(port);
+		ck_assert_int_ge(c[i], 0);
+	}
+	/* One handed, one queued: full.  The other two stay in the kernel
+	 * however long the worker polls. */
+	harvest(e.w, l, 2);
+	for (int i = 0; i < 5; i++)
+		ck_assert_int_ge(weft_worker_poll(e.w, 10 * MS), 0);
+	ck_assert_uint_eq(weft_listener_accepted(l), 2);
+
+	/* The waiter gives up: its connection goes back first in line, and
+	 * the queued one is still there behind it. */
+	weft_listener_cancel(l, e.w, slot, seq);
+	int a = weft_listener_take(l, e.w, 0, 0, NULL);
+	int b = weft_listener_take(l, e.w, 0, 0, NULL);
+	ck_assert_int_ge(a, 0);
+	ck_assert_int_ge(b, 0);
+	ck_assert_int_eq(peer_port(a), port_of(c[0]));
+	ck_assert_int_eq(peer_port(b), port_of(c[1]));
+	ck_assert_int_eq(weft_listener_take(l, e.w, 0, 0, NULL), -EAGAIN);
+
+	/* Taking made room: the rest come through, in order. */
+	harvest(e.w, l, 4);
+	int d = weft_listener_take(l, e.w, 0, 0, NULL);
+	int f = weft_listener_take(l, e.w, 0, 0, NULL);
+	ck_assert_int_ge(d, 0);
+	ck_assert_int_ge(f, 0);
+	ck_assert_int_eq(peer_port(d), port_of(c[2]));
+	ck_assert_int_eq(peer_port(f), port_of(c[3]));
+	close(a);
+	close(b);
+	close(d);
+	close(f);
+	for (int i = 0; i < 4; i++)
+		close(c[i]);
+	weft_worker_co_free(e.w, slot);
+	weft_listener_release(l, e.w, &tag);
+	teardown(e);
+}
+END_TEST
+
+/* A claim makes room in a full listener: it must re-arm, or connections
+ * left in the kernel would never be harvested. */
+START_TEST(test_claim_rearms)
+{
+	env_t e = setup();
+	weft_listener_t *l = listen_backlog(e.w, 0, 1);
+	int port = port_of(weft_listener_fd(l)), tag, c[2];
+	uint32_t slot, seq = wait_accept(e.w, &slot);
+
+	ck_assert_int_eq(weft_listener_take(l, e.w, slot, seq, &tag), -EAGAIN);
+	c[0] = connect_to(port);
+	ck_assert_int_ge(c[0], 0);
+	ck_assert_int_eq(next_wake(e.w).code, 0);
+	c[1] = connect_to(port);
+	ck_assert_int_ge(c[1], 0);
+	for (int i = 0; i < 5; i++)
+		ck_assert_int_ge(weft_worker_poll(e.w, 10 * MS), 0);
+	ck_assert_uint_eq(weft_listener_accepted(l), 1);
+	int a = weft_listener_claim(l, e.w, slot, seq);
+	ck_assert_int_ge(a, 0);
+	harvest(e.w, l, 2);
+	int b = weft_listener_take(l, e.w, 0, 0, NULL);
+	ck_assert_int_ge(b, 0);
+	ck_assert_int_eq(peer_port(b), port_of(c[1]));
+	close(a);
+	close(b);
+	close(c[0]);
+	close(c[1]);
+	weft_worker_co_free(e.w, slot);
+	weft_listener_release(l, e.w, &tag);
+	teardown(e);
+}
+END_TEST
+
+static Suite *listener_suite(void)
+{
+	Suite *s = suite_create("listener");
+	TCase *tc = tcase_create("core");
+
+	tcase_set_timeout(tc, 10);
+	tcase_add_test(tc, test_take_after_harvest);
+	tcase_add_test(tc, test_waiter_claims);
+	tcase_add_test(tc, test_shared_refs);
+	tcase_add_test(tc, test_relisten_after_close);
+	tcase_add_test(tc, test_cancel_gives_back);
+	tcase_add_test(tc, test_cancel_passes_on);
+	tcase_add_test(tc, test_release_wakes_tag);
+	tcase_add_test(tc, test_backlog_bounds_queue);
+	tcase_add_test(tc, test_claim_rearms);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+WEFT_CHECK_MAIN(listener_suite)
