@@ -456,7 +456,8 @@ int weft_worker_wake(weft_worker_t *w, uint32_t slot, uint32_t seq, int32_t code
 	if (slot >= w->_ncos)
 		return 0;
 	weft_co_t *co = &w->_cos[slot];
-	if (co->seq != seq || !is_waiting(co) || co->_pending)
+	int ok = is_waiting(co) || (co->state == WEFT_CO_SUSPENDED && code == WEFT_WAKE_RESUME);
+	if (co->seq != seq || !ok || co->_pending)
 		return 0;
 	/* An fd wait must leave the wait word too, as on a timeout: a slot
 	 * left there makes the next wait on that direction -EBUSY, and the
@@ -649,6 +650,25 @@ void weft_worker_suspend(weft_worker_t *w, uint32_t slot)
 	leave_wait(w, co);
 	co->seq++;
 	co->state = WEFT_CO_SUSPENDED;
+}
+
+void weft_worker_keepalive(weft_worker_t *w, uint32_t slot)
+{
+	weft_co_t *co = &w->_cos[slot];
+	if (co->state == WEFT_CO_SUSPENDED && !co->_alive) {
+		co->_alive = 1;
+		w->nalive++;
+	}
+}
+
+void weft_worker_run(weft_worker_t *w, uint32_t slot)
+{
+	weft_co_t *co = &w->_cos[slot];
+	if (co->_alive) {
+		co->_alive = 0;
+		w->nalive--;
+	}
+	co->state = WEFT_CO_RUNNING;
 }
 
 void weft_worker_unpark(weft_worker_t *w)
@@ -917,7 +937,7 @@ int weft_worker_next(weft_worker_t *w, weft_wake_t *out)
 	weft_wake_t wk;
 	while (weft_runq_pop(&w->runq, &wk)) {
 		weft_co_t *co = &w->_cos[wk.slot];
-		if (co->seq != wk.seq || !is_waiting(co))
+		if (co->seq != wk.seq || !(is_waiting(co) || co->state == WEFT_CO_SUSPENDED))
 			continue; /* the wait it was for is over */
 		leave_wait(w, co);
 		*out = wk;

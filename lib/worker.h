@@ -35,6 +35,9 @@
 /* A wake-up code for waits that another party ends on purpose (a sleep
  * job's wakeup); I/O waits end with 0, WEFT_ETIMEOUT or WEFT_ECLOSED. */
 #define WEFT_WAKE_USER 1
+/* Wakes a SUSPENDED coroutine (seq of its suspension): the only wake-up
+ * a suspended coroutine accepts.  Used by wake handles (weft.wakehandle). */
+#define WEFT_WAKE_RESUME 2
 
 enum weft_co_state {
 	WEFT_CO_FREE = 0,
@@ -206,12 +209,23 @@ void weft_worker_wait_abort(weft_worker_t *w, uint32_t slot);
  * wait's seq. */
 uint32_t weft_worker_yield(weft_worker_t *w, uint32_t slot);
 
-/* Mark `slot` suspended: waiting for nobody (no seq change needed by
- * callers). */
+/* Mark `slot` suspended: waiting for nobody in particular.  Every
+ * suspension has a seq of its own (co->seq after this call), so only a
+ * WEFT_WAKE_RESUME wake-up given that seq ends it; older ones are stale. */
 void weft_worker_suspend(weft_worker_t *w, uint32_t slot);
 
-/* Queue a wake-up for `slot` if it is still in wait `seq` and none is
- * queued yet.  Returns 1 if queued, 0 if stale or already pending. */
+/* Make slot's current suspension keep the loop alive, as a wait does (a
+ * wake-up for it may come from another worker).  Ends with the
+ * suspension: by its wake-up, weft_worker_run or weft_worker_co_free. */
+void weft_worker_keepalive(weft_worker_t *w, uint32_t slot);
+
+/* `slot`, running or suspended, runs now (a direct resume: not through a
+ * wake-up, which leaves the wait itself). */
+void weft_worker_run(weft_worker_t *w, uint32_t slot);
+
+/* Queue a wake-up for `slot` if it is still in wait `seq` (or suspension
+ * `seq`, for code WEFT_WAKE_RESUME) and none is queued yet.  Returns 1 if
+ * queued, 0 if stale or already pending. */
 int weft_worker_wake(weft_worker_t *w, uint32_t slot, uint32_t seq, int32_t code);
 
 /* Post a message to w's inbox and interrupt its poll.  Any thread.

@@ -30,6 +30,7 @@ local weft = {
 	sleep = core.sleep,
 	sleep_until = core.sleep_until,
 	sleep_job = core.sleep_job,
+	wakehandle = core.wakehandle,
 	epoll_fd = core.epoll_fd,
 	iocp = core.iocp,
 	stats = core.stats,

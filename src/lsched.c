@@ -27,6 +27,119 @@ static char THREADS_KEY, NAMES_KEY, FINISH_KEY, ERRH_KEY;
 
 enum { DONE_WAIT, DONE_SUSPEND, DONE_FINISHED, DONE_ERROR };
 
+/* Wake handles (weft.wakehandle): a handle names one thread of one worker
+ * and may travel to any worker, whose wakeup(...) makes the thread's
+ * suspend return copies of the values, in the thread's own worker.  The
+ * shared part is a mailbox of serialized value lists, so no wakeup is
+ * lost to a race: values sent while the thread runs wait for its next
+ * suspend, which then returns at once (after giving control away, as a
+ * suspend always does).  The owner publishes each suspension (slot, seq)
+ * while the mailbox is empty; the waker that finds it published takes it
+ * and sends the one WEFT_WAKE_RESUME wake-up for it.  A wake-up made stale
+ * by a direct weft.resume only loses its nudge, never its values. */
+typedef struct whnode {
+	struct whnode *next;
+	lw_blob_t blob;
+} whnode_t;
+
+struct lw_whshared {
+	pthread_mutex_t lock;
+	weft_worker_t *w; /* the owner's worker; NULL once the thread is gone */
+	uint32_t slot;
+	uint32_t seq;  /* the published suspension, while `suspended` */
+	int suspended; /* published, and nobody has sent its wake-up yet */
+	_Atomic int remote; /* a handle was passed on (maybe to another worker) */
+	whnode_t *head, **tail;
+	_Atomic long refs;
+};
+typedef struct lw_whshared whshared_t;
+
+static void wh_drain(whshared_t *sh)
+{
+	while (sh->head) {
+		whnode_t *n = sh->head;
+		sh->head = n->next;
+		lw_blob_free(&n->blob);
+		weft_free(n);
+	}
+	sh->tail = &sh->head;
+}
+
+static void wh_unref(whshared_t *sh)
+{
+	if (atomic_fetch_sub(&sh->refs, 1) == 1) {
+		wh_drain(sh);
+		pthread_mutex_destroy(&sh->lock);
+		weft_free(sh);
+	}
+}
+
+/* Thread `slot` is gone (finished, or its state closes): its handles'
+ * wakeup returns false from now on. */
+static void wh_retire(lw_state_t *S, uint32_t slot)
+{
+	whshared_t *sh = slot < S->cap && S->wh ? S->wh[slot] : NULL;
+	if (!sh)
+		return;
+	S->wh[slot] = NULL;
+	pthread_mutex_lock(&sh->lock);
+	sh->w = NULL;
+	sh->suspended = 0;
+	wh_drain(sh);
+	pthread_mutex_unlock(&sh->lock);
+	wh_unref(sh);
+}
+
+/* Thread `slot` has just been suspended (weft_worker_suspend): with
+ * values waiting it is woken at once, otherwise the suspension is
+ * published for the next waker. */
+static void wh_suspended(lw_state_t *S, uint32_t slot)
+{
+	whshared_t *sh = S->wh ? S->wh[slot] : NULL;
+	if (!sh)
+		return;
+	uint32_t seq = weft_worker_co(S->w, slot)->seq;
+	pthread_mutex_lock(&sh->lock);
+	if (sh->head) {
+		sh->suspended = 0;
+		weft_worker_wake(S->w, slot, seq, WEFT_WAKE_RESUME);
+	} else {
+		sh->seq = seq;
+		sh->suspended = 1;
+		/* Another worker may wake it: the loop must wait for that. */
+		if (atomic_load(&sh->remote))
+			weft_worker_keepalive(S->w, slot);
+	}
+	pthread_mutex_unlock(&sh->lock);
+}
+
+/* The oldest values in slot's mailbox, pushed onto L: their count.  A
+ * list that cannot be rebuilt here (a function's module is missing)
+ * arrives as nil, message. */
+static int wh_take(lua_State *L, lw_state_t *S, uint32_t slot)
+{
+	whshared_t *sh = S->wh ? S->wh[slot] : NULL;
+	if (!sh)
+		return 0;
+	pthread_mutex_lock(&sh->lock);
+	whnode_t *n = sh->head;
+	if (n && !(sh->head = n->next))
+		sh->tail = &sh->head;
+	pthread_mutex_unlock(&sh->lock);
+	if (!n)
+		return 0;
+	int top = lua_gettop(L);
+	int k = lw_deserialize(L, n->blob.data, n->blob.len, 0);
+	lw_blob_free(&n->blob);
+	weft_free(n);
+	if (k < 0) {
+		lua_pushnil(L);
+		lua_insert(L, top + 1);
+		k = 2;
+	}
+	return k;
+}
+
 static void reg_table(lua_State *L, const void *key)
 {
 	if (lua_rawgetp(L, LUA_REGISTRYINDEX, key) == LUA_TTABLE) {
@@ -66,6 +179,11 @@ static int grow_threads(lw_state_t *S, uint32_t slot)
 		return WEFT_ENOMEM;
 	memset(t + S->cap, 0, (size_t)(cap - S->cap) * sizeof *t);
 	S->threads = t;
+	struct lw_whshared **wh = weft_realloc(S->wh, (size_t)cap * sizeof *wh);
+	if (!wh)
+		return WEFT_ENOMEM; /* threads grew alone: harmless, cap unchanged */
+	memset(wh + S->cap, 0, (size_t)(cap - S->cap) * sizeof *wh);
+	S->wh = wh;
 	S->cap = cap;
 	return 0;
 }
@@ -137,6 +255,7 @@ static void finish(lua_State *L, lw_state_t *S, uint32_t slot, int ok, int err_i
 	}
 	lua_pop(L, 3); /* list or nil, thread, FINISH */
 
+	wh_retire(S, slot);
 	lw_set_slot(co, LW_NONE);
 	S->threads[slot] = NULL;
 	S->nthreads--;
@@ -164,7 +283,7 @@ static int dispatch(lua_State *L, lw_state_t *S, uint32_t slot, int nargs, uint3
 		lua_State *co = S->threads[slot];
 		S->current = slot;
 		S->budget = LW_IO_BUDGET;
-		weft_worker_co(S->w, slot)->state = WEFT_CO_RUNNING;
+		weft_worker_run(S->w, slot);
 #ifdef WEFT_DEBUG
 		/* A lua_State may run on one OS thread at a time (DESIGN §1): every
 		 * resume checks that this is the state's owner thread, the one
@@ -203,6 +322,7 @@ static int dispatch(lua_State *L, lw_state_t *S, uint32_t slot, int nargs, uint3
 			uint32_t next = lw_slot_of(S, to);
 			int n = *nres - 2;
 			weft_worker_suspend(S->w, slot);
+			wh_suspended(S, slot);
 			if (next == LW_NONE || (lua_status(to) == LUA_OK && lua_gettop(to) == 0)) {
 				lua_settop(co, base - 1);
 				lua_pushliteral(co, "weft.transfer: the target thread is gone");
@@ -221,6 +341,7 @@ static int dispatch(lua_State *L, lw_state_t *S, uint32_t slot, int nargs, uint3
 			(*nres)--;
 		}
 		weft_worker_suspend(S->w, slot);
+		wh_suspended(S, slot);
 		done = DONE_SUSPEND;
 		break;
 	}
@@ -298,10 +419,17 @@ static int run_ready(lua_State *L, lw_state_t *S)
 		if (!co)
 			continue;
 		uint32_t out;
-		int nres;
-		luaL_checkstack(co, 1, NULL);
-		lua_pushinteger(co, wk.code);
-		int done = dispatch(L, S, wk.slot, 1, &out, &nres);
+		int nres, nargs = 1;
+		if (wk.code == WEFT_WAKE_RESUME) {
+			/* A suspended thread: its suspend returns the values. */
+			nargs = wh_take(L, S, wk.slot);
+			luaL_checkstack(co, nargs, "too many values");
+			lua_xmove(L, co, nargs);
+		} else {
+			luaL_checkstack(co, 1, NULL);
+			lua_pushinteger(co, wk.code);
+		}
+		int done = dispatch(L, S, wk.slot, nargs, &out, &nres);
 		settle(L, S, done, out, nres);
 		ran++;
 	}
@@ -629,6 +757,7 @@ typedef struct sjshared {
 	void *_Atomic sleeper; /* the object it sleeps through (compared only) */
 	weft_worker_t *w;      /* the owner's worker; NULL once it is gone */
 	_Atomic long refs;
+	_Atomic int remote; /* passed on (maybe to another worker) */
 } sjshared_t;
 
 typedef struct sleepjob {
@@ -731,7 +860,12 @@ static int sj_wait(lua_State *L, uint64_t deadline)
 	if (atomic_load(&sj->sh->word) != 0)
 		return luaL_error(L, "sleep_job: another thread is sleeping on it");
 	lua_settop(L, 1);
-	weft_worker_wait_time(S->w, slot, deadline);
+	/* Passed to another worker, the sleep job may be woken from there:
+	 * then even a sleep without deadline keeps the loop running. */
+	if (atomic_load(&sj->sh->remote))
+		weft_worker_wait_ext_until(S->w, slot, deadline);
+	else
+		weft_worker_wait_time(S->w, slot, deadline);
 	uint64_t word = ((uint64_t)slot + 1) << 32 | weft_worker_co(S->w, slot)->seq;
 	atomic_store(&sj->sh->sleeper, (void *)sj);
 	atomic_store(&sj->sh->word, word);
@@ -814,6 +948,7 @@ static int pack_sj(lua_State *L, int idx, uint64_t out[2])
 {
 	sleepjob_t *sj = luaL_checkudata(L, idx, LW_SLEEPJOB);
 	atomic_fetch_add(&sj->sh->refs, 1); /* the message's reference */
+	atomic_store(&sj->sh->remote, 1);
 	out[0] = (uint64_t)(uintptr_t)sj->sh;
 	out[1] = (uint64_t)(uintptr_t)sj->owner;
 	return 0;
@@ -824,6 +959,134 @@ static int unpack_sj(lua_State *L, const uint64_t in[2])
 	push_sj(L, (sjshared_t *)(uintptr_t)in[0], (lw_state_t *)(uintptr_t)in[1]);
 	return 0;
 }
+
+static void push_wh(lua_State *L, whshared_t *sh)
+{
+	whshared_t **h = lua_newuserdatauv(L, sizeof *h, 0);
+	*h = sh;
+	luaL_setmetatable(L, LW_WAKEHANDLE);
+}
+
+/* weft.wakehandle([th]) -> wh, for th or the running thread */
+static int l_wakehandle(lua_State *L)
+{
+	lw_state_t *S = lw_S(L);
+	uint32_t slot;
+	if (lua_isnoneornil(L, 1)) {
+		slot = S->current;
+		if (slot == LW_NONE)
+			return luaL_error(L, "weft.wakehandle: not inside a weft thread");
+	} else {
+		lua_State *co = lua_tothread(L, 1);
+		luaL_argexpected(L, co != NULL, 1, "thread");
+		slot = lw_slot_of(S, co);
+		if (slot == LW_NONE)
+			return luaL_error(L, "weft.wakehandle: not a live weft thread of this worker");
+	}
+	whshared_t *sh = S->wh[slot];
+	if (!sh) {
+		if (!(sh = weft_calloc(1, sizeof *sh)))
+			return luaL_error(L, "weft.wakehandle: out of memory");
+		pthread_mutex_init(&sh->lock, NULL);
+		sh->w = S->w;
+		sh->slot = slot;
+		sh->tail = &sh->head;
+		atomic_init(&sh->refs, 1); /* the thread's own */
+		S->wh[slot] = sh;
+		/* Already suspended (a handle made for another thread): the
+		 * suspension is published now. */
+		if (weft_worker_co(S->w, slot)->state == WEFT_CO_SUSPENDED)
+			wh_suspended(S, slot);
+	}
+	atomic_fetch_add(&sh->refs, 1);
+	push_wh(L, sh);
+	return 1;
+}
+
+static int wh_gc(lua_State *L)
+{
+	whshared_t **h = luaL_checkudata(L, 1, LW_WAKEHANDLE);
+	if (*h)
+		wh_unref(*h);
+	*h = NULL;
+	return 0;
+}
+
+/* wh:wakeup(...) -> true, or false if the thread is gone.  The values are
+ * copied (as for channels), also within one worker. */
+static int wh_wakeup(lua_State *L)
+{
+	lw_state_t *S = lw_S(L);
+	whshared_t *sh = *(whshared_t **)luaL_checkudata(L, 1, LW_WAKEHANDLE);
+	whnode_t *n = weft_calloc(1, sizeof *n);
+	if (!n)
+		return luaL_error(L, "wakehandle: out of memory");
+	if (lw_serialize(L, 2, lua_gettop(L) - 1, 0, &n->blob) < 0) {
+		weft_free(n);
+		return lua_error(L);
+	}
+	int ok = 0;
+	pthread_mutex_lock(&sh->lock);
+	if (sh->w) {
+		*sh->tail = n;
+		sh->tail = &n->next;
+		ok = 1;
+		if (sh->suspended) {
+			sh->suspended = 0;
+			if (sh->w == S->w) {
+				weft_worker_wake(S->w, sh->slot, sh->seq, WEFT_WAKE_RESUME);
+			} else {
+				weft_msg_t m = {WEFT_MSG_WAKE, sh->slot, sh->seq, WEFT_WAKE_RESUME,
+						NULL};
+				/* Posted under the lock: the owner cannot be freed
+				 * meanwhile (wh_retire takes it first). */
+				if (weft_worker_post(sh->w, &m) != 0)
+					sh->suspended = 1; /* the next wakeup tries again */
+			}
+		}
+	}
+	pthread_mutex_unlock(&sh->lock);
+	if (!ok) {
+		lw_blob_free(&n->blob);
+		weft_free(n);
+	}
+	lua_pushboolean(L, ok);
+	return 1;
+}
+
+static int pack_wh(lua_State *L, int idx, uint64_t out[2])
+{
+	whshared_t *sh = *(whshared_t **)luaL_checkudata(L, idx, LW_WAKEHANDLE);
+	atomic_fetch_add(&sh->refs, 1); /* the message's reference */
+	atomic_store(&sh->remote, 1);
+	out[0] = (uint64_t)(uintptr_t)sh;
+	out[1] = 0;
+	return 0;
+}
+
+static int unpack_wh(lua_State *L, const uint64_t in[2])
+{
+	push_wh(L, (whshared_t *)(uintptr_t)in[0]);
+	return 0;
+}
+
+void lw_close_sched(lw_state_t *S)
+{
+	for (uint32_t i = 0; S->wh && i < S->cap; i++)
+		wh_retire(S, i);
+	weft_free(S->wh);
+	S->wh = NULL;
+}
+
+static const luaL_Reg wh_methods[] = {
+	{"wakeup", wh_wakeup},
+	{NULL, NULL},
+};
+
+static const luaL_Reg wh_meta[] = {
+	{"__gc", wh_gc},
+	{NULL, NULL},
+};
 
 static const luaL_Reg sj_methods[] = {
 	{"sleep", sj_sleep},
@@ -855,6 +1118,7 @@ static const luaL_Reg sched_funcs[] = {
 	{"sleep", l_sleep},
 	{"sleep_until", l_sleep_until},
 	{"sleep_job", l_sleep_job},
+	{"wakehandle", l_wakehandle},
 	{NULL, NULL},
 };
 
@@ -865,6 +1129,8 @@ void lw_open_sched(lua_State *L, lw_state_t *S)
 	reg_table(L, &FINISH_KEY);
 	lw_newclass(L, S, LW_SLEEPJOB, sj_methods, sj_meta);
 	lw_serial_register(LW_SLEEPJOB, pack_sj, unpack_sj);
+	lw_newclass(L, S, LW_WAKEHANDLE, wh_methods, wh_meta);
+	lw_serial_register(LW_WAKEHANDLE, pack_wh, unpack_wh);
 	S->w->drop_data = drop_blob;
 	lw_register(L, S, sched_funcs);
 	lua_createtable(L, 0, 3);

@@ -265,6 +265,7 @@ static int state_gc(lua_State *L)
 		struct timespec ts = {0, 1000000};
 		nanosleep(&ts, NULL);
 	}
+	lw_close_sched(S);
 	weft_worker_free(S->w);
 	weft_runtime_free(S->rt);
 	weft_free(S->threads);

@@ -21,6 +21,7 @@
 #define LW_SOCKADDR "weft.sockaddr"
 #define LW_IPADDR "weft.ipaddr"
 #define LW_SLEEPJOB "weft.sleep_job"
+#define LW_WAKEHANDLE "weft.wakehandle"
 
 #define LW_NONE UINT32_MAX
 
@@ -35,6 +36,7 @@ typedef struct lw_state {
 	weft_worker_t *w;
 	lua_State *L;        /* the main thread */
 	lua_State **threads; /* slot -> coroutine (strong ref in the registry) */
+	struct lw_whshared **wh; /* slot -> its wake handles' shared part, or NULL */
 	uint32_t cap;
 	uint32_t current; /* slot of the running weft thread, or LW_NONE */
 	int budget;       /* I/O calls left in this run (LW_IO_BUDGET) */
@@ -136,6 +138,9 @@ void lw_open_buffer(lua_State *L, lw_state_t *S);
 void lw_open_addr(lua_State *L, lw_state_t *S);
 void lw_open_socket(lua_State *L, lw_state_t *S);
 void lw_open_sched(lua_State *L, lw_state_t *S);
+/* The state is closing: wake handles of its threads stop delivering (their
+ * wakeup returns false from now on). */
+void lw_close_sched(lw_state_t *S);
 void lw_open_channel(lua_State *L, lw_state_t *S);
 void lw_open_spawn(lua_State *L, lw_state_t *S);
 

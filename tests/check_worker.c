@@ -703,6 +703,49 @@ START_TEST(test_yield)
 }
 END_TEST
 
+/* A suspended coroutine takes a WEFT_WAKE_RESUME wake-up for the seq of
+ * its suspension, by post too, and nothing else: not another code, not
+ * an older seq, not a second one while the first is queued. */
+START_TEST(test_wake_suspended)
+{
+	env_t e = setup();
+	weft_worker_t *w = e.w;
+	weft_wake_t wk;
+	uint32_t a = new_co(w);
+
+	weft_worker_suspend(w, a);
+	uint32_t s1 = weft_worker_co(w, a)->seq;
+	ck_assert_int_eq(weft_worker_co(w, a)->state, WEFT_CO_SUSPENDED);
+	ck_assert_int_eq(weft_worker_wake(w, a, s1, WEFT_WAKE_USER), 0);
+	ck_assert_int_eq(weft_worker_wake(w, a, s1, 0), 0);
+	ck_assert_int_eq(weft_worker_wake(w, a, s1 - 1, WEFT_WAKE_RESUME), 0);
+	ck_assert_int_eq(weft_worker_wake(w, a, s1, WEFT_WAKE_RESUME), 1);
+	ck_assert_int_eq(weft_worker_wake(w, a, s1, WEFT_WAKE_RESUME), 0);
+	ck_assert_int_eq(weft_worker_next(w, &wk), 1);
+	ck_assert_uint_eq(wk.slot, a);
+	ck_assert_uint_eq(wk.seq, s1);
+	ck_assert_int_eq(wk.code, WEFT_WAKE_RESUME);
+	ck_assert_int_eq(weft_worker_co(w, a)->state, WEFT_CO_RUNNING);
+
+	/* A new suspension has a new seq: a wake-up for the last is stale,
+	 * and so is one queued before the coroutine ran on its own. */
+	weft_worker_suspend(w, a);
+	uint32_t s2 = weft_worker_co(w, a)->seq;
+	ck_assert_uint_ne(s1, s2);
+	ck_assert_int_eq(weft_worker_wake(w, a, s1, WEFT_WAKE_RESUME), 0);
+	weft_msg_t m = {WEFT_MSG_WAKE, a, s2, WEFT_WAKE_RESUME, NULL};
+	ck_assert_int_eq(weft_worker_post(w, &m), 0);
+	ck_assert_int_ge(weft_worker_poll(w, 0), 1);
+	weft_worker_co(w, a)->state = WEFT_CO_RUNNING; /* resumed directly */
+	weft_worker_suspend(w, a);
+	ck_assert_int_eq(weft_worker_next(w, &wk), 0);
+	ck_assert_int_eq(weft_worker_co(w, a)->state, WEFT_CO_SUSPENDED);
+
+	weft_worker_co_free(w, a);
+	teardown(e);
+}
+END_TEST
+
 /* Another thread's post ends a poll blocked with no timeout at all. */
 typedef struct poster {
 	weft_worker_t *w;
@@ -1094,6 +1137,7 @@ static Suite *worker_suite(void)
 	tcase_add_test(tc, test_wake_io_wait);
 	tcase_add_test(tc, test_wait_time);
 	tcase_add_test(tc, test_yield);
+	tcase_add_test(tc, test_wake_suspended);
 	tcase_add_test(tc, test_msg_io);
 	tcase_add_test(tc, test_handoff_between_workers);
 	tcase_add_test(tc, test_timers_under_io_load);

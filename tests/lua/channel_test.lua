@@ -187,7 +187,9 @@ if weft.worker() == 1 then
 	local good = 0
 	for i = 1, N do
 		assert(handoff:send(sj, weft.clock() + 30))
-		local a, b, t = sj:sleep(30)
+		-- every other sleep has no deadline: a sleep job passed to
+		-- another worker keeps this worker's loop running regardless
+		local a, b, t = sj:sleep(i % 2 == 0 and 30 or nil)
 		if a == "wake" and b == i and type(t) == "table" and t.n == i then good = good + 1 end
 	end
 	assert(handoff:send(false))
@@ -215,6 +217,60 @@ end
 	if not okc then tap.diag(out) end
 	like(out, ("woken %d of %d with the right values"):format(N, N), "every cross-worker wakeup arrived, values intact")
 	like(out, ("woke %d"):format(N), "worker 2 woke the sleeper every time")
+end)
+
+-- Wake handles passed to another worker: the waker does not wait for the
+-- thread to be suspended (values sent early wait for its suspend), and
+-- every wakeup arrives once, in order, in the thread's own worker.
+tap.test("between workers: wake handles, many wakeups, none lost", function()
+	local N = 20000 // SCALE
+	local out, okc = tap.run_workers(2, [[
+local weft = require "weft"
+local N = tonumber(arg[1])
+local handoff = weft.channel("handoff", 4)
+local back = weft.channel("back", 4)
+if weft.worker() == 1 then
+	local good, early = 0, 0
+	local wh = weft.wakehandle()
+	assert(handoff:send(wh, weft.clock() + 30))
+	for i = 1, N do
+		if i % 100 == 0 then weft.sleep(0.001) end -- let some arrive early
+		local a, b, t = weft.suspend()
+		if a == "wake" and b == i and type(t) == "table" and t.n == i then good = good + 1 end
+	end
+	assert(handoff:send(false))
+	print(("resumed %d of %d with the right values"):format(good, N))
+	-- a thread that finished: its handle says so in the other worker
+	local fin = weft.sleep_job()
+	local th = weft.newthread(function() weft.suspend() end)
+	weft.onthreadfinish(th, function() fin:wakeup() end)
+	weft.resume(th)
+	assert(handoff:send(weft.wakehandle(th), weft.clock() + 30))
+	assert(back:recv(weft.clock() + 30) == "woken")
+	fin:sleep(30)
+	assert(handoff:send("finished", weft.clock() + 30))
+else
+	local wh = handoff:recv(weft.clock() + 30)
+	for i = 1, N do
+		assert(wh:wakeup("wake", i, {n = i}))
+		if i % 64 == 0 then weft.sleep(0) end
+	end
+	assert(handoff:recv(weft.clock() + 30) == false)
+	local wh2 = handoff:recv(weft.clock() + 30)
+	assert(wh2:wakeup() == true)
+	assert(back:send("woken", weft.clock() + 30))
+	assert(handoff:recv(weft.clock() + 30) == "finished")
+	print(("woke %d, then a finished thread: %s"):format(N, tostring(wh2:wakeup())))
+end
+]], N)
+	if not out then
+		tap.skip("WEFT_BIN not set", 3)
+		return
+	end
+	ok(okc, "the two workers exited cleanly")
+	if not okc then tap.diag(out) end
+	like(out, ("resumed %d of %d with the right values"):format(N, N), "every wakeup arrived once, in order, values intact")
+	like(out, ("woke %d, then a finished thread: false"):format(N), "a finished thread's handle returns false")
 end)
 
 tap.done()

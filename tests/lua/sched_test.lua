@@ -1,6 +1,6 @@
 -- Threads and the loop: newthread, resume, thread, suspend, transfer, yield,
 -- cowrap, currentthread, onthreadfinish, threadenv, poll, start, stop, run,
--- seterrorhandler.  The file runs in the main Lua thread (launcher -m).
+-- seterrorhandler, wakehandle.  The file runs in the main Lua thread (launcher -m).
 local tap = require "tap"
 local weft = require "weft"
 local H = tap.weft_harness(weft)
@@ -390,6 +390,82 @@ test("threads with no wake-up source do not keep start running", function()
 	is(sj:wakeup("v"), true, "wakeup of a sleep job without deadline")
 	is(weft.start(2), true, "start runs the woken thread")
 	is(sgot, "v", "the sleep job returned the wakeup value")
+end)
+
+test("wakehandle: wakeup makes suspend return copies of the values", function()
+	local got
+	local th = weft.thread(function() got = table.pack(weft.suspend()) end)
+	local wh = weft.wakehandle(th)
+	is(getmetatable(wh).__name, "weft.wakehandle", "a wake handle")
+	local t = { k = 3, list = { 1, 2 } }
+	is(wh:wakeup(1, "x", t, nil), true, "wakeup of a suspended thread")
+	is(got, nil, "the thread runs in the loop, not inside wakeup")
+	is(weft.start(2), true, "start runs the woken thread")
+	is(got and got.n, 4, "suspend returned every value, nil included")
+	is(got[1], 1, "a number")
+	is(got[2], "x", "a string")
+	is_deeply(got[3], t, "a table, equal")
+	ok(got[3] ~= t, "and copied")
+	is(wh:wakeup("late"), false, "wakeup of a finished thread returns false")
+end)
+
+test("wakehandle: values sent before the suspend are not lost, and keep their order", function()
+	local got = {}
+	local wh
+	local th = weft.thread(function()
+		wh = weft.wakehandle()
+		weft.sleep(0.02) -- busy elsewhere while the wake-ups arrive
+		for i = 1, 3 do got[i] = weft.suspend() end
+	end)
+	is(wh:wakeup("a"), true, "wakeup while the thread sleeps")
+	is(wh:wakeup("b"), true, "a second one")
+	is(wh:wakeup("c"), true, "a third one")
+	is(weft.start(2), true, "the thread finishes: each suspend returned at once")
+	is_deeply(got, { "a", "b", "c" }, "in the order sent")
+	ok(coroutine.status(th) == "dead", "the thread is done")
+end)
+
+test("wakehandle: a direct resume does not eat a wakeup", function()
+	local got = {}
+	local th = weft.thread(function()
+		got[1] = weft.suspend()
+		got[2] = weft.suspend()
+	end)
+	local wh = weft.wakehandle(th)
+	is(wh:wakeup("sent"), true, "wakeup queued for the suspended thread")
+	weft.resume(th, "direct") -- before the loop delivers the wakeup
+	is(got[1], "direct", "the direct resume came first")
+	is(weft.start(2), true, "the thread finishes")
+	is(got[2], "sent", "the wakeup's values went to the next suspend")
+end)
+
+test("wakehandle: the resume trick still returns control at the first suspend", function()
+	local th = weft.newthread(function()
+		local wh = weft.wakehandle()
+		local v = weft.suspend(wh)
+		return v
+	end)
+	local wh = weft.resume(th)
+	is(getmetatable(wh).__name, "weft.wakehandle", "resume returned what suspend was given")
+	local fin
+	weft.onthreadfinish(th, function(_, okv) fin = okv end)
+	wh:wakeup("go")
+	is(weft.start(2), true, "the loop ran the woken thread")
+	is(fin, true, "it finished")
+end)
+
+test("wakehandle: bad input", function()
+	ok(raises(weft.wakehandle), "outside a weft thread raises")
+	ok(raises(weft.wakehandle, 42), "a number raises")
+	ok(raises(weft.wakehandle, coroutine.create(function() end)), "a plain coroutine raises")
+	local th = weft.thread(function() weft.suspend() end)
+	local wh = weft.wakehandle(th)
+	local up = 1
+	ok(raises(wh.wakeup, wh, function() return up end), "a value that cannot be copied raises")
+	ok(raises(wh.wakeup, wh, io.stdout), "a userdata raises")
+	is(wh:wakeup(), true, "no values is fine")
+	is(weft.start(2), true, "the thread finishes")
+	ok(raises(weft.wakehandle, th), "a finished thread raises")
 end)
 
 test("run returns f's results", function()
