@@ -1022,6 +1022,7 @@ static int wh_wakeup(lua_State *L)
 	if (!n)
 		return luaL_error(L, "wakehandle: out of memory");
 	if (lw_serialize(L, 2, lua_gettop(L) - 1, 0, &n->blob) < 0) {
+		lw_blob_free(&n->blob);
 		weft_free(n);
 		return lua_error(L);
 	}

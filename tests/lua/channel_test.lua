@@ -241,13 +241,17 @@ if weft.worker() == 1 then
 	assert(handoff:send(false))
 	print(("resumed %d of %d with the right values"):format(good, N))
 	-- a thread that finished: its handle says so in the other worker
-	local fin = weft.sleep_job()
+	local fin, finished = weft.sleep_job(), false
 	local th = weft.newthread(function() weft.suspend() end)
-	weft.onthreadfinish(th, function() fin:wakeup() end)
+	weft.onthreadfinish(th, function()
+		finished = true
+		fin:wakeup()
+	end)
 	weft.resume(th)
 	assert(handoff:send(weft.wakehandle(th), weft.clock() + 30))
 	assert(back:recv(weft.clock() + 30) == "woken")
-	fin:sleep(30)
+	if not finished then fin:sleep(30) end
+	assert(finished, "the woken thread finished")
 	assert(handoff:send("finished", weft.clock() + 30))
 else
 	local wh = handoff:recv(weft.clock() + 30)
