@@ -438,6 +438,13 @@ static int is_waiting(const weft_co_t *co)
 	return co->state >= WEFT_CO_WAIT_IO;
 }
 
+/* Whether a wake-up with `code` may end co's current wait or suspension
+ * (the seq is checked apart). */
+static int wakeable(const weft_co_t *co, int32_t code)
+{
+	return is_waiting(co) || (co->state == WEFT_CO_SUSPENDED && code == WEFT_WAKE_RESUME);
+}
+
 static void queue(weft_worker_t *w, uint32_t slot, weft_co_t *co, int32_t code)
 {
 	weft_wake_t wk = {slot, co->seq, code};
@@ -456,8 +463,7 @@ int weft_worker_wake(weft_worker_t *w, uint32_t slot, uint32_t seq, int32_t code
 	if (slot >= w->_ncos)
 		return 0;
 	weft_co_t *co = &w->_cos[slot];
-	int ok = is_waiting(co) || (co->state == WEFT_CO_SUSPENDED && code == WEFT_WAKE_RESUME);
-	if (co->seq != seq || !ok || co->_pending)
+	if (co->seq != seq || !wakeable(co, code) || co->_pending)
 		return 0;
 	/* An fd wait must leave the wait word too, as on a timeout: a slot
 	 * left there makes the next wait on that direction -EBUSY, and the
@@ -937,7 +943,7 @@ int weft_worker_next(weft_worker_t *w, weft_wake_t *out)
 	weft_wake_t wk;
 	while (weft_runq_pop(&w->runq, &wk)) {
 		weft_co_t *co = &w->_cos[wk.slot];
-		if (co->seq != wk.seq || !(is_waiting(co) || co->state == WEFT_CO_SUSPENDED))
+		if (co->seq != wk.seq || !wakeable(co, wk.code))
 			continue; /* the wait it was for is over */
 		leave_wait(w, co);
 		*out = wk;

@@ -611,6 +611,16 @@ static const luaL_Reg ip_methods[] = {
 	{NULL, NULL},
 };
 
+static const luaL_Reg sa_meta[] = {
+	{"__tostring", sa_tostring},
+	{NULL, NULL},
+};
+
+static const luaL_Reg ip_meta[] = {
+	{"__tostring", ip_tostring},
+	{NULL, NULL},
+};
+
 void lw_open_addr(lua_State *L, lw_state_t *S)
 {
 	luaL_newmetatable(L, LW_ADDRINFO);
@@ -625,21 +635,8 @@ void lw_open_addr(lua_State *L, lw_state_t *S)
 	lua_setfield(L, -2, "methods");
 	lua_pop(L, 1);
 
-	luaL_newmetatable(L, LW_SOCKADDR);
-	lua_pushcfunction(L, sa_tostring);
-	lua_setfield(L, -2, "__tostring");
-	lua_newtable(L);
-	lw_register(L, S, sa_methods);
-	lua_setfield(L, -2, "__index");
-	lua_pop(L, 1);
-
-	luaL_newmetatable(L, LW_IPADDR);
-	lua_pushcfunction(L, ip_tostring);
-	lua_setfield(L, -2, "__tostring");
-	lua_newtable(L);
-	lw_register(L, S, ip_methods);
-	lua_setfield(L, -2, "__index");
-	lua_pop(L, 1);
+	lw_newclass(L, S, LW_SOCKADDR, sa_methods, sa_meta);
+	lw_newclass(L, S, LW_IPADDR, ip_methods, ip_meta);
 
 	lua_newtable(L);
 	lua_pushcfunction(L, holder_gc);

@@ -88,6 +88,19 @@ static int pending_gc(lua_State *L)
 	return 0;
 }
 
+/* Back from a wait on ch (status LUA_YIELD): its error code, or 0 to try
+ * again; a timeout withdraws the registration (wait seq ctx). */
+static int woke(lua_State *L, int status, lua_KContext ctx, lchan_t *ch, lw_state_t *S,
+		uint32_t slot)
+{
+	if (status != LUA_YIELD)
+		return 0;
+	int code = lw_wakecode(L);
+	if (code == WEFT_ETIMEOUT)
+		weft_chan_cancel(ch->c, S->w, slot, (uint32_t)ctx);
+	return code < 0 ? code : 0;
+}
+
 /* ch:send(v, [expires]) -> true | nil, "closed" | "timeout".  Stack: ch,
  * v, expires, pending. */
 static int send_k(lua_State *L, int status, lua_KContext ctx)
@@ -96,14 +109,9 @@ static int send_k(lua_State *L, int status, lua_KContext ctx)
 	lchan_t *ch = checkchan(L, 1);
 	pending_t *p = lua_touserdata(L, 4);
 	uint32_t slot = lw_waiter(L, S);
-	if (status == LUA_YIELD) {
-		int code = lw_wakecode(L);
-		if (code < 0) {
-			if (code == WEFT_ETIMEOUT)
-				weft_chan_cancel(ch->c, S->w, slot, (uint32_t)ctx);
-			return lw_error(L, code);
-		}
-	}
+	int code = woke(L, status, ctx, ch, S, slot);
+	if (code < 0)
+		return lw_error(L, code);
 	uint64_t deadline = lw_deadline(L, 3);
 	int rc = weft_chan_send(ch->c, p->b.data, p->b.len, NULL, 0, 0);
 	if (rc == -EAGAIN) {
@@ -148,14 +156,9 @@ static int recv_k(lua_State *L, int status, lua_KContext ctx)
 	lw_state_t *S = lw_S(L);
 	lchan_t *ch = checkchan(L, 1);
 	uint32_t slot = lw_waiter(L, S);
-	if (status == LUA_YIELD) {
-		int code = lw_wakecode(L);
-		if (code < 0) {
-			if (code == WEFT_ETIMEOUT)
-				weft_chan_cancel(ch->c, S->w, slot, (uint32_t)ctx);
-			return lw_error(L, code);
-		}
-	}
+	int code = woke(L, status, ctx, ch, S, slot);
+	if (code < 0)
+		return lw_error(L, code);
 	uint64_t deadline = lw_deadline(L, 2);
 	char *data;
 	size_t len;

@@ -54,6 +54,12 @@ struct lw_whshared {
 };
 typedef struct lw_whshared whshared_t;
 
+/* The shared part of slot's wake handles, or NULL if it has none. */
+static whshared_t *wh_of(const lw_state_t *S, uint32_t slot)
+{
+	return S->wh && slot < S->cap ? S->wh[slot] : NULL;
+}
+
 static void wh_drain(whshared_t *sh)
 {
 	while (sh->head) {
@@ -78,7 +84,7 @@ static void wh_unref(whshared_t *sh)
  * wakeup returns false from now on. */
 static void wh_retire(lw_state_t *S, uint32_t slot)
 {
-	whshared_t *sh = slot < S->cap && S->wh ? S->wh[slot] : NULL;
+	whshared_t *sh = wh_of(S, slot);
 	if (!sh)
 		return;
 	S->wh[slot] = NULL;
@@ -95,7 +101,7 @@ static void wh_retire(lw_state_t *S, uint32_t slot)
  * published for the next waker. */
 static void wh_suspended(lw_state_t *S, uint32_t slot)
 {
-	whshared_t *sh = S->wh ? S->wh[slot] : NULL;
+	whshared_t *sh = wh_of(S, slot);
 	if (!sh)
 		return;
 	uint32_t seq = weft_worker_co(S->w, slot)->seq;
@@ -118,7 +124,7 @@ static void wh_suspended(lw_state_t *S, uint32_t slot)
  * arrives as nil, message. */
 static int wh_take(lua_State *L, lw_state_t *S, uint32_t slot)
 {
-	whshared_t *sh = S->wh ? S->wh[slot] : NULL;
+	whshared_t *sh = wh_of(S, slot);
 	if (!sh)
 		return 0;
 	pthread_mutex_lock(&sh->lock);
@@ -983,7 +989,7 @@ static int l_wakehandle(lua_State *L)
 		if (slot == LW_NONE)
 			return luaL_error(L, "weft.wakehandle: not a live weft thread of this worker");
 	}
-	whshared_t *sh = S->wh[slot];
+	whshared_t *sh = wh_of(S, slot);
 	if (!sh) {
 		if (!(sh = weft_calloc(1, sizeof *sh)))
 			return luaL_error(L, "weft.wakehandle: out of memory");
