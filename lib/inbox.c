@@ -24,6 +24,7 @@ int weft_inbox_init(weft_inbox_t *in)
 	in->_spare = NULL;
 	in->_spare_cap = 0;
 	atomic_init(&in->_pending, 0);
+	in->_closed = 0;
 	int rc = pthread_mutex_init(&in->_lock, NULL);
 	return rc ? -rc : 0;
 }
@@ -57,7 +58,9 @@ int weft_inbox_push(weft_inbox_t *in, const weft_msg_t *m)
 {
 	int rc = 0;
 	pthread_mutex_lock(&in->_lock);
-	if (in->_len == in->_cap)
+	if (in->_closed)
+		rc = WEFT_ECLOSED;
+	else if (in->_len == in->_cap)
 		rc = grow(in);
 	if (rc == 0) {
 		in->_items[in->_len++] = *m;
@@ -93,4 +96,11 @@ size_t weft_inbox_drain(weft_inbox_t *in, weft_msg_t **out)
 	in->_spare_cap = batch_cap;
 	*out = batch;
 	return n;
+}
+
+void weft_inbox_close(weft_inbox_t *in)
+{
+	pthread_mutex_lock(&in->_lock);
+	in->_closed = 1;
+	pthread_mutex_unlock(&in->_lock);
 }

@@ -25,13 +25,15 @@ typedef struct weft_inbox {
 	weft_msg_t *_spare; /* the consumer's array, swapped in on drain */
 	size_t _spare_cap;
 	_Atomic size_t _pending; /* approximate length, for a lock-free peek */
+	int _closed;              /* under _lock: pushes fail (the owner is gone) */
 } weft_inbox_t;
 
 /* 0 or -errno. */
 int weft_inbox_init(weft_inbox_t *in);
 void weft_inbox_destroy(weft_inbox_t *in);
 
-/* Append a message.  0 or WEFT_ENOMEM.  Any thread. */
+/* Append a message.  0, WEFT_ENOMEM, or WEFT_ECLOSED once the inbox is
+ * closed.  Any thread. */
 int weft_inbox_push(weft_inbox_t *in, const weft_msg_t *m);
 
 /* Whether messages may be waiting (no lock; a hint).  Any thread. */
@@ -43,5 +45,11 @@ static inline int weft_inbox_nonempty(weft_inbox_t *in)
 /* Take every queued message: *out points to an array of the returned
  * count, valid until the next drain.  Owner only. */
 size_t weft_inbox_drain(weft_inbox_t *in, weft_msg_t **out);
+
+/* Refuse every later push (its consumer is going away): a producer then
+ * learns that its message cannot be delivered and can hand the work to
+ * someone else.  Messages already queued stay for weft_inbox_drain.  Any
+ * thread; idempotent. */
+void weft_inbox_close(weft_inbox_t *in);
 
 #endif

@@ -319,6 +319,10 @@ void weft_worker_free(weft_worker_t *w)
 		return;
 	weft_runtime_t *rt = w->rt;
 	detach(w);
+	/* From now on a post to w fails, so whoever hands w a wake-up (a
+	 * channel, a listener) learns that its waiter is gone and serves the
+	 * next one instead of losing the wake-up. */
+	weft_inbox_close(&w->inbox);
 	weft_jobq_destroy(&w->jobs);
 	weft_runq_destroy(&w->runq);
 	weft_free(w->_cos);

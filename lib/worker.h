@@ -229,7 +229,8 @@ void weft_worker_run(weft_worker_t *w, uint32_t slot);
 int weft_worker_wake(weft_worker_t *w, uint32_t slot, uint32_t seq, int32_t code);
 
 /* Post a message to w's inbox and interrupt its poll.  Any thread.
- * 0 or WEFT_ENOMEM: the inbox could not grow.  Wake-up posters (channels,
+ * 0, WEFT_ECLOSED (w has been freed: the message's waiter is gone, serve
+ * another) or WEFT_ENOMEM: the inbox could not grow.  Wake-up posters (channels,
  * listeners, futures, sleep jobs) have no better fallback than letting
  * the waiter run into its deadline, so a wait without one can hang only
  * when memory is exhausted. */

@@ -73,6 +73,25 @@ START_TEST(test_single_thread)
 }
 END_TEST
 
+/* A closed inbox refuses pushes and keeps what was queued before. */
+START_TEST(test_closed)
+{
+	weft_inbox_t in;
+	weft_msg_t *batch;
+	ck_assert_int_eq(weft_inbox_init(&in), 0);
+	weft_msg_t m = msg(1, 7);
+	ck_assert_int_eq(weft_inbox_push(&in, &m), 0);
+	weft_inbox_close(&in);
+	weft_inbox_close(&in); /* idempotent */
+	weft_msg_t m2 = msg(1, 8);
+	ck_assert_int_eq(weft_inbox_push(&in, &m2), WEFT_ECLOSED);
+	ck_assert_uint_eq(weft_inbox_drain(&in, &batch), 1);
+	expect_msg(&batch[0], 1, 7);
+	ck_assert_uint_eq(weft_inbox_drain(&in, &batch), 0);
+	weft_inbox_destroy(&in);
+}
+END_TEST
+
 START_TEST(test_alloc_failure)
 {
 	weft_inbox_t in;
@@ -167,6 +186,7 @@ static Suite *inbox_suite(void)
 	TCase *tc = tcase_create("core");
 	tcase_add_test(tc, test_single_thread);
 	tcase_add_test(tc, test_alloc_failure);
+	tcase_add_test(tc, test_closed);
 	suite_add_tcase(s, tc);
 
 	TCase *stress = tcase_create("stress");
