@@ -273,22 +273,21 @@ uint64_t weft_fd_ready(weft_fd_t *r, int dir, uint32_t gen)
 	}
 }
 
-int weft_fd_cancel(weft_fd_t *r, int dir, uint32_t waiter)
+int weft_fd_cancel(weft_fd_t *r, int dir, uint32_t gen, uint32_t waiter)
 {
 	_Atomic uint64_t *w = &r->_wait[dir];
-	uint64_t old = atomic_load_explicit(w, memory_order_acquire);
+	uint64_t mine = WORD(gen, waiter + WEFT_WAIT_BASE);
 
 	if (waiter > WEFT_WAITER_MAX)
 		return 0;
-	/* Only our own WAIT is withdrawn.  Anything else means an event or
-	 * close took the wait and owes the waiter a wake-up. */
-	while (STATE_OF(old) == waiter + WEFT_WAIT_BASE) {
-		if (atomic_compare_exchange_weak_explicit(
-		        w, &old, WORD(GEN_OF(old), WEFT_WAIT_EMPTY), memory_order_acq_rel,
-		        memory_order_acquire))
-			return 1;
-	}
-	return 0;
+	/* Only our own WAIT, in our generation, is withdrawn.  Anything else
+	 * means an event or close took the wait and owes the waiter a
+	 * wake-up; a record shut and reopened since may hold another
+	 * worker's waiter with the same id, which is not ours to touch.  A
+	 * word equal to ours cannot change but by someone taking it, so one
+	 * strong CAS decides. */
+	return atomic_compare_exchange_strong_explicit(w, &mine, WORD(gen, WEFT_WAIT_EMPTY),
+	                                               memory_order_acq_rel, memory_order_acquire);
 }
 
 void weft_fd_shut(weft_fd_t *r, uint64_t woken[2])

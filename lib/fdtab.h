@@ -35,13 +35,17 @@ enum {
 /* Largest waiter id a wait word can hold. */
 #define WEFT_WAITER_MAX (UINT32_MAX - WEFT_WAIT_BASE)
 
+/* The owner of a record registered in the runtime's shared poller. */
+#define WEFT_OWNER_SHARED UINT32_MAX
+
 typedef struct weft_fd {
 	_Atomic uint64_t _wait[2]; /* READ, WRITE wait words */
 	void *_Atomic udata;       /* a shared listener, or NULL (listener.c) */
 	_Atomic uint32_t gen;      /* current generation (odd: open) */
 	_Atomic int fd;            /* -1 when closed */
 	uint32_t slot;             /* index in the table (constant) */
-	_Atomic uint32_t owner;    /* worker whose coroutines wait here */
+	_Atomic uint32_t owner;    /* worker whose coroutines wait here, or
+				    * WEFT_OWNER_SHARED (a shared listener) */
 	uint32_t _next_free;
 	char _pad[64 - 3 * 8 - 5 * 4];
 } weft_fd_t;
@@ -84,11 +88,19 @@ int weft_fd_wait(weft_fd_t *r, int dir, uint32_t waiter);
  * generation is stale.  Any thread. */
 uint64_t weft_fd_ready(weft_fd_t *r, int dir, uint32_t gen);
 
-/* Withdraw `waiter` from direction dir (its deadline passed).  Returns 1 if
- * the wait was withdrawn (WAIT -> EMPTY), 0 if an event or close already
- * took it: a wake-up for the waiter is then on its way and must be awaited
- * instead. */
-int weft_fd_cancel(weft_fd_t *r, int dir, uint32_t waiter);
+/* Withdraw `waiter` from direction dir of the record's generation `gen`
+ * (weft_fd_gen() when the wait began).  Returns 1 if the wait was
+ * withdrawn (WAIT -> EMPTY), 0 if an event or close already took it: a
+ * wake-up for the waiter is then on its way and must be awaited instead.
+ * The whole word is compared: after the record was shut and reopened,
+ * another waiter with the same id is not ours to withdraw. */
+int weft_fd_cancel(weft_fd_t *r, int dir, uint32_t gen, uint32_t waiter);
+
+/* The record's current generation (odd while open). */
+static inline uint32_t weft_fd_gen(const weft_fd_t *r)
+{
+	return atomic_load_explicit(&((weft_fd_t *)r)->gen, memory_order_acquire);
+}
 
 /* Mark both directions CLOSED and bump the generation so that stale events
  * are dropped.  The waiters found (at most one per direction) are stored in

@@ -132,10 +132,14 @@ int weft_listener_listen(weft_worker_t *w, weft_fd_t *r, const struct sockaddr *
 		memcpy(&l->key, sa, salen);
 		l->keylen = salen;
 	}
-	/* The record now belongs to the listener, not to w: events for it go
-	 * to whoever harvests them, through udata. */
+	/* The record now belongs to the listener, not to w: it moves to the
+	 * shared poller, and its events go to whichever worker harvests
+	 * them, through udata. */
+	if ((rc = weft_worker_share_fd(w, r)) < 0) {
+		pthread_mutex_destroy(&l->lock);
+		goto fail;
+	}
 	atomic_store(&r->udata, l);
-	w->nfds--;
 	pthread_mutex_lock(&l->lock);
 	rearm(l);
 	pthread_mutex_unlock(&l->lock);
@@ -253,8 +257,22 @@ static void on_event(weft_listener_t *l)
 	pthread_mutex_unlock(&l->lock);
 }
 
-void weft__listener_event(weft_runtime_t *rt, weft_fd_t *r)
+uint64_t weft__listener_retry(weft_runtime_t *rt, uint64_t now_ns)
 {
+	(void)rt;
+	(void)now_ns;
+	return UINT64_MAX;
+}
+
+void weft__listener_fd_closed(weft_runtime_t *rt)
+{
+	(void)rt;
+}
+
+void weft__listener_event(weft_worker_t *harvester, weft_fd_t *r, int harvester_idle)
+{
+	weft_runtime_t *rt = harvester->rt;
+	(void)harvester_idle;
 	pthread_mutex_t *reg = weft__runtime_listener_lock(rt);
 	pthread_mutex_lock(reg);
 	weft_listener_t *l = atomic_load(&r->udata); /* under the lock: it may be gone */
@@ -376,9 +394,8 @@ void weft_listener_release(weft_listener_t *l, weft_worker_t *w, const void *tag
 		l->qhead = (l->qhead + 1) % QUEUE_MAX;
 		l->qlen--;
 	}
-	/* Closing goes through the worker that drops the last reference; the
-	 * record is counted as its own for the moment it takes. */
-	w->nfds++;
+	/* Closing goes through the worker that drops the last reference
+	 * (the record is a shared one: any worker may close it). */
 	weft_worker_close_fd(w, l->rec);
 	pthread_mutex_destroy(&l->lock);
 	weft_free(l->queue);

@@ -57,9 +57,16 @@ void weft_listener_cancel(weft_listener_t *l, weft_worker_t *w, uint32_t slot, u
  * connections. */
 void weft_listener_release(weft_listener_t *l, weft_worker_t *w, const void *tag);
 
-/* Called by the worker for a poller event on a record whose udata is
- * set (a listener's). */
-void weft__listener_event(weft_runtime_t *rt, weft_fd_t *r);
+/* Called by a worker for a shared-poller event on a record whose udata is
+ * set (a listener's); harvester_idle: the worker had nothing to run. */
+void weft__listener_event(weft_worker_t *harvester, weft_fd_t *r, int harvester_idle);
+
+/* Re-arm the listeners whose back-off after running out of descriptors
+ * is over; returns when the next one is due (UINT64_MAX: none). */
+uint64_t weft__listener_retry(weft_runtime_t *rt, uint64_t now_ns);
+
+/* The runtime closed a descriptor: a backed-off listener may accept. */
+void weft__listener_fd_closed(weft_runtime_t *rt);
 
 /* Counters, for tests and stats: connections accepted into the queue. */
 uint64_t weft_listener_accepted(const weft_listener_t *l);

@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <sched.h>
 #include <stddef.h>
 #include <string.h>
 #include <time.h>
@@ -21,9 +22,12 @@ static void bury(weft_worker_t *w);
 
 #define NS_PER_TICK 1000000ull /* the wheel ticks in milliseconds */
 #define HARVEST_MAX 256
-/* How long an idle worker without the poller token spins on its inbox
- * before it sleeps (see weft_worker_poll). */
+/* How long an idle worker may spin on its inbox and the job count before
+ * it blocks in its poller (see may_spin). */
 #define SPIN_NS 20000ull
+/* The token of the shared poller inside each worker's poller (fd tokens
+ * carry an odd generation in their top half, so they are never 1). */
+#define SHARED_TOKEN 1ull
 
 static inline void cpu_relax(void)
 {
@@ -33,33 +37,36 @@ static inline void cpu_relax(void)
 }
 
 /* Parking states of a worker (DESIGN §4).  A producer pushes to the
- * inbox, then swaps the state to NOTIFIED and wakes whatever the worker
- * sleeps on; the worker publishes PARKED_*, re-checks its inbox, then
- * sleeps.  Either the worker sees the message or the producer sees the
- * parked state: no lost wake-up. */
+ * inbox, then swaps the state to NOTIFIED and wakes the worker's poller
+ * if it sleeps there; the worker swaps in PARK_POLLER, re-checks its
+ * inbox (and the job count), then sleeps.  Both sides swap the same word,
+ * so one of them sees the other: no lost wake-up.  PARK_FUTEX is no
+ * longer used (every worker sleeps in its own poller) and is kept for
+ * weft__worker_idle's sake. */
 enum { PARK_EMPTY, PARK_FUTEX, PARK_POLLER, PARK_NOTIFIED };
 
-#define TOKEN_FREE UINT32_MAX
-
 struct weft_runtime {
-	weft_poller_t *poller;
+	weft_poller_t *poller; /* shared: listeners; the runtime's face */
 	weft_fdtab_t *fds;
-	pthread_mutex_t lock; /* guards workers[] and refs */
-	weft_worker_t *workers[WEFT_MAX_WORKERS];
+	pthread_mutex_t lock; /* guards attaching/detaching workers and refs */
+	/* Read without the lock: a detached worker's memory stays valid
+	 * until the runtime goes (graveyard), so a reader that loaded a
+	 * pointer before the detach can still touch its inbox or queue. */
+	_Atomic(weft_worker_t *) workers[WEFT_MAX_WORKERS];
+	_Atomic uint32_t nslots; /* high-water mark of workers[] */
 	int refs;
-	/* The poller token: only its holder harvests events, so exactly one
-	 * thread blocks in the poller and drains its wake-up channel (a
-	 * non-blocking harvest by another thread could swallow the wake-up
-	 * meant for the blocked one).  TOKEN_FREE or the holder's id. */
-	_Atomic uint32_t token;
-	_Atomic int nparked; /* workers parked on their condition variable */
+	int ncpu; /* CPUs this process may run on, for the spinning rule */
 	weft_runtime_t *_next; /* the process's runtimes, by poller fd */
 	pthread_mutex_t llock; /* the shared listeners and named channels */
 	void *listeners;
 	void *channels;
-	_Atomic int exiting; /* weft.exit() or a signal: every loop stops */
-	_Atomic long jobs;   /* jobs queued in all workers (stealing hint) */
 	weft_worker_t *graveyard; /* freed workers, kept until the runtime goes */
+	/* Written by every worker: one line each. */
+	alignas(64) _Atomic long jobs; /* jobs queued in all workers */
+	alignas(64) _Atomic int nworkers; /* attached workers */
+	_Atomic int nparked;              /* workers blocked in their poller */
+	alignas(64) _Atomic int nspinning; /* workers spinning before they park */
+	alignas(64) _Atomic int exiting;   /* weft.exit() or a signal */
 };
 
 pthread_mutex_t *weft__runtime_listener_lock(weft_runtime_t *rt)
@@ -88,13 +95,23 @@ int weft__worker_idle(const weft_worker_t *w)
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static weft_runtime_t *registry;
 
+static weft_worker_t *worker_at(weft_runtime_t *rt, uint32_t i)
+{
+	return atomic_load_explicit(&rt->workers[i], memory_order_acquire);
+}
+
+static uint32_t worker_slots(weft_runtime_t *rt)
+{
+	return atomic_load_explicit(&rt->nslots, memory_order_acquire);
+}
+
 void weft_runtime_exit(weft_runtime_t *rt)
 {
-	atomic_store_explicit(&rt->exiting, 1, memory_order_release);
+	atomic_store_explicit(&rt->exiting, 1, memory_order_seq_cst);
 	pthread_mutex_lock(&rt->lock);
-	for (uint32_t i = 0; i < WEFT_MAX_WORKERS; i++)
-		if (rt->workers[i])
-			weft_worker_unpark(rt->workers[i]);
+	for (uint32_t i = 0; i < worker_slots(rt); i++)
+		if (worker_at(rt, i))
+			weft_worker_unpark(worker_at(rt, i));
 	pthread_mutex_unlock(&rt->lock);
 }
 
@@ -131,7 +148,10 @@ int weft_runtime_new(int epfd, weft_runtime_t **out)
 	pthread_mutex_init(&rt->lock, NULL);
 	pthread_mutex_init(&rt->llock, NULL);
 	rt->refs = 1;
-	atomic_init(&rt->token, TOKEN_FREE);
+	rt->ncpu = 1;
+	cpu_set_t cpus;
+	if (sched_getaffinity(0, sizeof cpus, &cpus) == 0 && CPU_COUNT(&cpus) > 0)
+		rt->ncpu = CPU_COUNT(&cpus);
 	pthread_mutex_lock(&registry_lock);
 	rt->_next = registry;
 	registry = rt;
@@ -145,8 +165,8 @@ int weft_runtime_stats(weft_runtime_t *rt, uint64_t sum[WEFT_NSTATS])
 	int n = 0;
 	memset(sum, 0, WEFT_NSTATS * sizeof *sum);
 	pthread_mutex_lock(&rt->lock);
-	for (uint32_t i = 0; i < WEFT_MAX_WORKERS; i++) {
-		weft_worker_t *w = rt->workers[i];
+	for (uint32_t i = 0; i < worker_slots(rt); i++) {
+		weft_worker_t *w = worker_at(rt, i);
 		if (!w)
 			continue;
 		n++;
@@ -225,19 +245,47 @@ weft_fdtab_t *weft_runtime_fdtab(weft_runtime_t *rt)
 	return rt->fds;
 }
 
+/* Register the shared poller in w's poller: level-triggered, so that
+ * every worker sees it readable while anything in it is pending, and
+ * whichever harvests first takes the (one-shot) events. */
+static int join_shared(weft_worker_t *w, weft_runtime_t *rt)
+{
+	return weft_poller_add(w->poller, weft_poller_fd(rt->poller), WEFT_POLL_IN, SHARED_TOKEN);
+}
+
 static int attach(weft_worker_t *w, weft_runtime_t *rt)
 {
+	int err = join_shared(w, rt);
+	if (err < 0)
+		return err;
 	pthread_mutex_lock(&rt->lock);
 	uint32_t id = 0;
-	while (id < WEFT_MAX_WORKERS && rt->workers[id])
+	while (id < WEFT_MAX_WORKERS && worker_at(rt, id))
 		id++;
 	if (id < WEFT_MAX_WORKERS) {
-		rt->workers[id] = w;
 		w->rt = rt;
 		w->id = id;
+		atomic_store_explicit(&rt->workers[id], w, memory_order_release);
+		if (id >= worker_slots(rt))
+			atomic_store_explicit(&rt->nslots, id + 1, memory_order_release);
+		atomic_fetch_add_explicit(&rt->nworkers, 1, memory_order_seq_cst);
 	}
 	pthread_mutex_unlock(&rt->lock);
-	return id < WEFT_MAX_WORKERS ? 0 : -EMFILE;
+	if (id == WEFT_MAX_WORKERS) {
+		weft_poller_delete(w->poller, weft_poller_fd(rt->poller));
+		return -EMFILE;
+	}
+	return 0;
+}
+
+static void detach(weft_worker_t *w)
+{
+	weft_runtime_t *rt = w->rt;
+	pthread_mutex_lock(&rt->lock);
+	atomic_store_explicit(&rt->workers[w->id], NULL, memory_order_release);
+	atomic_fetch_sub_explicit(&rt->nworkers, 1, memory_order_seq_cst);
+	pthread_mutex_unlock(&rt->lock);
+	weft_poller_delete(w->poller, weft_poller_fd(rt->poller));
 }
 
 int weft_worker_new(weft_runtime_t *rt, weft_worker_t **out)
@@ -250,21 +298,22 @@ int weft_worker_new(weft_runtime_t *rt, weft_worker_t **out)
 		weft_free(w);
 		return err;
 	}
+	err = weft_poller_new(-1, &w->poller);
+	if (err < 0) {
+		weft_inbox_destroy(&w->inbox);
+		weft_free(w);
+		return err;
+	}
 	weft_runq_init(&w->runq);
 	weft_jobq_init(&w->jobs);
 	weft_wheel_init(&w->wheel, weft_clock_ns() / NS_PER_TICK);
 	w->_free = UINT32_MAX;
 	atomic_init(&w->_park, PARK_EMPTY);
-	pthread_mutex_init(&w->_park_lock, NULL);
-	pthread_condattr_t ca;
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&w->_park_cond, &ca);
-	pthread_condattr_destroy(&ca);
+	atomic_init(&w->_lost_posts, 0);
 	err = attach(w, rt);
 	if (err < 0) {
-		pthread_cond_destroy(&w->_park_cond);
-		pthread_mutex_destroy(&w->_park_lock);
+		weft_jobq_destroy(&w->jobs);
+		weft_poller_free(w->poller);
 		weft_inbox_destroy(&w->inbox);
 		weft_free(w);
 		return err;
@@ -273,18 +322,14 @@ int weft_worker_new(weft_runtime_t *rt, weft_worker_t **out)
 	return 0;
 }
 
-static void detach(weft_worker_t *w)
-{
-	pthread_mutex_lock(&w->rt->lock);
-	w->rt->workers[w->id] = NULL;
-	pthread_mutex_unlock(&w->rt->lock);
-}
-
 int weft_worker_move(weft_worker_t *w, weft_runtime_t *rt)
 {
 	if (rt == w->rt)
 		return 0;
-	if (w->nfds)
+	/* Sockets are registered in w's poller under the old runtime's fd
+	 * table, and queued jobs are counted in the old runtime's total: a
+	 * worker with either cannot move. */
+	if (w->nfds || atomic_load_explicit(&w->jobs.len, memory_order_acquire) != 0)
 		return -EBUSY;
 	weft_runtime_t *old = w->rt;
 	detach(w);
@@ -298,8 +343,9 @@ int weft_worker_move(weft_worker_t *w, weft_runtime_t *rt)
 
 /* The memory a worker keeps after it is freed: other workers may still
  * hold its address (a channel's or listener's waiter list, a message
- * being posted), so its inbox and parking fields stay valid until the
- * runtime goes; posting to a dead worker is harmless. */
+ * being posted, a scan for a queue to steal from), so its inbox, parking
+ * fields and job queue stay valid until the runtime goes; posting to a
+ * dead worker fails with WEFT_ECLOSED. */
 static void bury(weft_worker_t *w)
 {
 	weft_msg_t *m;
@@ -307,10 +353,58 @@ static void bury(weft_worker_t *w)
 	for (size_t i = 0; i < n; i++)
 		if (m[i].kind == WEFT_MSG_WAKE && m[i].ptr && w->drop_data)
 			w->drop_data(m[i].ptr);
-	pthread_cond_destroy(&w->_park_cond);
-	pthread_mutex_destroy(&w->_park_lock);
+	weft_jobq_destroy(&w->jobs);
 	weft_inbox_destroy(&w->inbox);
 	weft_free(w);
+}
+
+/* Unpark one idle worker other than `self` (NULL: any), so that it takes
+ * jobs.  No lock: workers[] entries stay valid memory (graveyard). */
+static void wake_idle(weft_runtime_t *rt, const weft_worker_t *self)
+{
+	uint32_t n = worker_slots(rt);
+	for (uint32_t i = 0; i < n; i++) {
+		weft_worker_t *o = worker_at(rt, i);
+		if (o && o != self && weft__worker_idle(o)) {
+			weft_worker_unpark(o);
+			return;
+		}
+	}
+}
+
+size_t weft_worker_hand_jobs(weft_worker_t *w)
+{
+	weft_runtime_t *rt = w->rt;
+	size_t moved = 0;
+	/* Under the runtime lock, so that the worker chosen cannot detach
+	 * before the jobs are on its queue (its own free then hands them on
+	 * in turn). */
+	pthread_mutex_lock(&rt->lock);
+	weft_worker_t *to = NULL;
+	for (uint32_t i = 0; i < worker_slots(rt) && !to; i++) {
+		weft_worker_t *o = worker_at(rt, i);
+		if (o && o != w)
+			to = o;
+	}
+	if (to) {
+		weft_job_t *j;
+		while ((j = weft_jobq_pop(&w->jobs)) != NULL) {
+			weft_jobq_push(&to->jobs, j);
+			moved++;
+		}
+	}
+	pthread_mutex_unlock(&rt->lock);
+	if (moved)
+		weft_worker_unpark(to);
+	return moved;
+}
+
+weft_job_t *weft_worker_pop_job(weft_worker_t *w)
+{
+	weft_job_t *j = weft_jobq_pop(&w->jobs);
+	if (j)
+		atomic_fetch_sub_explicit(&w->rt->jobs, 1, memory_order_seq_cst);
+	return j;
 }
 
 void weft_worker_free(weft_worker_t *w)
@@ -318,43 +412,62 @@ void weft_worker_free(weft_worker_t *w)
 	if (!w)
 		return;
 	weft_runtime_t *rt = w->rt;
+	weft_worker_hand_jobs(w);
 	detach(w);
 	/* From now on a post to w fails, so whoever hands w a wake-up (a
 	 * channel, a listener) learns that its waiter is gone and serves the
 	 * next one instead of losing the wake-up. */
 	weft_inbox_close(&w->inbox);
-	weft_jobq_destroy(&w->jobs);
+	/* Jobs the binding left (there was no other worker to take them):
+	 * out of the count, or every other worker would poll for them
+	 * forever.  Their memory is the binding's; it should have failed
+	 * them with weft_worker_pop_job first. */
+	size_t left = 0;
+	while (weft_jobq_pop(&w->jobs))
+		left++;
+	if (left)
+		atomic_fetch_sub_explicit(&rt->jobs, (long)left, memory_order_seq_cst);
 	weft_runq_destroy(&w->runq);
-	weft_free(w->_cos);
-	w->_cos = NULL;
+	for (uint32_t i = 0; i < w->_capcos >> WEFT_CO_CHUNK_SHIFT; i++)
+		weft_free(w->_chunks[i]);
+	weft_free(w->_chunks);
+	w->_chunks = NULL;
+	weft_poller_free(w->poller);
+	w->poller = NULL;
 	pthread_mutex_lock(&rt->lock);
 	w->_grave = rt->graveyard;
 	rt->graveyard = w;
 	pthread_mutex_unlock(&rt->lock);
 }
 
-/* Move the coroutine table to a larger array.  Not realloc: the wheel links
- * armed timers by address, and they live inside the records, so each armed
- * timer is cancelled in the old record and armed again, same expiry, in its
- * copy before the old array is freed. */
-static int grow_cos(weft_worker_t *w, uint32_t cap)
+/* Make room for slot `cap - 1`: a new chunk of records.  The records never
+ * move, so armed timers (linked by address) stay put. */
+static int grow_cos(weft_worker_t *w)
 {
-	weft_co_t *c = weft_malloc((size_t)cap * sizeof *c);
-	if (!c)
-		return WEFT_ENOMEM;
-	for (uint32_t i = 0; i < w->_ncos; i++) {
-		weft_co_t *old = &w->_cos[i];
-		c[i] = *old;
-		weft_timer_init(&c[i]._timer);
-		if (weft_timer_armed(&old->_timer)) {
-			weft_wheel_cancel(&w->wheel, &old->_timer);
-			weft_wheel_add(&w->wheel, &c[i]._timer, old->_timer.expires);
-		}
+	uint32_t c = w->_capcos >> WEFT_CO_CHUNK_SHIFT;
+	if (c == w->_nchunks) {
+		uint32_t n = w->_nchunks ? w->_nchunks * 2 : 4;
+		weft_co_t **v = weft_realloc(w->_chunks, (size_t)n * sizeof *v);
+		if (!v)
+			return WEFT_ENOMEM;
+		w->_chunks = v;
+		w->_nchunks = n;
 	}
-	weft_free(w->_cos);
-	w->_cos = c;
-	w->_capcos = cap;
+	weft_co_t *chunk = weft_calloc(WEFT_CO_CHUNK, sizeof *chunk);
+	if (!chunk)
+		return WEFT_ENOMEM;
+	for (uint32_t i = 0; i < WEFT_CO_CHUNK; i++) {
+		chunk[i]._slot = w->_capcos + i;
+		weft_timer_init(&chunk[i]._timer);
+	}
+	w->_chunks[c] = chunk;
+	w->_capcos += WEFT_CO_CHUNK;
 	return 0;
+}
+
+static inline weft_co_t *co_at(weft_worker_t *w, uint32_t slot)
+{
+	return weft_worker_co(w, slot);
 }
 
 int64_t weft_worker_co_new(weft_worker_t *w)
@@ -362,20 +475,20 @@ int64_t weft_worker_co_new(weft_worker_t *w)
 	uint32_t slot;
 	if (w->_free != UINT32_MAX) {
 		slot = w->_free;
-		w->_free = w->_cos[slot]._next_free;
+		w->_free = co_at(w, slot)->_next_free;
 	} else {
 		if (w->_ncos == w->_capcos) {
-			uint32_t cap = w->_capcos ? w->_capcos * 2 : 64;
 			/* A slot has at most one wake-up queued (_pending), so a
 			 * run queue with room for every slot never fails a push. */
-			if (cap > WEFT_WAITER_MAX || weft_runq_reserve(&w->runq, cap) < 0 ||
-			    grow_cos(w, cap) < 0)
+			if ((uint64_t)w->_capcos + WEFT_CO_CHUNK > WEFT_WAITER_MAX ||
+			    weft_runq_reserve(&w->runq, w->_capcos + WEFT_CO_CHUNK) < 0 ||
+			    grow_cos(w) < 0)
 				return WEFT_ENOMEM;
 		}
 		slot = w->_ncos++;
-		w->_cos[slot].seq = 0;
+		co_at(w, slot)->seq = 0;
 	}
-	weft_co_t *co = &w->_cos[slot];
+	weft_co_t *co = co_at(w, slot);
 	weft_timer_init(&co->_timer);
 	co->_fd = NULL;
 	co->_data = NULL;
@@ -391,9 +504,10 @@ static void leave_wait(weft_worker_t *w, weft_co_t *co)
 	/* Leaving an fd wait any other way than through its wake-up (the slot
 	 * is freed or suspended) must take the slot off the wait word, or the
 	 * fd's next event would wake whatever the slot does next.  After a
-	 * wake-up the word no longer names the slot and this does nothing. */
+	 * wake-up through the word, _fd is NULL and nothing is withdrawn: the
+	 * record may already belong to someone else. */
 	if (co->state == WEFT_CO_WAIT_IO && co->_fd)
-		weft_fd_cancel(co->_fd, co->_dir, (uint32_t)(co - w->_cos));
+		weft_fd_cancel(co->_fd, co->_dir, co->_fdgen, co->_slot);
 	weft_wheel_cancel(&w->wheel, &co->_timer);
 	if (co->_alive) {
 		co->_alive = 0;
@@ -406,7 +520,7 @@ static void leave_wait(weft_worker_t *w, weft_co_t *co)
 
 void weft_worker_co_free(weft_worker_t *w, uint32_t slot)
 {
-	weft_co_t *co = &w->_cos[slot];
+	weft_co_t *co = co_at(w, slot);
 	leave_wait(w, co);
 	co->state = WEFT_CO_FREE;
 	co->seq++;
@@ -422,9 +536,9 @@ weft_fd_t *weft_worker_open_fd(weft_worker_t *w, int fd, int *err)
 		return NULL;
 	}
 	/* One registration for the socket's whole life, edge-triggered in both
-	 * directions: an edge is remembered in the wait word until a coroutine
-	 * consumes it (DESIGN §3). */
-	int rc = weft_poller_add(w->rt->poller, fd, WEFT_POLL_IN | WEFT_POLL_OUT | WEFT_POLL_EDGE,
+	 * directions, in this worker's poller: an edge is remembered in the
+	 * wait word until a coroutine consumes it (DESIGN §3). */
+	int rc = weft_poller_add(w->poller, fd, WEFT_POLL_IN | WEFT_POLL_OUT | WEFT_POLL_EDGE,
 				 weft_fd_token(r));
 	if (rc < 0) {
 		uint64_t woken[2];
@@ -435,6 +549,19 @@ weft_fd_t *weft_worker_open_fd(weft_worker_t *w, int fd, int *err)
 	}
 	w->nfds++;
 	return r;
+}
+
+int weft_worker_share_fd(weft_worker_t *w, weft_fd_t *r)
+{
+	int fd = atomic_load_explicit(&r->fd, memory_order_acquire);
+	/* Disarmed (one-shot with no interest) until its user arms it. */
+	int rc = weft_poller_add(w->rt->poller, fd, WEFT_POLL_ONESHOT, weft_fd_token(r));
+	if (rc < 0)
+		return rc;
+	weft_poller_delete(w->poller, fd);
+	atomic_store_explicit(&r->owner, WEFT_OWNER_SHARED, memory_order_release);
+	w->nfds--;
+	return 0;
 }
 
 static int is_waiting(const weft_co_t *co)
@@ -449,9 +576,9 @@ static int wakeable(const weft_co_t *co, int32_t code)
 	return is_waiting(co) || (co->state == WEFT_CO_SUSPENDED && code == WEFT_WAKE_RESUME);
 }
 
-static void queue(weft_worker_t *w, uint32_t slot, weft_co_t *co, int32_t code)
+static void queue(weft_worker_t *w, weft_co_t *co, int32_t code)
 {
-	weft_wake_t wk = {slot, co->seq, code};
+	weft_wake_t wk = {co->_slot, co->seq, code};
 	/* Cannot fail: the ring has room for one wake-up per slot (see
 	 * weft_worker_co_new); counted, never silent, should that change. */
 	if (weft_runq_push(&w->runq, wk) < 0) {
@@ -466,68 +593,65 @@ int weft_worker_wake(weft_worker_t *w, uint32_t slot, uint32_t seq, int32_t code
 {
 	if (slot >= w->_ncos)
 		return 0;
-	weft_co_t *co = &w->_cos[slot];
+	weft_co_t *co = co_at(w, slot);
 	if (co->seq != seq || !wakeable(co, code) || co->_pending)
 		return 0;
 	/* An fd wait must leave the wait word too, as on a timeout: a slot
 	 * left there makes the next wait on that direction -EBUSY, and the
 	 * next event wake the slot in whatever wait it is in by then.  If an
 	 * event or close took the word first, its wake-up is on its way. */
-	if (co->state == WEFT_CO_WAIT_IO && !weft_fd_cancel(co->_fd, co->_dir, slot))
+	if (co->state == WEFT_CO_WAIT_IO && co->_fd &&
+	    !weft_fd_cancel(co->_fd, co->_dir, co->_fdgen, slot))
 		return 0;
-	queue(w, slot, co, code);
+	co->_fd = NULL;
+	queue(w, co, code);
 	return 1;
 }
 
 /* An fd wait of `slot` ended by an event or a close: the wait word's CAS
  * proved the coroutine is still in that wait, so its current seq is the
- * right one. */
+ * right one.  The wait no longer names the slot: _fd is cleared so that
+ * nothing withdraws it again (the record may be reused by then). */
 static void io_done(weft_worker_t *w, uint32_t slot, int32_t code)
 {
-	/* No seq is needed, even for a hand-off from another worker: once
-	 * the word went WAIT -> EMPTY the slot cannot leave the wait (its
-	 * deadline's cancel fails and waits for this), so it cannot be freed
-	 * or reused before this wake-up is taken. */
-	weft_co_t *co = &w->_cos[slot];
-	if (co->state == WEFT_CO_WAIT_IO && !co->_pending)
-		queue(w, slot, co, code);
+	/* No seq is needed: once the word went WAIT -> EMPTY the slot cannot
+	 * leave the wait (its deadline's cancel fails and waits for this), so
+	 * it cannot be freed or reused before this wake-up is taken. */
+	weft_co_t *co = co_at(w, slot);
+	if (co->state == WEFT_CO_WAIT_IO && !co->_pending) {
+		co->_fd = NULL;
+		queue(w, co, code);
+	}
 }
 
-static void deliver(weft_worker_t *w, weft_fd_t *r, uint64_t waiter1, int32_t code)
+/* A waiter taken from a wait word of one of w's own records.  Records
+ * are registered in their owner's poller and shut by their owner, so the
+ * waiter is always w's. */
+static void deliver(weft_worker_t *w, uint64_t waiter1, int32_t code)
 {
-	if (!waiter1)
-		return;
-	uint32_t slot = (uint32_t)(waiter1 - 1);
-	uint32_t owner = atomic_load_explicit(&r->owner, memory_order_acquire);
-	if (owner == w->id) {
-		io_done(w, slot, code);
-		return;
-	}
-	/* Under the runtime lock, so that the owner cannot be freed while
-	 * the message is posted. */
-	weft_msg_t m = {WEFT_MSG_IO, slot, 0, code, NULL};
-	pthread_mutex_lock(&w->rt->lock);
-	weft_worker_t *ow = owner < WEFT_MAX_WORKERS ? w->rt->workers[owner] : NULL;
-	if (ow)
-		weft_worker_post(ow, &m);
-	pthread_mutex_unlock(&w->rt->lock);
-	if (ow)
-		WEFT_STAT_ADD(w, handoffs, 1);
+	if (waiter1 && waiter1 - 1 < w->_ncos)
+		io_done(w, (uint32_t)(waiter1 - 1), code);
 }
 
 void weft_worker_close_fd(weft_worker_t *w, weft_fd_t *r)
 {
 	uint64_t woken[2];
 	int fd = atomic_load_explicit(&r->fd, memory_order_acquire);
+	int shared = atomic_load_explicit(&r->owner, memory_order_acquire) == WEFT_OWNER_SHARED;
 	weft_fd_shut(r, woken);
-	deliver(w, r, woken[WEFT_READ], WEFT_ECLOSED);
-	deliver(w, r, woken[WEFT_WRITE], WEFT_ECLOSED);
-	/* Delete before close: the kernel poller tracks the open file description, so a
-	 * dup'd descriptor would otherwise keep firing for a dead record. */
-	weft_poller_delete(w->rt->poller, fd);
+	if (!shared) {
+		deliver(w, woken[WEFT_READ], WEFT_ECLOSED);
+		deliver(w, woken[WEFT_WRITE], WEFT_ECLOSED);
+	}
+	/* Delete before close: the kernel poller tracks the open file
+	 * description, so a dup'd descriptor would otherwise keep firing for
+	 * a dead record. */
+	weft_poller_delete(shared ? w->rt->poller : w->poller, fd);
 	weft_sock_close(fd);
 	weft_fdtab_release(w->rt->fds, r);
-	w->nfds--;
+	if (!shared)
+		w->nfds--;
+	weft__listener_fd_closed(w->rt);
 }
 
 static uint64_t to_tick(uint64_t ns)
@@ -554,21 +678,24 @@ static void begin_wait(weft_worker_t *w, weft_co_t *co, int state, uint64_t dead
 int weft_worker_wait_io(weft_worker_t *w, uint32_t slot, weft_fd_t *r, int dir,
 			uint64_t deadline_ns)
 {
-	weft_co_t *co = &w->_cos[slot];
+	weft_co_t *co = co_at(w, slot);
 	/* The wait word must name this wait before an event can see it, so
 	 * state and seq are set first and undone if the word says otherwise. */
 	begin_wait(w, co, WEFT_CO_WAIT_IO, deadline_ns, 1);
 	co->_fd = r;
+	co->_fdgen = weft_fd_gen(r);
 	co->_dir = (uint8_t)dir;
 	int rc = weft_fd_wait(r, dir, slot);
-	if (rc != 0)
+	if (rc != 0) {
+		co->_fd = NULL; /* nothing to withdraw */
 		leave_wait(w, co);
+	}
 	return rc;
 }
 
 int weft_worker_wait_time(weft_worker_t *w, uint32_t slot, uint64_t deadline_ns)
 {
-	begin_wait(w, &w->_cos[slot], WEFT_CO_WAIT_TIME, deadline_ns, deadline_ns != UINT64_MAX);
+	begin_wait(w, co_at(w, slot), WEFT_CO_WAIT_TIME, deadline_ns, deadline_ns != UINT64_MAX);
 	return 0;
 }
 
@@ -579,16 +706,16 @@ uint32_t weft_worker_wait_ext(weft_worker_t *w, uint32_t slot)
 
 uint32_t weft_worker_wait_ext_until(weft_worker_t *w, uint32_t slot, uint64_t deadline_ns)
 {
-	weft_co_t *co = &w->_cos[slot];
+	weft_co_t *co = co_at(w, slot);
 	begin_wait(w, co, WEFT_CO_WAIT_EXT, deadline_ns, 1);
 	return co->seq;
 }
 
 uint32_t weft_worker_yield(weft_worker_t *w, uint32_t slot)
 {
-	weft_co_t *co = &w->_cos[slot];
+	weft_co_t *co = co_at(w, slot);
 	begin_wait(w, co, WEFT_CO_WAIT_TIME, UINT64_MAX, 0);
-	queue(w, slot, co, 0);
+	queue(w, co, 0);
 	return co->seq;
 }
 
@@ -596,18 +723,15 @@ void weft_worker_spawn(weft_worker_t *w, weft_job_t *j)
 {
 	weft_runtime_t *rt = w->rt;
 	weft_jobq_push(&w->jobs, j);
-	atomic_fetch_add_explicit(&rt->jobs, 1, memory_order_acq_rel);
-	/* Publishing: an idle worker may take it (DESIGN §5); this worker
-	 * runs it otherwise, on its next step. */
-	pthread_mutex_lock(&rt->lock);
-	for (uint32_t i = 0; i < WEFT_MAX_WORKERS; i++) {
-		weft_worker_t *o = rt->workers[i];
-		if (o && o != w && weft__worker_idle(o)) {
-			weft_worker_unpark(o);
-			break;
-		}
-	}
-	pthread_mutex_unlock(&rt->lock);
+	/* Publishing (DESIGN §5), a Dekker handshake with a worker about to
+	 * park: we count the job, then look for a parked worker; it swaps
+	 * its parking state, then looks at the count (all seq_cst).  Either
+	 * it sees the job, or we see it parked and wake it.  A spinning
+	 * worker sees the count by itself.  This worker runs the job
+	 * otherwise, on its next step. */
+	atomic_fetch_add_explicit(&rt->jobs, 1, memory_order_seq_cst);
+	if (atomic_load_explicit(&rt->nspinning, memory_order_seq_cst) == 0)
+		wake_idle(rt, w);
 }
 
 weft_job_t *weft_worker_next_job(weft_worker_t *w)
@@ -617,26 +741,26 @@ weft_job_t *weft_worker_next_job(weft_worker_t *w)
 		return NULL;
 	weft_job_t *j = weft_jobq_pop(&w->jobs);
 	if (!j) {
-		/* Steal half of the longest queue.  Under the runtime lock, so
-		 * that no worker is freed while its queue is read. */
-		pthread_mutex_lock(&rt->lock);
+		/* Steal half of the longest queue.  No runtime lock: a worker
+		 * that detaches meanwhile keeps its queue (emptied, locked by
+		 * its own mutex) until the runtime goes. */
 		weft_worker_t *victim = NULL;
 		size_t most = 0;
-		for (uint32_t i = 0; i < WEFT_MAX_WORKERS; i++) {
-			weft_worker_t *o = rt->workers[i];
-			size_t n = o ? atomic_load_explicit(&o->jobs.len, memory_order_relaxed) : 0;
-			if (o && o != w && n > most) {
-				most = n;
+		uint32_t n = worker_slots(rt);
+		for (uint32_t i = 0; i < n; i++) {
+			weft_worker_t *o = worker_at(rt, i);
+			size_t len = o ? atomic_load_explicit(&o->jobs.len, memory_order_relaxed) : 0;
+			if (o && o != w && len > most) {
+				most = len;
 				victim = o;
 			}
 		}
 		if (victim)
 			WEFT_STAT_ADD(w, jobs_stolen, weft_jobq_steal(&victim->jobs, &w->jobs));
-		pthread_mutex_unlock(&rt->lock);
 		j = weft_jobq_pop(&w->jobs);
 	}
 	if (j) {
-		atomic_fetch_sub_explicit(&rt->jobs, 1, memory_order_acq_rel);
+		atomic_fetch_sub_explicit(&rt->jobs, 1, memory_order_seq_cst);
 		WEFT_STAT_ADD(w, jobs_run, 1);
 	}
 	return j;
@@ -644,19 +768,20 @@ weft_job_t *weft_worker_next_job(weft_worker_t *w)
 
 void *weft_worker_take_data(weft_worker_t *w, uint32_t slot)
 {
-	void *p = w->_cos[slot]._data;
-	w->_cos[slot]._data = NULL;
+	weft_co_t *co = co_at(w, slot);
+	void *p = co->_data;
+	co->_data = NULL;
 	return p;
 }
 
 void weft_worker_wait_abort(weft_worker_t *w, uint32_t slot)
 {
-	leave_wait(w, &w->_cos[slot]);
+	leave_wait(w, co_at(w, slot));
 }
 
 void weft_worker_suspend(weft_worker_t *w, uint32_t slot)
 {
-	weft_co_t *co = &w->_cos[slot];
+	weft_co_t *co = co_at(w, slot);
 	leave_wait(w, co);
 	co->seq++;
 	co->state = WEFT_CO_SUSPENDED;
@@ -664,7 +789,7 @@ void weft_worker_suspend(weft_worker_t *w, uint32_t slot)
 
 void weft_worker_keepalive(weft_worker_t *w, uint32_t slot)
 {
-	weft_co_t *co = &w->_cos[slot];
+	weft_co_t *co = co_at(w, slot);
 	if (co->state == WEFT_CO_SUSPENDED && !co->_alive) {
 		co->_alive = 1;
 		w->nalive++;
@@ -673,7 +798,7 @@ void weft_worker_keepalive(weft_worker_t *w, uint32_t slot)
 
 void weft_worker_run(weft_worker_t *w, uint32_t slot)
 {
-	weft_co_t *co = &w->_cos[slot];
+	weft_co_t *co = co_at(w, slot);
 	if (co->_alive) {
 		co->_alive = 0;
 		w->nalive--;
@@ -683,134 +808,141 @@ void weft_worker_run(weft_worker_t *w, uint32_t slot)
 
 void weft_worker_unpark(weft_worker_t *w)
 {
-	int prev = atomic_exchange_explicit(&w->_park, PARK_NOTIFIED, memory_order_acq_rel);
-	if (prev == PARK_FUTEX) {
-		pthread_mutex_lock(&w->_park_lock);
-		pthread_cond_signal(&w->_park_cond);
-		pthread_mutex_unlock(&w->_park_lock);
-	} else if (prev == PARK_POLLER) {
-		weft_poller_wake(w->rt->poller);
-	}
+	/* seq_cst: the swap is one side of the parking handshake (see
+	 * park_begin); the worker's own swap is the other. */
+	int prev = atomic_exchange_explicit(&w->_park, PARK_NOTIFIED, memory_order_seq_cst);
+	if (prev == PARK_POLLER)
+		weft_poller_wake(w->poller);
 }
 
 int weft_worker_post(weft_worker_t *w, const weft_msg_t *m)
 {
 	int rc = weft_inbox_push(&w->inbox, m);
-	if (rc == 0)
+	if (rc == 0) {
 		weft_worker_unpark(w);
+	} else if (rc == WEFT_ENOMEM) {
+		/* Counted where the owner reports it (lost_wakes). */
+		atomic_fetch_add_explicit(&w->_lost_posts, 1, memory_order_relaxed);
+	}
 	return rc;
 }
 
-/* Publish that w is about to sleep on `how`.  Returns 1 if it must not
- * sleep after all (notified, or messages are waiting). */
-static int park_begin(weft_worker_t *w, int how)
+/* Whether an idle worker may spin before it blocks (Go's rule): only if
+ * it was just woken through its inbox (a conversation with another
+ * worker is likely to go on within microseconds), there is a CPU for it
+ * beside the workers already running, and fewer than half of the running
+ * workers are spinning already.  Spinning without a message to wait for
+ * only burns CPU: a worker's I/O arrives through its poller. */
+static int may_spin(weft_worker_t *w)
 {
-	if (atomic_exchange_explicit(&w->_park, how, memory_order_acq_rel) == PARK_NOTIFIED ||
-	    weft_inbox_nonempty(&w->inbox)) {
-		atomic_store_explicit(&w->_park, PARK_EMPTY, memory_order_release);
+	weft_runtime_t *rt = w->rt;
+	if (!w->_spin_ok)
+		return 0;
+	int running = atomic_load_explicit(&rt->nworkers, memory_order_relaxed) -
+		      atomic_load_explicit(&rt->nparked, memory_order_relaxed);
+	int spinning = atomic_load_explicit(&rt->nspinning, memory_order_relaxed);
+	return running <= rt->ncpu && 2 * spinning < running;
+}
+
+static int has_work(weft_worker_t *w)
+{
+	return weft_inbox_nonempty(&w->inbox) ||
+	       atomic_load_explicit(&w->rt->jobs, memory_order_seq_cst) != 0 ||
+	       atomic_load_explicit(&w->rt->exiting, memory_order_seq_cst) != 0;
+}
+
+/* Spin up to SPIN_NS for a message or a job.  Returns 1 if one came. */
+static int spin(weft_worker_t *w)
+{
+	weft_runtime_t *rt = w->rt;
+	atomic_fetch_add_explicit(&rt->nspinning, 1, memory_order_seq_cst);
+	WEFT_STAT_ADD(w, spins, 1);
+	uint64_t until = weft_clock_ns() + SPIN_NS;
+	int found = 0;
+	for (int k = 0; !(found = has_work(w)); k++) {
+		cpu_relax();
+		if ((k & 15) == 15 && weft_clock_ns() >= until)
+			break;
+	}
+	atomic_fetch_sub_explicit(&rt->nspinning, 1, memory_order_seq_cst);
+	/* A job published while we spun may have skipped waking anyone
+	 * (a spinner was counted): look again now that we are not. */
+	return found || has_work(w);
+}
+
+/* Publish that w is about to block in its poller.  Returns 1 if it must
+ * not block after all (notified, messages or jobs are waiting).  The
+ * swap and the checks after it are seq_cst: against a poster (push, then
+ * swap the same word) any order works; against a spawner (count the job,
+ * then look at our state) it is Dekker's handshake. */
+static int park_begin(weft_worker_t *w)
+{
+	atomic_fetch_add_explicit(&w->rt->nparked, 1, memory_order_seq_cst);
+	if (atomic_exchange_explicit(&w->_park, PARK_POLLER, memory_order_seq_cst) ==
+		    PARK_NOTIFIED ||
+	    has_work(w)) {
+		atomic_store_explicit(&w->_park, PARK_EMPTY, memory_order_seq_cst);
+		atomic_fetch_sub_explicit(&w->rt->nparked, 1, memory_order_seq_cst);
 		return 1;
 	}
 	return 0;
 }
 
-static void park_end(weft_worker_t *w)
+/* Back from a blocking wait.  Returns 1 if another thread woke us. */
+static int park_end(weft_worker_t *w)
 {
-	atomic_store_explicit(&w->_park, PARK_EMPTY, memory_order_release);
-}
-
-/* Sleep on w's condition variable until unparked or timeout_ms passes
- * (-1 = no timeout): another worker holds the poller token and routes our
- * events to our inbox. */
-static void park_cond(weft_worker_t *w, int timeout_ms)
-{
-	struct timespec ts;
-	if (timeout_ms >= 0) {
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		ts.tv_sec += timeout_ms / 1000;
-		ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-		if (ts.tv_nsec >= 1000000000L) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000L;
-		}
-	}
-	pthread_mutex_lock(&w->_park_lock);
-	if (!park_begin(w, PARK_FUTEX)) {
-		atomic_fetch_add(&w->rt->nparked, 1);
-		WEFT_STAT_ADD(w, parks, 1);
-		while (atomic_load_explicit(&w->_park, memory_order_acquire) == PARK_FUTEX) {
-			int rc = timeout_ms >= 0
-					 ? pthread_cond_timedwait(&w->_park_cond, &w->_park_lock, &ts)
-					 : pthread_cond_wait(&w->_park_cond, &w->_park_lock);
-			if (rc == ETIMEDOUT)
-				break;
-		}
-		atomic_fetch_sub(&w->rt->nparked, 1);
-		park_end(w);
-	}
-	pthread_mutex_unlock(&w->_park_lock);
-}
-
-static int take_token(weft_worker_t *w)
-{
-	uint32_t free_ = TOKEN_FREE;
-	return atomic_compare_exchange_strong_explicit(&w->rt->token, &free_, w->id,
-						       memory_order_acq_rel, memory_order_acquire);
-}
-
-/* Give the token back.  Workers parked on their condition variable wait
- * for events someone must harvest: wake one to take the poller role, so
- * that it is never abandoned while this worker runs its threads. */
-static void drop_token(weft_worker_t *w)
-{
-	weft_runtime_t *rt = w->rt;
-	atomic_store_explicit(&rt->token, TOKEN_FREE, memory_order_release);
-	if (atomic_load_explicit(&rt->nparked, memory_order_acquire) == 0)
-		return;
-	pthread_mutex_lock(&rt->lock);
-	for (uint32_t i = 0; i < WEFT_MAX_WORKERS; i++) {
-		weft_worker_t *o = rt->workers[i];
-		if (o && o != w &&
-		    atomic_load_explicit(&o->_park, memory_order_acquire) == PARK_FUTEX) {
-			weft_worker_unpark(o);
-			WEFT_STAT_ADD(w, unparks, 1);
-			break;
-		}
-	}
-	pthread_mutex_unlock(&rt->lock);
+	int prev = atomic_exchange_explicit(&w->_park, PARK_EMPTY, memory_order_seq_cst);
+	atomic_fetch_sub_explicit(&w->rt->nparked, 1, memory_order_seq_cst);
+	return prev == PARK_NOTIFIED;
 }
 
 static void on_timer(weft_worker_t *w, weft_co_t *co)
 {
-	uint32_t slot = (uint32_t)(co - w->_cos);
 	WEFT_STAT_ADD(w, timers, 1);
 	if (co->state == WEFT_CO_WAIT_IO) {
 		/* Withdraw from the wait word; if an event won the race, its
-		 * wake-up is already queued (or posted) and will be taken. */
-		if (weft_fd_cancel(co->_fd, co->_dir, slot))
-			queue(w, slot, co, WEFT_ETIMEOUT);
+		 * wake-up is already queued and will be taken. */
+		if (co->_fd && weft_fd_cancel(co->_fd, co->_dir, co->_fdgen, co->_slot)) {
+			co->_fd = NULL;
+			queue(w, co, WEFT_ETIMEOUT);
+		}
 	} else if (is_waiting(co) && !co->_pending) {
-		queue(w, slot, co, WEFT_ETIMEOUT);
+		queue(w, co, WEFT_ETIMEOUT);
+	}
+}
+
+/* The shared poller is readable: take its events without blocking (the
+ * listeners are one-shot, so each event goes to one harvester). */
+static void harvest_shared(weft_worker_t *w, int idle)
+{
+	weft_poll_event_t ev[16];
+	int n = weft_poller_wait(w->rt->poller, ev, 16, 0);
+	for (int i = 0; i < n; i++) {
+		weft_fd_t *r = weft_fdtab_lookup(w->rt->fds, ev[i].token);
+		if (r && atomic_load_explicit(&r->udata, memory_order_acquire))
+			weft__listener_event(w, r, idle);
+		else
+			WEFT_STAT_ADD(w, stale, 1);
 	}
 }
 
 static void on_event(weft_worker_t *w, const weft_poll_event_t *ev)
 {
 	weft_fd_t *r = weft_fdtab_lookup(w->rt->fds, ev->token);
-	if (!r) {
+	/* A record of another owner cannot be in our poller: it was ours,
+	 * closed, and reopened elsewhere (the lookup then fails on the
+	 * generation); the check costs nothing and keeps it that way. */
+	if (!r || atomic_load_explicit(&r->owner, memory_order_relaxed) != w->id) {
 		WEFT_STAT_ADD(w, stale, 1);
-		return;
-	}
-	if (atomic_load_explicit(&r->udata, memory_order_acquire)) {
-		weft__listener_event(w->rt, r);
 		return;
 	}
 	uint32_t gen = (uint32_t)(ev->token >> 32);
 	/* Hang-ups and errors wake both directions: the retried call reports
 	 * the condition (0 bytes, or the pending error). */
 	if (ev->events & (WEFT_POLL_IN | WEFT_POLL_HUP | WEFT_POLL_ERR))
-		deliver(w, r, weft_fd_ready(r, WEFT_READ, gen), 0);
+		deliver(w, weft_fd_ready(r, WEFT_READ, gen), 0);
 	if (ev->events & (WEFT_POLL_OUT | WEFT_POLL_HUP | WEFT_POLL_ERR))
-		deliver(w, r, weft_fd_ready(r, WEFT_WRITE, gen), 0);
+		deliver(w, weft_fd_ready(r, WEFT_WRITE, gen), 0);
 }
 
 static void on_message(weft_worker_t *w, const weft_msg_t *m)
@@ -826,7 +958,7 @@ static void on_message(weft_worker_t *w, const weft_msg_t *m)
 		 * another worker); if the wait is over, the data is dropped. */
 		if (weft_worker_wake(w, m->slot, m->seq, m->code)) {
 			if (m->ptr)
-				w->_cos[m->slot]._data = m->ptr;
+				co_at(w, m->slot)->_data = m->ptr;
 		} else if (m->ptr && w->drop_data) {
 			w->drop_data(m->ptr);
 		}
@@ -869,54 +1001,58 @@ static weft_timer_t *sort_by_expiry(weft_timer_t *list)
 
 int weft_worker_poll(weft_worker_t *w, uint64_t timeout_ns)
 {
+	weft_runtime_t *rt = w->rt;
 	size_t before = weft_runq_len(&w->runq);
 	uint64_t queued0 = WEFT_STAT(w, wakes);
 	uint64_t now = weft_clock_ns();
 	int timeout_ms = 0;
 	/* Jobs waiting anywhere: don't sleep, the binding takes or steals
 	 * them after this poll. */
-	if (before == 0 && !weft_inbox_nonempty(&w->inbox) &&
-	    atomic_load_explicit(&w->rt->jobs, memory_order_acquire) == 0) {
+	if (before == 0 && !has_work(w)) {
 		uint64_t deadline = timeout_ns == UINT64_MAX || timeout_ns > UINT64_MAX - now
 					    ? UINT64_MAX
 					    : now + timeout_ns;
 		uint64_t next = weft_wheel_next(&w->wheel);
 		if (next != WEFT_TICK_NEVER && next * NS_PER_TICK < deadline)
 			deadline = next * NS_PER_TICK;
+		uint64_t retry = weft__listener_retry(rt, now);
+		if (retry < deadline)
+			deadline = retry;
 		if (deadline == UINT64_MAX) {
 			timeout_ms = -1;
 		} else if (deadline > now) {
 			uint64_t ms = (deadline - now + NS_PER_TICK - 1) / NS_PER_TICK;
 			timeout_ms = ms > INT_MAX ? INT_MAX : (int)ms;
 		}
+	} else if (before == 0) {
+		weft__listener_retry(rt, now);
 	}
 
+	/* Idle: another worker may be about to answer (a channel reply, a
+	 * wake-up); a short spin saves a sleep and a wake-up on both sides. */
+	if (timeout_ms != 0 && may_spin(w) && spin(w))
+		timeout_ms = 0;
+	int parked = timeout_ms != 0;
+	if (parked && park_begin(w)) {
+		parked = 0;
+		timeout_ms = 0;
+	}
 	weft_poll_event_t ev[HARVEST_MAX];
-	if (take_token(w)) {
-		WEFT_STAT_ADD(w, polls, 1);
-		int parked = timeout_ms != 0;
-		if (parked && park_begin(w, PARK_POLLER)) {
-			parked = 0;
-			timeout_ms = 0;
-		}
-		int n = weft_poller_wait(w->rt->poller, ev, HARVEST_MAX, timeout_ms);
-		if (parked)
-			park_end(w);
-		drop_token(w);
-		if (n < 0)
-			return n;
-		WEFT_STAT_ADD(w, events, (uint64_t)n);
-		for (int i = 0; i < n; i++)
+	WEFT_STAT_ADD(w, polls, 1);
+	int n = weft_poller_wait(w->poller, ev, HARVEST_MAX, timeout_ms);
+	if (parked) {
+		WEFT_STAT_ADD(w, parks, 1);
+		if (park_end(w))
+			WEFT_STAT_ADD(w, unparks, 1);
+	}
+	if (n < 0)
+		return n;
+	WEFT_STAT_ADD(w, events, (uint64_t)n);
+	for (int i = 0; i < n; i++) {
+		if (ev[i].token == SHARED_TOKEN)
+			harvest_shared(w, parked && before == 0);
+		else
 			on_event(w, &ev[i]);
-	} else if (timeout_ms != 0) {
-		/* Another worker polls for us.  A message often follows within
-		 * microseconds (a channel reply, a wake-up): spin briefly before
-		 * paying for a sleep and a wake-up (~5-10 us each way here). */
-		uint64_t until = weft_clock_ns() + SPIN_NS;
-		while (!weft_inbox_nonempty(&w->inbox) && weft_clock_ns() < until)
-			cpu_relax();
-		if (!weft_inbox_nonempty(&w->inbox))
-			park_cond(w, timeout_ms);
 	}
 
 	/* Timers are checked on every step, busy or idle, so deadlines hold
@@ -933,11 +1069,18 @@ int weft_worker_poll(weft_worker_t *w, uint64_t timeout_ns)
 		}
 	}
 
+	w->_spin_ok = 0;
 	if (weft_inbox_nonempty(&w->inbox)) {
 		weft_msg_t *m;
 		size_t nm = weft_inbox_drain(&w->inbox, &m);
 		for (size_t i = 0; i < nm; i++)
 			on_message(w, &m[i]);
+		w->_spin_ok = nm != 0;
+	}
+	uint64_t lost = atomic_load_explicit(&w->_lost_posts, memory_order_relaxed);
+	if (lost) {
+		atomic_fetch_sub_explicit(&w->_lost_posts, lost, memory_order_relaxed);
+		WEFT_STAT_ADD(w, lost, lost);
 	}
 	return (int)(WEFT_STAT(w, wakes) - queued0);
 }
@@ -946,7 +1089,7 @@ int weft_worker_next(weft_worker_t *w, weft_wake_t *out)
 {
 	weft_wake_t wk;
 	while (weft_runq_pop(&w->runq, &wk)) {
-		weft_co_t *co = &w->_cos[wk.slot];
+		weft_co_t *co = co_at(w, wk.slot);
 		if (co->seq != wk.seq || !wakeable(co, wk.code))
 			continue; /* the wait it was for is over */
 		leave_wait(w, co);

@@ -1,17 +1,23 @@
 /* The runtime and its workers: the scheduler core, without Lua.
  *
- * A runtime is one shared poller and one fd table.  A worker is one OS
- * thread's scheduler: a coroutine table (slots, not Lua values: the binding
- * keeps the Lua side), a run queue of wake-ups, a timer wheel and an inbox.
- * The binding asks a worker to make coroutine `slot` wait (for an fd
- * direction, a deadline, or an outside completion), then calls
- * weft_worker_poll() and resumes whatever weft_worker_next() hands out.
+ * A runtime is one shared poller (the face of the runtime: weft.epoll_fd()
+ * names it, and shared listening sockets live in it) and one fd table.  A
+ * worker is one OS thread's scheduler: a poller of its own, a coroutine
+ * table (slots, not Lua values: the binding keeps the Lua side), a run
+ * queue of wake-ups, a timer wheel and an inbox.  The binding asks a
+ * worker to make coroutine `slot` wait (for an fd direction, a deadline,
+ * or an outside completion), then calls weft_worker_poll() and resumes
+ * whatever weft_worker_next() hands out.
  *
- * Several workers (threads) may share one runtime.  Only the holder of the
- * runtime's poller token harvests events; it blocks in the poller while
- * the other idle workers sleep on their own condition variables, and it
- * routes each event to the worker that owns the fd, through that worker's
- * inbox (DESIGN §3, §4).
+ * Several workers (threads) may share one runtime.  A socket is
+ * registered in the poller of the worker that opened it, the only one
+ * whose coroutines can wait on it (coroutines never move), so its events
+ * reach that worker and nobody else: no event is handed between workers
+ * and no worker waits for another to harvest for it.  The shared poller
+ * is registered (level-triggered) in every worker's poller; a worker that
+ * sees it readable harvests it without blocking.  Other workers reach a
+ * worker through its inbox, and wake it through its poller's wake channel
+ * only when it sleeps there (DESIGN §3, §4).
  *
  * Thread ownership: a worker's functions are called by its owner thread
  * only, except weft_worker_post() and weft_worker_unpark(), which any
@@ -20,6 +26,7 @@
 #define WEFT_WORKER_H
 
 #include <pthread.h>
+#include <stdalign.h>
 #include <stdint.h>
 
 #include "fdtab.h"
@@ -30,7 +37,7 @@
 #include "timer.h"
 
 #define WEFT_MAX_WORKERS 256
-#define WEFT_NSTATS 12 /* counters in weft_worker_stats_t */
+#define WEFT_NSTATS 13 /* counters in weft_worker_stats_t */
 
 /* A wake-up code for waits that another party ends on purpose (a sleep
  * job's wakeup); I/O waits end with 0, WEFT_ETIMEOUT or WEFT_ECLOSED. */
@@ -59,6 +66,8 @@ typedef struct weft_co {
 	uint8_t _dir;        /* WAIT_IO: WEFT_READ or WEFT_WRITE */
 	uint8_t _alive;      /* this wait keeps the loop alive */
 	uint8_t _pending;    /* a wake-up for this wait is queued */
+	uint32_t _fdgen;     /* WAIT_IO: the record's generation at the wait */
+	uint32_t _slot;      /* this record's slot (constant) */
 } weft_co_t;
 
 typedef struct weft_runtime weft_runtime_t;
@@ -73,10 +82,11 @@ typedef struct weft_worker_stats {
 	_Atomic uint64_t handoffs;   /* I/O wake-ups sent to another worker */
 	_Atomic uint64_t polls;      /* calls into the poller */
 	_Atomic uint64_t lost;       /* wake-ups dropped for want of memory */
-	_Atomic uint64_t parks;      /* sleeps on the condition variable */
-	_Atomic uint64_t unparks;    /* workers woken to take the poller token */
+	_Atomic uint64_t parks;      /* blocking waits in the poller */
+	_Atomic uint64_t unparks;    /* of those, ended by another thread's wake */
 	_Atomic uint64_t jobs_run;   /* jobs taken from the job queue */
 	_Atomic uint64_t jobs_stolen; /* jobs taken from other workers' queues */
+	_Atomic uint64_t spins;      /* idle spins before a blocking wait */
 } weft_worker_stats_t;
 
 /* Counters are written by their worker only and may be read by any
@@ -88,25 +98,34 @@ typedef struct weft_worker_stats {
 			      memory_order_relaxed)
 #define WEFT_STAT(w, field) atomic_load_explicit(&(w)->stats.field, memory_order_relaxed)
 
+/* Coroutine records live in chunks that never move (armed timers are
+ * linked by address), found through a growable array of chunk pointers. */
+#define WEFT_CO_CHUNK_SHIFT 8
+#define WEFT_CO_CHUNK (1u << WEFT_CO_CHUNK_SHIFT)
+
 typedef struct weft_worker {
+	/* Owner only. */
 	weft_runtime_t *rt;
 	uint32_t id;
 	weft_runq_t runq;
 	weft_wheel_t wheel;
-	weft_inbox_t inbox;
-	weft_jobq_t jobs; /* spawned work not yet bound to a state */
-	weft_co_t *_cos;
-	uint32_t _ncos, _capcos, _free;
+	weft_poller_t *poller; /* this worker's sockets and wake channel */
+	weft_co_t **_chunks;
+	uint32_t _ncos, _capcos, _free, _nchunks;
 	uint32_t nalive; /* waits that keep the loop alive */
 	uint32_t nfds;   /* fd records this worker opened */
-	_Atomic int _park; /* parking state (worker.c) */
-	pthread_mutex_t _park_lock;
-	pthread_cond_t _park_cond;
-	weft_worker_stats_t stats;
+	int _spin_ok;    /* the last wake-up came through the inbox */
 	/* Frees the data of a WEFT_MSG_WAKE message whose wait was over
 	 * (set by the binding; NULL = the data is not owned). */
 	void (*drop_data)(void *);
 	struct weft_worker *_grave; /* the runtime's freed workers */
+	/* Written by the owner, read by anyone (weft.stats). */
+	weft_worker_stats_t stats;
+	/* Written by other threads: each group on a line of its own. */
+	alignas(64) _Atomic int _park; /* parking state (worker.c) */
+	_Atomic uint64_t _lost_posts;  /* posts to us that failed (no memory) */
+	alignas(64) weft_inbox_t inbox;
+	alignas(64) weft_jobq_t jobs; /* spawned work not yet bound to a state */
 } weft_worker_t;
 
 /* Inbox message kinds. */
@@ -148,15 +167,38 @@ weft_fdtab_t *weft_runtime_fdtab(weft_runtime_t *rt);
 /* Attach a new worker to rt.  0 or a negative code. */
 int weft_worker_new(weft_runtime_t *rt, weft_worker_t **out);
 
-/* Detach and free a worker: it must have no coroutine waiting on an fd.
- * The part other threads may still touch (inbox, parking) is kept until
- * the runtime is freed. */
+/* Detach and free a worker: it must have no coroutine waiting on an fd,
+ * and no job queued (weft_worker_hand_jobs, then weft_worker_pop_job for
+ * what is left: the binding fails those jobs).  Jobs still queued are
+ * dropped from the runtime's count, so no other worker waits for them.
+ * The part other threads may still touch (inbox, parking, job queue) is
+ * kept until the runtime is freed; posts to a freed worker fail with
+ * WEFT_ECLOSED. */
 void weft_worker_free(weft_worker_t *w);
 
 /* Move w to runtime rt (sharing rt's poller from now on).  Only a worker
- * with no open fd records can move: -EBUSY otherwise.  The caller keeps
- * its references to both runtimes right. */
+ * with no open fd records and no queued jobs can move: -EBUSY otherwise.
+ * The caller keeps its references to both runtimes right. */
 int weft_worker_move(weft_worker_t *w, weft_runtime_t *rt);
+
+/* Move every job queued on w to another live worker of its runtime (and
+ * wake it).  Returns how many moved; 0 when there is no other worker. */
+size_t weft_worker_hand_jobs(weft_worker_t *w);
+
+/* Take the oldest job of w's own queue (no stealing), or NULL. */
+weft_job_t *weft_worker_pop_job(weft_worker_t *w);
+
+/* This worker's poller (its sockets are registered there). */
+static inline weft_poller_t *weft_worker_poller(weft_worker_t *w)
+{
+	return w->poller;
+}
+
+/* Make a record of w (a listening socket) a shared one: its registration
+ * moves to the runtime's shared poller, disarmed (re-arm it with
+ * weft_poller_modify on weft_runtime_poller), and it no longer counts
+ * among w's records.  Any worker may close it later.  0 or -errno. */
+int weft_worker_share_fd(weft_worker_t *w, weft_fd_t *r);
 
 /* Wake w if it sleeps (in the poller or on its condition variable), or
  * make its next sleep return at once.  Any thread. */
@@ -167,11 +209,12 @@ int64_t weft_worker_co_new(weft_worker_t *w);
 void weft_worker_co_free(weft_worker_t *w, uint32_t slot);
 static inline weft_co_t *weft_worker_co(weft_worker_t *w, uint32_t slot)
 {
-	return &w->_cos[slot];
+	return &w->_chunks[slot >> WEFT_CO_CHUNK_SHIFT][slot & (WEFT_CO_CHUNK - 1)];
 }
 
-/* Register fd with the poller (edge-triggered, both directions) and give
- * it a record owned by this worker.  NULL and *err on failure. */
+/* Register fd with this worker's poller (edge-triggered, both
+ * directions) and give it a record owned by this worker.  NULL and *err
+ * on failure. */
 weft_fd_t *weft_worker_open_fd(weft_worker_t *w, int fd, int *err);
 
 /* Shut a record: waiters wake with WEFT_ECLOSED, the fd leaves the poller
@@ -248,7 +291,7 @@ int weft_worker_poll(weft_worker_t *w, uint64_t timeout_ns);
 int weft_worker_next(weft_worker_t *w, weft_wake_t *out);
 
 /* Internal, for listener.c: the runtime's listener registry and lock, and
- * whether a worker is parked (idle). */
+ * whether a worker is idle (blocked in its poller, or about to block). */
 pthread_mutex_t *weft__runtime_listener_lock(weft_runtime_t *rt);
 void **weft__runtime_listeners(weft_runtime_t *rt);
 void **weft__runtime_channels(weft_runtime_t *rt);

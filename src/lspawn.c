@@ -182,6 +182,23 @@ int lw_spawn_step(lua_State *L, lw_state_t *S)
 	return n;
 }
 
+void lw_spawn_close(lua_State *L, lw_state_t *S)
+{
+	/* Jobs queued here that no thread of this state will run: another
+	 * worker of the runtime takes them; with none left, their futures
+	 * fail, so that no waiter waits forever and the runtime's count of
+	 * queued jobs stays right. */
+	weft_worker_hand_jobs(S->w);
+	weft_job_t *node;
+	while ((node = weft_worker_pop_job(S->w)) != NULL) {
+		job_t *j = node->data;
+		lw_blob_free(&j->blob);
+		fut_fail(L, j->f, "weft.spawn: the runtime closed before the job ran");
+		fut_unref(j->f);
+		weft_free(j);
+	}
+}
+
 /* ------------------------------------------------------------------ */
 /* The spawner's side */
 

@@ -150,11 +150,12 @@ static int l_clock(lua_State *L)
 	return 1;
 }
 
-/* weft.epoll_fd([epfd]): get the poller; set = join the runtime of this
- * process that owns epfd (a Lua state running on another thread), so that
- * both states share one poller: whichever thread harvests an event hands
- * it to the state that owns the socket.  A state can join only while it
- * has no sockets open (their registrations belong to the old poller). */
+/* weft.epoll_fd([epfd]): get the runtime's shared poller; set = join the
+ * runtime of this process that owns epfd (a Lua state running on another
+ * thread), so that both states share its listeners, channels and jobs.
+ * A state can join only while it has no sockets open (they are counted
+ * in the old runtime's fd table) and no spawned jobs queued (counted in
+ * the old runtime's total). */
 static int l_epoll_fd(lua_State *L)
 {
 	lw_state_t *S = lw_S(L);
@@ -178,7 +179,7 @@ static int l_epoll_fd(lua_State *L)
 	if (rc < 0) {
 		weft_runtime_free(rt);
 		luaL_pushfail(L);
-		lua_pushliteral(L, "this state has open sockets: join before creating any");
+		lua_pushliteral(L, "this state has open sockets or queued jobs: join before creating any");
 		return 2;
 	}
 	weft_runtime_free(S->rt);
@@ -207,7 +208,7 @@ static int l_resolver_delay(lua_State *L)
 /* The counters' names, in weft_worker_stats_t order. */
 static const char *const stat_names[WEFT_NSTATS] = {
 	"events", "stale_events", "wakes", "timers", "inbox", "handoffs",
-	"token_holds", "lost_wakes", "parks", "unparks", "jobs_run", "jobs_stolen",
+	"polls", "lost_wakes", "parks", "unparks", "jobs_run", "jobs_stolen", "spins",
 };
 
 static void push_counters(lua_State *L, const uint64_t *c)
@@ -230,8 +231,6 @@ static int l_stats(lua_State *L)
 		mine[k] = atomic_load_explicit(&c[k], memory_order_relaxed);
 	lua_createtable(L, 0, WEFT_NSTATS + 8);
 	push_counters(L, mine);
-	lua_pushinteger(L, (lua_Integer)mine[6]);
-	lua_setfield(L, -2, "polls"); /* the older name of token_holds */
 	lua_pushinteger(L, S->worker_index);
 	lua_setfield(L, -2, "worker");
 	lua_pushinteger(L, (lua_Integer)weft_runq_len(&w->runq));
@@ -266,6 +265,7 @@ static int state_gc(lua_State *L)
 		nanosleep(&ts, NULL);
 	}
 	lw_close_sched(S);
+	lw_spawn_close(L, S);
 	weft_worker_free(S->w);
 	weft_runtime_free(S->rt);
 	weft_free(S->threads);

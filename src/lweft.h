@@ -132,6 +132,9 @@ void lw_thread_start(lua_State *L, lw_state_t *S, int nargs, const char *name);
 /* Run jobs from the job queue (stealing if idle): a few per loop step.
  * Returns how many were started. */
 int lw_spawn_step(lua_State *L, lw_state_t *S);
+/* The state is closing: hand its queued jobs to another worker, or fail
+ * their futures when there is none. */
+void lw_spawn_close(lua_State *L, lw_state_t *S);
 
 /* Module parts. */
 void lw_open_buffer(lua_State *L, lw_state_t *S);

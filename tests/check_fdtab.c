@@ -361,10 +361,10 @@ START_TEST(test_state_machine)
 		ret = (int64_t)weft_fd_ready(r, dir, g + 2);
 		break;
 	case OP_CANCEL7:
-		ret = weft_fd_cancel(r, dir, 7);
+		ret = weft_fd_cancel(r, dir, g, 7);
 		break;
 	case OP_CANCEL9:
-		ret = weft_fd_cancel(r, dir, 9);
+		ret = weft_fd_cancel(r, dir, g, 9);
 		break;
 	case OP_SHUT:
 		weft_fd_shut(r, woken);
@@ -386,6 +386,38 @@ START_TEST(test_state_machine)
 }
 END_TEST
 
+/* A waiter withdrawn after its record was shut and reopened must not
+ * take the new life's waiter that happens to have the same id (another
+ * worker's coroutine in the same slot number): cancel compares the whole
+ * word, generation included. */
+START_TEST(test_cancel_after_reuse)
+{
+	weft_fdtab_t *t = table();
+	weft_fd_t *r = weft_fdtab_open(t, 3, 0);
+	uint32_t g1 = gen_of(r);
+	uint64_t woken[2];
+
+	ck_assert_int_eq(weft_fd_wait(r, WEFT_READ, 7), 0);
+	weft_fd_shut(r, woken);
+	ck_assert_uint_eq(woken[WEFT_READ], 8);
+	weft_fdtab_release(t, r);
+	weft_fd_t *r2 = weft_fdtab_open(t, 4, 1);
+	ck_assert_ptr_eq(r2, r); /* the free list hands the record back */
+	uint32_t g2 = gen_of(r2);
+	ck_assert_uint_ne(g2, g1);
+	ck_assert_int_eq(weft_fd_wait(r2, WEFT_READ, 7), 0);
+	/* The first life's waiter gives up late: nothing of ours is left. */
+	ck_assert_int_eq(weft_fd_cancel(r2, WEFT_READ, g1, 7), 0);
+	ck_assert_uint_eq(state_of(r2, WEFT_READ), WEFT_WAIT_BASE + 7);
+	/* The event reaches the second life's waiter. */
+	ck_assert_uint_eq(weft_fd_ready(r2, WEFT_READ, g2), 8);
+	ck_assert_int_eq(weft_fd_wait(r2, WEFT_READ, 7), 0);
+	ck_assert_int_eq(weft_fd_cancel(r2, WEFT_READ, g2, 7), 1);
+	close_record(t, r2);
+	weft_fdtab_free(t);
+}
+END_TEST
+
 START_TEST(test_waiter_limits)
 {
 	weft_fdtab_t *t = table();
@@ -395,7 +427,7 @@ START_TEST(test_waiter_limits)
 	ck_assert_int_eq(weft_fd_wait(r, WEFT_READ, WEFT_WAITER_MAX + 1), -EINVAL);
 	ck_assert_uint_eq(state_of(r, WEFT_READ), WEFT_WAIT_EMPTY);
 	ck_assert_int_eq(weft_fd_wait(r, WEFT_READ, WEFT_WAITER_MAX), 0);
-	ck_assert_int_eq(weft_fd_cancel(r, WEFT_READ, WEFT_WAITER_MAX + 1), 0);
+	ck_assert_int_eq(weft_fd_cancel(r, WEFT_READ, g, WEFT_WAITER_MAX + 1), 0);
 	ck_assert_uint_eq(weft_fd_ready(r, WEFT_READ, g), (uint64_t)WEFT_WAITER_MAX + 1);
 	ck_assert_int_eq(weft_fd_wait(r, WEFT_READ, 0), 0);
 	ck_assert_uint_eq(weft_fd_ready(r, WEFT_READ, g), 1);
@@ -510,7 +542,7 @@ START_TEST(test_stress_ready_vs_owner)
 		waits++;
 		if (xorshift(&rnd) % 4 == 0) {
 			idle(&rnd, 256);
-			if (weft_fd_cancel(s.r, WEFT_READ, id) == 1) {
+			if (weft_fd_cancel(s.r, WEFT_READ, gen_of(s.r), id) == 1) {
 				cancel_won++;
 				continue;
 			}
@@ -525,7 +557,7 @@ START_TEST(test_stress_ready_vs_owner)
 				break;
 			}
 			if (atomic_load_explicit(&s.done, memory_order_acquire) &&
-			    weft_fd_cancel(s.r, WEFT_READ, id) == 1) {
+			    weft_fd_cancel(s.r, WEFT_READ, gen_of(s.r), id) == 1) {
 				cancel_won++;
 				if (atomic_load_explicit(&s.produced, memory_order_acquire) !=
 				    consumed)
@@ -646,7 +678,7 @@ START_TEST(test_stress_ready_vs_shut_cancel)
 			weft_fd_shut(r, woken);
 			mine = woken[WEFT_READ];
 		} else {
-			mine = weft_fd_cancel(r, WEFT_READ, waiter) ? (uint64_t)waiter + 1 : 0;
+			mine = weft_fd_cancel(r, WEFT_READ, gen_of(r), waiter) ? (uint64_t)waiter + 1 : 0;
 		}
 		await_change(&x.finished, round - 1);
 		got = atomic_load_explicit(&x.got, memory_order_relaxed);
@@ -687,6 +719,7 @@ static Suite *fdtab_suite(void)
 	tcase_add_test(tc, test_growth);
 	tcase_add_loop_test(tc, test_state_machine, 0, (int)(2 * sizeof rows / sizeof rows[0]));
 	tcase_add_test(tc, test_waiter_limits);
+	tcase_add_test(tc, test_cancel_after_reuse);
 	tcase_add_test(tc, test_enomem);
 	suite_add_tcase(s, tc);
 	/* Explicit, so the runs fit even under Check's 4 s default. */

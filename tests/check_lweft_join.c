@@ -144,6 +144,71 @@ START_TEST(test_join_refused)
 }
 END_TEST
 
+/* A state that closes with spawned jobs still queued hands them to
+ * another worker of its runtime, which runs every one of them; the
+ * runtime's count of queued jobs stays right, so that worker's loop ends
+ * once they have run instead of polling for lost jobs forever. */
+START_TEST(test_close_hands_jobs_over)
+{
+	char err[512], chunk[512];
+	lua_State *A = new_state();
+	ck_assert_msg(run(A, "return require('weft').epoll_fd()", 1, err, sizeof err) == 0, "%s",
+		      err);
+	lua_Integer epfd = lua_tointeger(A, -1);
+	lua_pop(A, 1);
+	lua_State *B = new_state();
+	snprintf(chunk, sizeof chunk,
+		 "local weft = require 'weft'\n"
+		 "assert(weft.epoll_fd(%lld) == %lld, 'join failed')",
+		 (long long)epfd, (long long)epfd);
+	ck_assert_msg(run(B, chunk, 0, err, sizeof err) == 0, "%s", err);
+	ck_assert_msg(run(A,
+			  "local weft = require 'weft'\n"
+			  "for i = 1, 2000 do\n"
+			  "  assert(weft.spawn(function() ran = (ran or 0) + 1 end))\n"
+			  "end\n"
+			  "assert(weft.stats().jobs_queued == 2000)",
+			  0, err, sizeof err) == 0,
+		      "%s", err);
+	lua_close(A); /* without running its loop */
+	ck_assert_msg(run(B,
+			  "local weft = require 'weft'\n"
+			  "assert(weft.stats().jobs_queued == 2000, 'not handed over')\n"
+			  "weft.run(function() end) -- returns once the handed jobs have run\n"
+			  "assert(ran == 2000, 'jobs run: ' .. tostring(ran))\n"
+			  "assert(weft.stats().jobs_queued == 0)",
+			  0, err, sizeof err) == 0,
+		      "%s", err);
+	lua_close(B);
+}
+END_TEST
+
+/* A state with spawned jobs queued cannot join another runtime (they are
+ * counted in its own); the jobs still run where they are. */
+START_TEST(test_join_refused_with_jobs)
+{
+	char err[512], chunk[1024];
+	lua_State *other = new_state();
+	ck_assert_msg(run(other, "return require('weft').epoll_fd()", 1, err, sizeof err) == 0,
+		      "%s", err);
+	lua_Integer fd = lua_tointeger(other, -1);
+	lua_State *L = new_state();
+	snprintf(chunk, sizeof chunk,
+		 "local weft = require 'weft'\n"
+		 "local f = assert(weft.spawn(function() return 42 end))\n"
+		 "local ok, e = weft.epoll_fd(%lld)\n"
+		 "assert(ok == nil and e:match('queued jobs'), tostring(e))\n"
+		 "local r\n"
+		 "weft.run(function() r = select(2, f:wait(weft.clock() + 10)) end)\n"
+		 "assert(r == 42, tostring(r))\n"
+		 "assert(weft.epoll_fd(%lld) == %lld, 'join after the jobs ran')",
+		 (long long)fd, (long long)fd, (long long)fd);
+	ck_assert_msg(run(L, chunk, 0, err, sizeof err) == 0, "%s", err);
+	lua_close(L);
+	lua_close(other);
+}
+END_TEST
+
 static Suite *join_suite(void)
 {
 	Suite *s = suite_create("lweft_join");
@@ -151,6 +216,8 @@ static Suite *join_suite(void)
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, test_join_and_echo);
 	tcase_add_test(tc, test_join_refused);
+	tcase_add_test(tc, test_close_hands_jobs_over);
+	tcase_add_test(tc, test_join_refused_with_jobs);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -891,10 +891,11 @@ START_TEST(test_msg_io)
 }
 END_TEST
 
-/* Two workers share the poller: the one that harvests an event for the
- * other's record hands the wake-up over, and the owner's deadline, passing
- * meanwhile, does not turn it into a timeout. */
-START_TEST(test_handoff_between_workers)
+/* Two workers share a runtime: an event for one worker's record reaches
+ * that worker's poller only, so the other never harvests it and nothing
+ * is handed over; the owner's deadline, passing meanwhile, does not turn
+ * the ready wait into a timeout. */
+START_TEST(test_events_reach_owner)
 {
 	env_t e = setup();
 	weft_worker_t *w0 = e.w, *w1;
@@ -908,13 +909,13 @@ START_TEST(test_handoff_between_workers)
 	uint32_t seq = wait_read(w0, slot, r, deadline);
 
 	put(peer);
-	ck_assert_int_eq(weft_worker_poll(w1, 0), 0);
-	ck_assert_uint_eq(w1->stats.handoffs, 1);
-	ck_assert_int_eq(weft_runq_len(&w0->runq), 0);
+	ck_assert_int_eq(weft_worker_poll(w1, 20 * MS), 0);
+	ck_assert_uint_eq(w1->stats.events, 0);
+	ck_assert_uint_eq(w1->stats.handoffs, 0);
 
 	sleep_ns(deadline - weft_clock_ns() + 10 * MS);
 	ck_assert_int_eq(weft_worker_poll(w0, 0), 1);
-	ck_assert_uint_eq(w0->stats.timers, 1);
+	ck_assert_uint_eq(w0->stats.events, 1);
 	expect_wake(w0, slot, seq, 0);
 	expect_nothing(w0, 10);
 	check_quiet(w0);
@@ -924,6 +925,51 @@ START_TEST(test_handoff_between_workers)
 	shut(w0, r, peer);
 	weft_worker_free(w1);
 	teardown(e);
+}
+END_TEST
+
+/* Worker X's coroutine in slot s waits on record R; X closes R under it
+ * (its wake-up, "closed", is queued); R goes back to the table and worker
+ * Y reopens it, and Y's coroutine in the same slot number s waits on it.
+ * When X then takes its wake-up, nothing may be withdrawn from Y's wait
+ * word: Y's coroutine still wakes for its data.  (A cancel that compared
+ * only the waiter id emptied Y's word, and Y's coroutine never woke.)
+ * The same with X's deadline firing instead of the close's wake-up. */
+START_TEST(test_reuse_keeps_other_waiter)
+{
+	for (int variant = 0; variant < 2; variant++) {
+		env_t e = setup();
+		weft_worker_t *x = e.w, *y;
+		int px, py;
+
+		ck_assert_int_eq(weft_worker_new(e.rt, &y), 0);
+		uint32_t sx = new_co(x), sy = new_co(y);
+		ck_assert_uint_eq(sx, sy);
+		weft_fd_t *r = pair(x, &px);
+		uint32_t seq_x = wait_read(x, sx, r, weft_clock_ns() + (variant ? 5 : 1000) * MS);
+		weft_worker_close_fd(x, r);
+		close(px);
+		weft_fd_t *r2 = pair(y, &py);
+		ck_assert_ptr_eq(r2, r); /* the record comes back, for y */
+		uint32_t seq_y = wait_read(y, sy, r2, UINT64_MAX);
+		if (variant)
+			sleep_ns(10 * MS); /* x's deadline passes too */
+		ck_assert_int_eq(weft_worker_poll(x, 0), 0);
+		expect_wake(x, sx, seq_x, WEFT_ECLOSED);
+		expect_nothing(x, 10);
+
+		put(py);
+		ck_assert_int_eq(weft_worker_poll(y, 1000 * MS), 1);
+		expect_wake(y, sy, seq_y, 0);
+		check_quiet(x);
+		check_quiet(y);
+
+		weft_worker_co_free(x, sx);
+		weft_worker_co_free(y, sy);
+		shut(y, r2, py);
+		weft_worker_free(y);
+		teardown(e);
+	}
 }
 END_TEST
 
@@ -1149,7 +1195,8 @@ static Suite *worker_suite(void)
 	tcase_add_test(tc, test_yield);
 	tcase_add_test(tc, test_wake_suspended);
 	tcase_add_test(tc, test_msg_io);
-	tcase_add_test(tc, test_handoff_between_workers);
+	tcase_add_test(tc, test_events_reach_owner);
+	tcase_add_test(tc, test_reuse_keeps_other_waiter);
 	tcase_add_test(tc, test_timers_under_io_load);
 	suite_add_tcase(s, tc);
 	/* Explicit, so the runs fit even under Check's 4 s default with
