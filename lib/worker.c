@@ -84,6 +84,11 @@ void **weft__runtime_channels(weft_runtime_t *rt)
 	return &rt->channels;
 }
 
+void weft__runtime_set_cpus(weft_runtime_t *rt, int ncpu)
+{
+	rt->ncpu = ncpu > 0 ? ncpu : 1;
+}
+
 int weft__worker_idle(const weft_worker_t *w)
 {
 	int p = atomic_load_explicit(&((weft_worker_t *)w)->_park, memory_order_acquire);
@@ -1004,6 +1009,16 @@ int weft_worker_poll(weft_worker_t *w, uint64_t timeout_ns)
 	weft_runtime_t *rt = w->rt;
 	size_t before = weft_runq_len(&w->runq);
 	uint64_t queued0 = WEFT_STAT(w, wakes);
+	/* A notification that came while we ran is spent: whatever it was
+	 * for (a message, a job, exiting) is checked below, and again after
+	 * park_begin's swap.  Left set, it would turn our next sleep into a
+	 * wasted zero-timeout poll.  A CAS, not a store: reading the
+	 * notifier's swap acquires what it published before it. */
+	if (atomic_load_explicit(&w->_park, memory_order_relaxed) == PARK_NOTIFIED) {
+		int notified = PARK_NOTIFIED;
+		atomic_compare_exchange_strong_explicit(&w->_park, &notified, PARK_EMPTY,
+							memory_order_seq_cst, memory_order_relaxed);
+	}
 	uint64_t now = weft_clock_ns();
 	int timeout_ms = 0;
 	/* Jobs waiting anywhere: don't sleep, the binding takes or steals

@@ -297,6 +297,9 @@ void **weft__runtime_listeners(weft_runtime_t *rt);
 void **weft__runtime_channels(weft_runtime_t *rt);
 int weft__worker_idle(const weft_worker_t *w);
 
+/* Test hook: how many CPUs the spinning rule assumes the process has. */
+void weft__runtime_set_cpus(weft_runtime_t *rt, int ncpu);
+
 /* Queue a job on w's queue and wake an idle worker that may steal it.
  * Owner only. */
 void weft_worker_spawn(weft_worker_t *w, weft_job_t *j);

@@ -973,6 +973,51 @@ START_TEST(test_reuse_keeps_other_waiter)
 }
 END_TEST
 
+/* The spinning rule: an idle worker spins before it blocks only right
+ * after a wake-up through its inbox, only if there is a CPU for it beside
+ * the workers running, and only while fewer than half of those spin. */
+START_TEST(test_spin_rule)
+{
+	env_t e = setup();
+	weft_worker_t *w0 = e.w, *w1;
+	ck_assert_int_eq(weft_worker_new(e.rt, &w1), 0);
+	weft_msg_t m = {99, 0, 0, 0, NULL}; /* a message of no kind: just taken */
+
+	/* No inbox wake-up before: no spin, even with CPUs to spare. */
+	weft__runtime_set_cpus(e.rt, 8);
+	ck_assert_int_eq(weft_worker_poll(w0, 2 * MS), 0);
+	ck_assert_uint_eq(w0->stats.spins, 0);
+
+	/* Right after an inbox wake-up, with a CPU free: one spin. */
+	ck_assert_int_eq(weft_worker_post(w0, &m), 0);
+	ck_assert_int_eq(weft_worker_poll(w0, 0), 0);
+	ck_assert_int_eq(weft_worker_poll(w0, 2 * MS), 0);
+	ck_assert_uint_eq(w0->stats.spins, 1);
+
+	/* Two workers running (w1 is not parked) on one CPU: no spin. */
+	weft__runtime_set_cpus(e.rt, 1);
+	ck_assert_int_eq(weft_worker_post(w0, &m), 0);
+	ck_assert_int_eq(weft_worker_poll(w0, 0), 0);
+	uint64_t parks = w0->stats.parks;
+	ck_assert_int_eq(weft_worker_poll(w0, 2 * MS), 0);
+	ck_assert_uint_eq(w0->stats.spins, 1);
+	ck_assert_uint_eq(w0->stats.parks, parks + 1); /* it blocked instead */
+
+	/* A spin ends as soon as a message comes (the poll does not block
+	 * for its whole timeout). */
+	weft__runtime_set_cpus(e.rt, 8);
+	ck_assert_int_eq(weft_worker_post(w0, &m), 0);
+	ck_assert_int_eq(weft_worker_poll(w0, 0), 0);
+	ck_assert_int_eq(weft_worker_post(w0, &m), 0);
+	uint64_t t0 = weft_clock_ns();
+	ck_assert_int_eq(weft_worker_poll(w0, 1000 * MS), 0);
+	ck_assert_uint_lt(weft_clock_ns() - t0, 500 * MS);
+
+	weft_worker_free(w1);
+	teardown(e);
+}
+END_TEST
+
 /* Deadlines hold while every poll returns events: a busy socket gets a
  * byte before each poll, and a 50 ms sleep and a 50 ms fd deadline must
  * still fire within 20 ms of their time. */
@@ -1197,6 +1242,7 @@ static Suite *worker_suite(void)
 	tcase_add_test(tc, test_msg_io);
 	tcase_add_test(tc, test_events_reach_owner);
 	tcase_add_test(tc, test_reuse_keeps_other_waiter);
+	tcase_add_test(tc, test_spin_rule);
 	tcase_add_test(tc, test_timers_under_io_load);
 	suite_add_tcase(s, tc);
 	/* Explicit, so the runs fit even under Check's 4 s default with
