@@ -17,6 +17,13 @@ command -v "$WRK" >/dev/null || { echo "http-cpu.sh: wrk not found (apt-get inst
 export LUA_PATH="$top/lua/?.lua;${LUA_PATH:-;}"
 tck=$(getconf CLK_TCK)
 
+free_port() { # a TCP port of 127.0.0.1 that the kernel just handed out for port 0
+	perl -MIO::Socket::INET -e '
+		my $s = IO::Socket::INET->new(LocalAddr => "127.0.0.1", LocalPort => 0,
+			Proto => "tcp", Listen => 1, ReuseAddr => 1) or die "bind: $!\n";
+		print $s->sockport, "\n";'
+}
+
 cpu_ticks() { # utime+stime of a process
 	awk '{ print $14 + $15 }' "/proc/$1/stat"
 }
@@ -34,7 +41,9 @@ stat_line() { # port -> "events handoffs wakes" from GET /stats
 measure() { # workers -> prints "us_per_request requests_per_s handoff_fraction wakes_per_request"
 	local out pid port line
 	out=$(mktemp)
-	taskset -c 0 "$WEFT_BIN" -t "$1" "$top/contrib/examples/hello-http.lua" 127.0.0.1 0 >"$out" 2>&1 &
+	# An explicit port: with port 0, the second worker does not share the
+	# first one's listening socket, fails, and one worker serves alone.
+	taskset -c 0 "$WEFT_BIN" -t "$1" "$top/contrib/examples/hello-http.lua" 127.0.0.1 "$(free_port)" >"$out" 2>&1 &
 	pid=$!
 	for _ in $(seq 100); do
 		line=$(grep -m1 'listening on' "$out" || true)
@@ -43,6 +52,13 @@ measure() { # workers -> prints "us_per_request requests_per_s handoff_fraction 
 	done
 	[[ $line =~ listening\ on\ ([^ ]*):([0-9]+) ]] || { echo "server did not start" >&2; kill $pid; exit 1; }
 	port=${BASH_REMATCH[2]}
+	sleep 0.2 # the other workers start too
+	if grep -q traceback "$out"; then
+		echo "a worker failed:" >&2
+		cat "$out" >&2
+		kill $pid
+		exit 1
+	fi
 	taskset -c 1 "$WRK" -t1 -c50 -d1s "http://127.0.0.1:$port/" >/dev/null 2>&1 # warm-up
 	local c0 c1 res reqs s0 s1
 	s0=$(stat_line "$port")
