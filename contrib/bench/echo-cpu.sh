@@ -104,7 +104,9 @@ server_cmd() {
 		;;
 	weft2)
 		# Two workers sharing one poller and one listening socket, both
-		# on the server CPU: what a second worker costs per round-trip.
+		# time-sharing the server CPU: what the multi-worker machinery
+		# costs per round-trip when nothing runs in parallel (the
+		# many-cores figure is http-scale.sh's).
 		override=${WEFT2_CMD:-}
 		if [[ -z $override ]]; then
 			need_exe "$WEFT_BIN"

@@ -1,5 +1,5 @@
 -- A minimal HTTP/1.1 "hello world" server with keep-alive, for trying weft
--- and for benchmarks (contrib/bench/http-cpu.sh).
+-- and for benchmarks (contrib/bench/http-cpu.sh, http-scale.sh).
 --   weft [-t N] contrib/examples/hello-http.lua [host] [port]
 -- then:  curl http://127.0.0.1:<port>/
 -- (GET /stats answers with weft.stats().total, the runtime's counters)
