@@ -131,6 +131,18 @@ int weft_listener_listen(weft_worker_t *w, weft_fd_t *r, const struct sockaddr *
 	if (shareable(sa)) {
 		memcpy(&l->key, sa, salen);
 		l->keylen = salen;
+	} else if (sa && (sa->sa_family == AF_INET || sa->sa_family == AF_INET6)) {
+		/* Port 0: the kernel chose the port.  Other workers that then
+		 * listen on that address and port explicitly (told it by the
+		 * first, as `weft -t N` servers on port 0 do) join this socket
+		 * instead of failing with "address in use". */
+		struct sockaddr_storage bound;
+		socklen_t blen = sizeof bound;
+		if (getsockname(fd, (struct sockaddr *)&bound, &blen) == 0 &&
+		    shareable((struct sockaddr *)&bound)) {
+			memcpy(&l->key, &bound, blen);
+			l->keylen = blen;
+		}
 	}
 	/* The record now belongs to the listener, not to w: it moves to the
 	 * shared poller, and its events go to whichever worker harvests

@@ -126,4 +126,33 @@ tap.test("a CPU-bound worker does not stall another worker's sockets", function(
 	cmp_ok(tonumber(worst) or 1e9, "<", 300, "no round trip waited for the busy worker")
 end)
 
+-- Worker 1 listens on port 0 and tells worker 2 the port the kernel
+-- chose; worker 2's listen on that address joins the same socket (it
+-- used to fail with "address_already_in_use", leaving one worker).
+tap.test("a listener on port 0 is shared with the workers told its port", function()
+	local out, okc = tap.run_workers(2, [[
+local weft = require "weft"
+local ch = weft.channel("port", 1)
+local s = assert(weft.tcp())
+if weft.worker() == 1 then
+	assert(s:listen("127.0.0.1", 0))
+	assert(ch:send(s.local_port, weft.clock() + 30))
+else
+	local port = assert(ch:recv(weft.clock() + 30))
+	local ok, err = s:listen("127.0.0.1", port)
+	print("worker 2 listen: " .. tostring(ok or err))
+	local c = assert(weft.tcp())
+	assert(c:connect("127.0.0.1", port, weft.clock() + 5))
+	c:close()
+end
+s:close()
+]])
+	if not out then
+		tap.skip("WEFT_BIN not set", 2)
+		return
+	end
+	ok(okc, "the program exited cleanly")
+	like(out, "worker 2 listen: true", "the second worker joined the listener")
+end)
+
 tap.done()
