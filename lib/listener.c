@@ -174,10 +174,13 @@ static int grow(waiter_t **v, size_t *cap, size_t n)
 	return 0;
 }
 
-static void wake(const waiter_t *wt, int32_t code)
+/* Post a wake-up to a waiter's worker: 0, WEFT_ECLOSED (the worker has
+ * been freed: the waiter is gone) or WEFT_ENOMEM (its inbox could not
+ * grow). */
+static int wake(const waiter_t *wt, int32_t code)
 {
 	weft_msg_t m = {WEFT_MSG_WAKE, wt->slot, wt->seq, code, NULL};
-	weft_worker_post(wt->w, &m);
+	return weft_worker_post(wt->w, &m);
 }
 
 static void remove_waiter(weft_listener_t *l, size_t i)
@@ -189,8 +192,9 @@ static void remove_waiter(weft_listener_t *l, size_t i)
 /* Hand queued connections to waiters, idle workers first (a worker parked
  * in the poller or on its condition variable has nothing else to do),
  * otherwise in arrival order.  Each woken waiter gets its own connection,
- * so a busy worker that happens to run first cannot take them all.  Lock
- * held. */
+ * so a busy worker that happens to run first cannot take them all.  A
+ * waiter whose worker has been freed is dropped and the connection goes to
+ * the next one, or stays queued.  Lock held. */
 static void dispatch(weft_listener_t *l)
 {
 	while (l->qlen > 0 && l->nwait > 0) {
@@ -204,12 +208,18 @@ static void dispatch(weft_listener_t *l)
 			}
 		}
 		waiter_t wt = l->waiters[pick];
+		/* Post first, under the lock: the woken worker claims through
+		 * the same lock, so it finds the connection recorded below. */
+		int rc = wake(&wt, 0);
+		if (rc == WEFT_ENOMEM)
+			return; /* both stay: the waiter is served on the next event */
 		remove_waiter(l, pick);
+		if (rc < 0)
+			continue; /* its worker is gone: the connection goes to the next one */
 		wt.fd = l->queue[l->qhead];
 		l->qhead = (l->qhead + 1) % QUEUE_MAX;
 		l->qlen--;
 		l->handed[l->nhanded++] = wt;
-		wake(&wt, 0);
 	}
 }
 
@@ -339,7 +349,8 @@ void weft_listener_release(weft_listener_t *l, weft_worker_t *w, const void *tag
 	pthread_mutex_lock(&l->lock);
 	for (size_t i = 0; i < l->nwait;) {
 		if (l->waiters[i].w == w && l->waiters[i].tag == tag) {
-			wake(&l->waiters[i], WEFT_ECLOSED);
+			/* A failed post is fine: that waiter is gone either way. */
+			(void)wake(&l->waiters[i], WEFT_ECLOSED);
 			remove_waiter(l, i);
 		} else {
 			i++;

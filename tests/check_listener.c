@@ -490,6 +490,55 @@ START_TEST(test_claim_rearms)
 }
 END_TEST
 
+/* A waiter whose worker is freed before a connection comes must not keep
+ * it: the post to the dead worker fails, the waiter is dropped and the
+ * connection goes to the next waiter, or to the queue for the next taker
+ * (before, it was handed to the dead waiter and lost). */
+START_TEST(test_dead_waiter_passes_on)
+{
+	env_t e = setup();
+	weft_worker_t *b;
+	weft_listener_t *l = listen_on(e.w, 0);
+	int port = port_of(weft_listener_fd(l)), tag;
+
+	ck_assert_int_eq(weft_worker_new(e.rt, &b), 0);
+	/* B's waiter is first in line, then B goes away. */
+	uint32_t bs, bq = wait_accept(b, &bs);
+	ck_assert_int_eq(weft_listener_take(l, b, bs, bq, &tag), -EAGAIN);
+	weft_worker_free(b);
+	uint32_t slot, seq = wait_accept(e.w, &slot);
+	ck_assert_int_eq(weft_listener_take(l, e.w, slot, seq, &tag), -EAGAIN);
+	int c = connect_to(port);
+	ck_assert_int_ge(c, 0);
+	weft_wake_t wk = next_wake(e.w);
+	ck_assert_uint_eq(wk.slot, slot);
+	ck_assert_uint_eq(wk.seq, seq);
+	ck_assert_int_eq(wk.code, 0);
+	int fd = weft_listener_claim(l, e.w, slot, seq);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(peer_port(fd), port_of(c));
+	close(fd);
+	close(c);
+
+	/* With no live waiter left, the next connection is queued. */
+	ck_assert_int_eq(weft_worker_new(e.rt, &b), 0);
+	bq = wait_accept(b, &bs);
+	ck_assert_int_eq(weft_listener_take(l, b, bs, bq, &tag), -EAGAIN);
+	weft_worker_free(b);
+	c = connect_to(port);
+	ck_assert_int_ge(c, 0);
+	harvest(e.w, l, 2);
+	fd = weft_listener_take(l, e.w, 0, 0, NULL);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(peer_port(fd), port_of(c));
+	close(fd);
+	close(c);
+	weft_worker_co_free(e.w, slot);
+	weft_listener_release(l, e.w, &tag);
+	teardown(e);
+}
+END_TEST
+
 static Suite *listener_suite(void)
 {
 	Suite *s = suite_create("listener");
@@ -505,6 +554,7 @@ static Suite *listener_suite(void)
 	tcase_add_test(tc, test_release_wakes_tag);
 	tcase_add_test(tc, test_backlog_bounds_queue);
 	tcase_add_test(tc, test_claim_rearms);
+	tcase_add_test(tc, test_dead_waiter_passes_on);
 	suite_add_tcase(s, tc);
 	return s;
 }
