@@ -189,24 +189,52 @@ static void remove_waiter(weft_listener_t *l, size_t i)
 	l->nwait--;
 }
 
-/* Hand queued connections to waiters, idle workers first (a worker parked
- * in the poller or on its condition variable has nothing else to do),
- * otherwise in arrival order.  Each woken waiter gets its own connection,
- * so a busy worker that happens to run first cannot take them all.  A
- * waiter whose worker has been freed is dropped and the connection goes to
- * the next one, or stays queued.  Lock held. */
-static void dispatch(weft_listener_t *l)
+/* Whether w is among the first n of v. */
+static int among(const weft_worker_t *const *v, size_t n, const weft_worker_t *w)
 {
+	for (size_t i = 0; i < n; i++)
+		if (v[i] == w)
+			return 1;
+	return 0;
+}
+
+/* Hand queued connections to waiters, each its own, so a busy worker that
+ * happens to run first cannot take them all.  Who goes first:
+ * 1. the harvester's own waiter, when the harvester came out of an idle
+ *    wait (it is about to run, and no wake-up crosses threads);
+ * 2. a waiter of a worker parked with nothing to do (weft__worker_idle);
+ * 3. arrival order.
+ * Rules 1 and 2 give a worker at most one connection per call, so a burst
+ * spreads over the idle workers instead of filling the first one's queue.
+ * The harvester's own parked state cannot tell rule 2 (it left it to
+ * harvest), nor can a worker's just woken (it counts as notified), hence
+ * rule 1 and the flag.  harvester may be NULL.  A waiter whose worker has
+ * been freed is dropped and the connection goes to the next one, or stays
+ * queued.  Lock held. */
+static void dispatch(weft_listener_t *l, const weft_worker_t *harvester, int harvester_idle)
+{
+	/* Workers served by preference in this call. */
+	const weft_worker_t *served[ACCEPT_BATCH];
+	size_t nserved = 0;
+
 	while (l->qlen > 0 && l->nwait > 0) {
 		if (grow(&l->handed, &l->caphanded, l->nhanded) < 0)
 			return; /* the waiters stay registered; retried on the next event */
-		size_t pick = 0;
-		for (size_t i = 0; i < l->nwait; i++) {
-			if (weft__worker_idle(l->waiters[i].w)) {
-				pick = i;
-				break;
-			}
+		size_t pick = l->nwait;
+		if (harvester_idle && harvester && !among(served, nserved, harvester)) {
+			for (size_t i = 0; i < l->nwait && pick == l->nwait; i++)
+				if (l->waiters[i].w == harvester)
+					pick = i;
 		}
+		for (size_t i = 0; pick == l->nwait && i < l->nwait && nserved < ACCEPT_BATCH;
+		     i++) {
+			const weft_worker_t *o = l->waiters[i].w;
+			if (!among(served, nserved, o) && weft__worker_idle(o))
+				pick = i;
+		}
+		int preferred = pick < l->nwait;
+		if (!preferred)
+			pick = 0;
 		waiter_t wt = l->waiters[pick];
 		/* Post first, under the lock: the woken worker claims through
 		 * the same lock, so it finds the connection recorded below. */
@@ -216,6 +244,8 @@ static void dispatch(weft_listener_t *l)
 		remove_waiter(l, pick);
 		if (rc < 0)
 			continue; /* its worker is gone: the connection goes to the next one */
+		if (preferred && nserved < ACCEPT_BATCH)
+			served[nserved++] = wt.w;
 		wt.fd = l->queue[l->qhead];
 		l->qhead = (l->qhead + 1) % QUEUE_MAX;
 		l->qlen--;
@@ -236,7 +266,7 @@ static void unhand(weft_listener_t *l, size_t i)
 }
 
 /* Called with the registry lock held (see weft__listener_event). */
-static void on_event(weft_listener_t *l)
+static void on_event(weft_listener_t *l, const weft_worker_t *harvester, int harvester_idle)
 {
 	pthread_mutex_lock(&l->lock);
 	l->armed = 0;
@@ -258,18 +288,18 @@ static void on_event(weft_listener_t *l)
 		l->qlen++;
 		l->accepted++;
 	}
-	dispatch(l);
+	dispatch(l, harvester, harvester_idle);
 	rearm(l);
 	pthread_mutex_unlock(&l->lock);
 }
 
-void weft__listener_event(weft_runtime_t *rt, weft_fd_t *r)
+void weft__listener_event(weft_worker_t *harvester, weft_fd_t *r, int harvester_idle)
 {
-	pthread_mutex_t *reg = weft__runtime_listener_lock(rt);
+	pthread_mutex_t *reg = weft__runtime_listener_lock(harvester->rt);
 	pthread_mutex_lock(reg);
 	weft_listener_t *l = atomic_load(&r->udata); /* under the lock: it may be gone */
 	if (l)
-		on_event(l);
+		on_event(l, harvester, harvester_idle);
 	pthread_mutex_unlock(reg);
 }
 
@@ -336,7 +366,7 @@ void weft_listener_cancel(weft_listener_t *l, weft_worker_t *w, uint32_t slot, u
 				break;
 			}
 		}
-		dispatch(l);
+		dispatch(l, NULL, 0);
 	}
 	pthread_mutex_unlock(&l->lock);
 }
@@ -362,7 +392,7 @@ void weft_listener_release(weft_listener_t *l, weft_worker_t *w, const void *tag
 		else
 			i++;
 	}
-	dispatch(l);
+	dispatch(l, NULL, 0);
 	int last = --l->refs == 0;
 	if (last) {
 		l->closed = 1;

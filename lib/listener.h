@@ -57,9 +57,11 @@ void weft_listener_cancel(weft_listener_t *l, weft_worker_t *w, uint32_t slot, u
  * connections. */
 void weft_listener_release(weft_listener_t *l, weft_worker_t *w, const void *tag);
 
-/* Called by the worker for a poller event on a record whose udata is
- * set (a listener's). */
-void weft__listener_event(weft_runtime_t *rt, weft_fd_t *r);
+/* Called by the worker `harvester` for a poller event on a record whose
+ * udata is set (a listener's).  harvester_idle: the harvester came out of
+ * a blocking wait with nothing to run, so its own acceptor is served
+ * first.  Harvester's thread; not with the listener registry lock held. */
+void weft__listener_event(weft_worker_t *harvester, weft_fd_t *r, int harvester_idle);
 
 /* Counters, for tests and stats: connections accepted into the queue. */
 uint64_t weft_listener_accepted(const weft_listener_t *l);

@@ -793,7 +793,7 @@ static void on_timer(weft_worker_t *w, weft_co_t *co)
 	}
 }
 
-static void on_event(weft_worker_t *w, const weft_poll_event_t *ev)
+static void on_event(weft_worker_t *w, const weft_poll_event_t *ev, int idle)
 {
 	weft_fd_t *r = weft_fdtab_lookup(w->rt->fds, ev->token);
 	if (!r) {
@@ -801,7 +801,7 @@ static void on_event(weft_worker_t *w, const weft_poll_event_t *ev)
 		return;
 	}
 	if (atomic_load_explicit(&r->udata, memory_order_acquire)) {
-		weft__listener_event(w->rt, r);
+		weft__listener_event(w, r, idle);
 		return;
 	}
 	uint32_t gen = (uint32_t)(ev->token >> 32);
@@ -894,7 +894,7 @@ int weft_worker_poll(weft_worker_t *w, uint64_t timeout_ns)
 	weft_poll_event_t ev[HARVEST_MAX];
 	if (take_token(w)) {
 		WEFT_STAT_ADD(w, polls, 1);
-		int parked = timeout_ms != 0;
+		int parked = timeout_ms != 0, idle = parked; /* nothing to run */
 		if (parked && park_begin(w, PARK_POLLER)) {
 			parked = 0;
 			timeout_ms = 0;
@@ -907,7 +907,7 @@ int weft_worker_poll(weft_worker_t *w, uint64_t timeout_ns)
 			return n;
 		WEFT_STAT_ADD(w, events, (uint64_t)n);
 		for (int i = 0; i < n; i++)
-			on_event(w, &ev[i]);
+			on_event(w, &ev[i], idle);
 	} else if (timeout_ms != 0) {
 		/* Another worker polls for us.  A message often follows within
 		 * microseconds (a channel reply, a wake-up): spin briefly before

@@ -12,10 +12,12 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include "checkutil.h"
@@ -539,6 +541,140 @@ START_TEST(test_dead_waiter_passes_on)
 }
 END_TEST
 
+/* A worker serving accepts on its own thread, as a weft worker does: it
+ * keeps one acceptor registered, polls, and answers every connection it
+ * is handed with one byte before closing it. */
+typedef struct server {
+	weft_worker_t *w;
+	weft_listener_t *l;
+	_Atomic int ready; /* its first acceptor is registered */
+	_Atomic int stop;
+	_Atomic int served; /* connections answered */
+	_Atomic int failed; /* a step that cannot fail did */
+} server_t;
+
+static void serve(server_t *sv, int fd)
+{
+	if (fd < 0 || send(fd, "x", 1, MSG_NOSIGNAL) != 1)
+		atomic_store(&sv->failed, 1);
+	else
+		atomic_fetch_add(&sv->served, 1);
+	if (fd >= 0)
+		close(fd);
+}
+
+static void *server_loop(void *arg)
+{
+	server_t *sv = arg;
+	int tag;
+	int64_t s = weft_worker_co_new(sv->w);
+	if (s < 0) {
+		atomic_store(&sv->failed, 1);
+		atomic_store(&sv->ready, 1);
+		return NULL;
+	}
+	uint32_t slot = (uint32_t)s, seq = 0;
+	int registered = 0;
+	uint64_t end = weft_clock_ns() + 20000 * MS;
+
+	while (!atomic_load(&sv->stop) && weft_clock_ns() < end) {
+		if (!registered) {
+			seq = weft_worker_wait_ext_until(sv->w, slot, UINT64_MAX);
+			int fd = weft_listener_take(sv->l, sv->w, slot, seq, &tag);
+			if (fd != -EAGAIN) {
+				weft_worker_wait_abort(sv->w, slot);
+				serve(sv, fd); /* one was queued: serve it, register again */
+				continue;
+			}
+			registered = 1;
+			atomic_store(&sv->ready, 1);
+		}
+		if (weft_worker_poll(sv->w, 10 * MS) < 0)
+			atomic_store(&sv->failed, 1);
+		weft_wake_t wk;
+		while (weft_worker_next(sv->w, &wk)) {
+			if (wk.slot != slot || wk.seq != seq || wk.code != 0) {
+				atomic_store(&sv->failed, 1);
+				continue;
+			}
+			serve(sv, weft_listener_claim(sv->l, sv->w, slot, seq));
+			registered = 0;
+		}
+	}
+	if (registered)
+		weft_listener_cancel(sv->l, sv->w, slot, seq);
+	weft_worker_co_free(sv->w, slot);
+	return NULL;
+}
+
+/* Idle workers first, for real: a worker that does not poll at all (its
+ * thread is busy elsewhere) has an acceptor registered first in line, and
+ * another worker idles in its poller with an acceptor of its own.  Fifty
+ * clients connect one after another, each waiting for the idle worker's
+ * answer before the next connects: all fifty go to the idle worker and
+ * none to the busy one.  (Before, the harvester had left its parked state
+ * by the time it dispatched, so nobody looked idle and arrival order gave
+ * the first connection to the busy worker: that client waited forever.) */
+START_TEST(test_idle_worker_first)
+{
+	weft_runtime_t *rt;
+	weft_worker_t *busy;
+	server_t sv = {0};
+	int port = free_port(), tag;
+	enum { NCONN = 50 };
+
+	ck_assert_int_eq(weft_runtime_new(-1, &rt), 0);
+	ck_assert_int_eq(weft_worker_new(rt, &busy), 0);
+	ck_assert_int_eq(weft_worker_new(rt, &sv.w), 0);
+	weft_listener_t *l = listen_on(busy, port);
+	ck_assert_ptr_eq(listen_on(sv.w, port), l);
+	sv.l = l;
+	uint32_t bs, bq = wait_accept(busy, &bs);
+	ck_assert_int_eq(weft_listener_take(l, busy, bs, bq, &tag), -EAGAIN);
+
+	pthread_t th;
+	ck_assert_int_eq(pthread_create(&th, NULL, server_loop, &sv), 0);
+	uint64_t end = weft_clock_ns() + 2000 * MS;
+	while (!atomic_load(&sv.ready) && weft_clock_ns() < end)
+		usleep(1000);
+	int i, got = 0;
+	for (i = 0; i < NCONN && atomic_load(&sv.ready); i++) {
+		int c = connect_to(port);
+		if (c < 0)
+			break;
+		struct timeval tv = {2, 0};
+		setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+		char b;
+		got = (int)recv(c, &b, 1, 0);
+		close(c);
+		if (got != 1)
+			break;
+	}
+	atomic_store(&sv.stop, 1);
+	pthread_join(th, NULL);
+	ck_assert_msg(i == NCONN, "client %d of %d got no answer from the idle worker", i + 1,
+		      NCONN);
+	ck_assert_int_eq(atomic_load(&sv.failed), 0);
+	ck_assert_int_eq(atomic_load(&sv.served), NCONN);
+	ck_assert_uint_eq(weft_listener_accepted(l), NCONN);
+
+	/* The busy worker was handed nothing and still waits. */
+	weft_wake_t wk;
+	ck_assert_int_ge(weft_worker_poll(busy, 0), 0);
+	ck_assert_int_eq(weft_worker_next(busy, &wk), 0);
+	ck_assert_int_eq(weft_listener_claim(l, busy, bs, bq), -EAGAIN);
+	ck_assert_int_eq(weft_worker_co(busy, bs)->state, WEFT_CO_WAIT_EXT);
+	weft_listener_cancel(l, busy, bs, bq);
+	weft_worker_co_free(busy, bs);
+	weft_listener_release(l, sv.w, &tag);
+	weft_listener_release(l, busy, &tag);
+	ck_assert_uint_eq(weft_fdtab_open_count(weft_runtime_fdtab(rt)), 0);
+	weft_worker_free(sv.w);
+	weft_worker_free(busy);
+	weft_runtime_free(rt);
+}
+END_TEST
+
 static Suite *listener_suite(void)
 {
 	Suite *s = suite_create("listener");
@@ -555,6 +691,7 @@ static Suite *listener_suite(void)
 	tcase_add_test(tc, test_backlog_bounds_queue);
 	tcase_add_test(tc, test_claim_rearms);
 	tcase_add_test(tc, test_dead_waiter_passes_on);
+	tcase_add_test(tc, test_idle_worker_first);
 	suite_add_tcase(s, tc);
 	return s;
 }
