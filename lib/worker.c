@@ -57,6 +57,7 @@ struct weft_runtime {
 	pthread_mutex_t llock; /* the shared listeners and named channels */
 	void *listeners;
 	void *channels;
+	_Atomic uint64_t lretry; /* listener.c: earliest accept retry, 0 = none */
 	_Atomic int exiting; /* weft.exit() or a signal: every loop stops */
 	_Atomic long jobs;   /* jobs queued in all workers (stealing hint) */
 	weft_worker_t *graveyard; /* freed workers, kept until the runtime goes */
@@ -70,6 +71,11 @@ pthread_mutex_t *weft__runtime_listener_lock(weft_runtime_t *rt)
 void **weft__runtime_listeners(weft_runtime_t *rt)
 {
 	return &rt->listeners;
+}
+
+_Atomic uint64_t *weft__runtime_listener_retry(weft_runtime_t *rt)
+{
+	return &rt->lretry;
 }
 
 void **weft__runtime_channels(weft_runtime_t *rt)
@@ -528,6 +534,7 @@ void weft_worker_close_fd(weft_worker_t *w, weft_fd_t *r)
 	weft_sock_close(fd);
 	weft_fdtab_release(w->rt->fds, r);
 	w->nfds--;
+	weft__listener_fd_closed(w->rt); /* a listener out of descriptors may go on */
 }
 
 static uint64_t to_tick(uint64_t ns)
@@ -872,6 +879,7 @@ int weft_worker_poll(weft_worker_t *w, uint64_t timeout_ns)
 	size_t before = weft_runq_len(&w->runq);
 	uint64_t queued0 = WEFT_STAT(w, wakes);
 	uint64_t now = weft_clock_ns();
+	uint64_t retry = weft__listener_retry(w->rt, now); /* re-arms backed-off listeners */
 	int timeout_ms = 0;
 	/* Jobs waiting anywhere: don't sleep, the binding takes or steals
 	 * them after this poll. */
@@ -883,6 +891,8 @@ int weft_worker_poll(weft_worker_t *w, uint64_t timeout_ns)
 		uint64_t next = weft_wheel_next(&w->wheel);
 		if (next != WEFT_TICK_NEVER && next * NS_PER_TICK < deadline)
 			deadline = next * NS_PER_TICK;
+		if (retry < deadline)
+			deadline = retry;
 		if (deadline == UINT64_MAX) {
 			timeout_ms = -1;
 		} else if (deadline > now) {

@@ -11,11 +11,13 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -675,6 +677,213 @@ START_TEST(test_idle_worker_first)
 }
 END_TEST
 
+/* Descriptor exhaustion, made on purpose: the soft RLIMIT_NOFILE is
+ * lowered (Check forks each test, and the limit is put back anyway) and
+ * every descriptor left under it is taken by /dev/null.  Returns how many
+ * were taken into fill[]. */
+#define NOFILE_LIMIT 256
+static int exhaust(int *fill)
+{
+	struct rlimit rl;
+	int n = 0;
+
+	ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+	if (rl.rlim_cur > NOFILE_LIMIT) {
+		rl.rlim_cur = NOFILE_LIMIT;
+		ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
+	}
+	for (;;) {
+		int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+		if (fd < 0) {
+			ck_assert_int_eq(errno, EMFILE);
+			return n;
+		}
+		ck_assert_int_lt(n, NOFILE_LIMIT);
+		fill[n++] = fd;
+	}
+}
+
+static void unexhaust(int *fill, int n)
+{
+	for (int i = 0; i < n; i++)
+		close(fill[i]);
+}
+
+static int connect_fd(int fd, int port)
+{
+	struct sockaddr_in sa = loopback(port);
+	return connect(fd, (struct sockaddr *)&sa, sizeof sa);
+}
+
+/* Accept failing for want of descriptors must not spin, must tell one
+ * acceptor once, and must resume by itself.  Before, the listener was
+ * re-armed while the backlog still held the connection, so poller, accept
+ * and re-arm repeated without end (thousands of accept calls in half a
+ * second) and no acceptor ever heard of it.
+ *
+ * Half a second of exhaustion allows the first accept and the retries of
+ * the back-off schedule due by then (10, 30, 70, 150, 310 ms after it):
+ * at most 6 accept calls, however fast the machine. */
+START_TEST(test_exhausted_backs_off)
+{
+	env_t e = setup();
+	weft_listener_t *l = listen_backlog(e.w, 0, 64);
+	int port = port_of(weft_listener_fd(l)), tag, fill[NOFILE_LIMIT], nfill;
+	enum { NCLIENT = 8 };
+	int c[NCLIENT + 1], err;
+	struct rlimit saved;
+	weft_wake_t wk;
+
+	ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, &saved), 0);
+	for (int i = 0; i <= NCLIENT; i++) {
+		c[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		ck_assert_int_ge(c[i], 0);
+	}
+	/* A socket of the runtime's own, closed through it later. */
+	int sfd = weft_sock_open(AF_INET, SOCK_STREAM, 0);
+	ck_assert_int_ge(sfd, 0);
+	weft_fd_t *own = weft_worker_open_fd(e.w, sfd, &err);
+	ck_assert_ptr_nonnull(own);
+	uint32_t s1, q1 = wait_accept(e.w, &s1);
+	uint32_t s2, q2 = wait_accept(e.w, &s2);
+	ck_assert_int_eq(weft_listener_take(l, e.w, s1, q1, &tag), -EAGAIN);
+	ck_assert_int_eq(weft_listener_take(l, e.w, s2, q2, &tag), -EAGAIN);
+
+	/* Episode 1: out of descriptors while clients connect. */
+	nfill = exhaust(fill);
+	for (int i = 0; i < NCLIENT; i++)
+		ck_assert_int_eq(connect_fd(c[i], port), 0);
+	int told = 0;
+	uint64_t end = weft_clock_ns() + 500 * MS;
+	while (weft_clock_ns() < end) {
+		ck_assert_int_ge(weft_worker_poll(e.w, 10 * MS), 0);
+		while (weft_worker_next(e.w, &wk)) {
+			/* Only the first in line hears of it, with EMFILE. */
+			ck_assert_uint_eq(wk.slot, s1);
+			ck_assert_uint_eq(wk.seq, q1);
+			ck_assert_int_eq(wk.code, -EMFILE);
+			told++;
+		}
+	}
+	ck_assert_int_eq(told, 1);
+	ck_assert_str_eq(weft_strerror(-EMFILE), "too_many_open_files");
+	ck_assert_uint_eq(weft_listener_accepted(l), 0);
+	uint64_t attempts = weft_listener_attempts(l);
+	ck_assert_uint_ge(attempts, 1);
+	ck_assert_uint_le(attempts, 6);
+	/* Backed off, with a retry pending; a later acceptor in the same
+	 * episode is not told again. */
+	ck_assert_uint_ne(weft__listener_retry(e.rt, 0), UINT64_MAX);
+	ck_assert_int_eq(weft_listener_take(l, e.w, 0, 0, NULL), -EAGAIN);
+
+	/* Descriptors come free behind the runtime's back (a plain close):
+	 * the back-off alone brings accepting back, and every queued
+	 * connection comes through, each once. */
+	unexhaust(fill, nfill);
+	end = weft_clock_ns() + 3000 * MS;
+	while (!weft_worker_next(e.w, &wk)) {
+		ck_assert_msg(weft_clock_ns() < end, "accepting never resumed");
+		ck_assert_int_ge(weft_worker_poll(e.w, 10 * MS), 0);
+	}
+	ck_assert_uint_eq(wk.slot, s2);
+	ck_assert_uint_eq(wk.seq, q2);
+	ck_assert_int_eq(wk.code, 0);
+	int got[NCLIENT];
+	got[0] = weft_listener_claim(l, e.w, s2, q2);
+	ck_assert_int_ge(got[0], 0);
+	harvest(e.w, l, NCLIENT);
+	for (int i = 1; i < NCLIENT; i++) {
+		got[i] = weft_listener_take(l, e.w, 0, 0, NULL);
+		ck_assert_int_ge(got[i], 0);
+	}
+	ck_assert_int_eq(weft_listener_take(l, e.w, 0, 0, NULL), -EAGAIN);
+	for (int i = 0; i < NCLIENT; i++) {
+		int found = 0;
+		for (int k = 0; k < NCLIENT; k++)
+			found += peer_port(got[k]) == port_of(c[i]);
+		ck_assert_int_eq(found, 1);
+	}
+	ck_assert_uint_eq(weft__listener_retry(e.rt, weft_clock_ns()), UINT64_MAX);
+	for (int i = 0; i < NCLIENT; i++)
+		close(got[i]);
+
+	/* Episode 2 begins after a successful accept: one acceptor is told
+	 * again.  The runtime closing a descriptor re-arms at once, without
+	 * waiting for the back-off. */
+	q1 = weft_worker_wait_ext_until(e.w, s1, UINT64_MAX);
+	q2 = weft_worker_wait_ext_until(e.w, s2, UINT64_MAX);
+	ck_assert_int_eq(weft_listener_take(l, e.w, s1, q1, &tag), -EAGAIN);
+	ck_assert_int_eq(weft_listener_take(l, e.w, s2, q2, &tag), -EAGAIN);
+	nfill = exhaust(fill);
+	ck_assert_int_eq(connect_fd(c[NCLIENT], port), 0);
+	wk = next_wake(e.w);
+	ck_assert_uint_eq(wk.slot, s1);
+	ck_assert_uint_eq(wk.seq, q1);
+	ck_assert_int_eq(wk.code, -EMFILE);
+	ck_assert_uint_ne(weft__listener_retry(e.rt, 0), UINT64_MAX);
+	weft_worker_close_fd(e.w, own);
+	ck_assert_uint_eq(weft__listener_retry(e.rt, 0), UINT64_MAX);
+	wk = next_wake(e.w);
+	ck_assert_uint_eq(wk.slot, s2);
+	ck_assert_uint_eq(wk.seq, q2);
+	ck_assert_int_eq(wk.code, 0);
+	int last = weft_listener_claim(l, e.w, s2, q2);
+	ck_assert_int_ge(last, 0);
+	ck_assert_int_eq(peer_port(last), port_of(c[NCLIENT]));
+	unexhaust(fill, nfill);
+	ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &saved), 0);
+	ck_assert_uint_eq(weft_listener_accepted(l), NCLIENT + 1);
+
+	close(last);
+	for (int i = 0; i <= NCLIENT; i++)
+		close(c[i]);
+	weft_worker_co_free(e.w, s1);
+	weft_worker_co_free(e.w, s2);
+	weft_listener_release(l, e.w, &tag);
+	teardown(e);
+}
+END_TEST
+
+/* A failed re-arm must not leave the listener disarmed for good: it backs
+ * off and retries as an exhausted accept does.  The registration is
+ * deleted behind the listener's back, so that re-arming it fails
+ * (ENOENT), then restored disarmed; the retry then succeeds.  (Before, the
+ * failure was ignored and the listener never fired again.) */
+START_TEST(test_rearm_failure_retries)
+{
+	env_t e = setup();
+	weft_listener_t *l = listen_backlog(e.w, 0, 1);
+	int lfd = weft_listener_fd(l), port = port_of(lfd), tag, c[2];
+	weft_poller_t *p = weft_runtime_poller(e.rt);
+	uint32_t slot, seq = wait_accept(e.w, &slot);
+
+	ck_assert_int_eq(weft_listener_take(l, e.w, slot, seq, &tag), -EAGAIN);
+	c[0] = connect_to(port);
+	ck_assert_int_ge(c[0], 0);
+	ck_assert_int_eq(next_wake(e.w).code, 0);
+	/* Full: disarmed.  Now the registration goes away. */
+	ck_assert_int_eq(weft_poller_delete(p, lfd), 0);
+	c[1] = connect_to(port);
+	ck_assert_int_ge(c[1], 0);
+	int a = weft_listener_claim(l, e.w, slot, seq);
+	ck_assert_int_ge(a, 0);
+	ck_assert_uint_ne(weft__listener_retry(e.rt, 0), UINT64_MAX);
+	ck_assert_int_eq(weft_poller_add(p, lfd, WEFT_POLL_ONESHOT, 1), 0);
+	harvest(e.w, l, 2);
+	int b = weft_listener_take(l, e.w, 0, 0, NULL);
+	ck_assert_int_ge(b, 0);
+	ck_assert_int_eq(peer_port(b), port_of(c[1]));
+	ck_assert_uint_eq(weft__listener_retry(e.rt, weft_clock_ns()), UINT64_MAX);
+	close(a);
+	close(b);
+	close(c[0]);
+	close(c[1]);
+	weft_worker_co_free(e.w, slot);
+	weft_listener_release(l, e.w, &tag);
+	teardown(e);
+}
+END_TEST
+
 static Suite *listener_suite(void)
 {
 	Suite *s = suite_create("listener");
@@ -692,6 +901,8 @@ static Suite *listener_suite(void)
 	tcase_add_test(tc, test_claim_rearms);
 	tcase_add_test(tc, test_dead_waiter_passes_on);
 	tcase_add_test(tc, test_idle_worker_first);
+	tcase_add_test(tc, test_exhausted_backs_off);
+	tcase_add_test(tc, test_rearm_failure_retries);
 	suite_add_tcase(s, tc);
 	return s;
 }
