@@ -22,6 +22,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include "alloc.h"
 #include "checkutil.h"
 #include "clock.h"
 #include "error.h"
@@ -543,6 +544,68 @@ START_TEST(test_dead_waiter_passes_on)
 }
 END_TEST
 
+/* A wake-up that cannot be posted for want of memory loses nothing: the
+ * connection stays queued and the waiter registered, and the next event
+ * serves it, first in line. */
+START_TEST(test_post_enomem_keeps_both)
+{
+	env_t e = setup();
+	weft_worker_t *b;
+	weft_listener_t *l = listen_on(e.w, 0);
+	int port = port_of(weft_listener_fd(l)), tag, c[3];
+	weft_wake_t wk;
+
+	ck_assert_int_eq(weft_worker_new(e.rt, &b), 0);
+	/* One round first, so that the listener's own arrays have grown and
+	 * the next allocation is B's inbox (never used yet). */
+	uint32_t slot, seq = wait_accept(e.w, &slot);
+	ck_assert_int_eq(weft_listener_take(l, e.w, slot, seq, &tag), -EAGAIN);
+	c[0] = connect_to(port);
+	ck_assert_int_ge(c[0], 0);
+	ck_assert_int_eq(next_wake(e.w).code, 0);
+	int a = weft_listener_claim(l, e.w, slot, seq);
+	ck_assert_int_ge(a, 0);
+
+	uint32_t bs, bq = wait_accept(b, &bs);
+	ck_assert_int_eq(weft_listener_take(l, b, bs, bq, &tag), -EAGAIN);
+	c[1] = connect_to(port);
+	ck_assert_int_ge(c[1], 0);
+	weft_alloc_fail_after(1);
+	harvest(e.w, l, 2);
+	weft_alloc_fail_after(0);
+	/* Not posted: B has no wake-up, the connection is still ours. */
+	ck_assert_int_eq(weft_worker_poll(b, 0), 0);
+	ck_assert_int_eq(weft_worker_next(b, &wk), 0);
+	ck_assert_int_eq(weft_listener_claim(l, b, bs, bq), -EAGAIN);
+
+	/* The next event serves B's waiter with the older connection. */
+	c[2] = connect_to(port);
+	ck_assert_int_ge(c[2], 0);
+	harvest(e.w, l, 3);
+	wk = next_wake(b);
+	ck_assert_uint_eq(wk.slot, bs);
+	ck_assert_uint_eq(wk.seq, bq);
+	ck_assert_int_eq(wk.code, 0);
+	int fb = weft_listener_claim(l, b, bs, bq);
+	ck_assert_int_ge(fb, 0);
+	ck_assert_int_eq(peer_port(fb), port_of(c[1]));
+	int fa = weft_listener_take(l, e.w, 0, 0, NULL);
+	ck_assert_int_ge(fa, 0);
+	ck_assert_int_eq(peer_port(fa), port_of(c[2]));
+	ck_assert_int_eq(weft_listener_take(l, e.w, 0, 0, NULL), -EAGAIN);
+	close(a);
+	close(fa);
+	close(fb);
+	for (int i = 0; i < 3; i++)
+		close(c[i]);
+	weft_worker_co_free(e.w, slot);
+	weft_worker_co_free(b, bs);
+	weft_listener_release(l, e.w, &tag);
+	weft_worker_free(b);
+	teardown(e);
+}
+END_TEST
+
 /* A worker serving accepts on its own thread, as a weft worker does: it
  * keeps one acceptor registered, polls, and answers every connection it
  * is handed with one byte before closing it. */
@@ -900,6 +963,7 @@ static Suite *listener_suite(void)
 	tcase_add_test(tc, test_backlog_bounds_queue);
 	tcase_add_test(tc, test_claim_rearms);
 	tcase_add_test(tc, test_dead_waiter_passes_on);
+	tcase_add_test(tc, test_post_enomem_keeps_both);
 	tcase_add_test(tc, test_idle_worker_first);
 	tcase_add_test(tc, test_exhausted_backs_off);
 	tcase_add_test(tc, test_rearm_failure_retries);
