@@ -46,6 +46,8 @@ static const char *errno_message(int e)
 		return "too_many_open_files";
 	case ENOMEM:
 		return "out_of_memory";
+	case ENOBUFS:
+		return "no_buffer_space";
 	case EAFNOSUPPORT:
 		return "address_family_not_supported";
 	}

@@ -21,9 +21,10 @@ enum {
  * "connection_refused", "connection_reset", "connection_aborted",
  * "broken_pipe", "network_unreachable", "host_unreachable",
  * "not_connected", "already_connected", "too_many_open_files",
- * "out_of_memory", "host_not_found", "try_again", "service_not_found",
- * "address_family_not_supported".  Anything else gives the system
- * message (strerror / gai_strerror).  The string is static. */
+ * "out_of_memory", "no_buffer_space", "host_not_found", "try_again",
+ * "service_not_found", "address_family_not_supported".  Anything else
+ * gives the system message (strerror / gai_strerror).  The string is
+ * static. */
 const char *weft_strerror(int err);
 
 #endif

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "alloc.h"
+#include "clock.h"
 #include "error.h"
 #include "sock.h"
 
@@ -21,6 +22,15 @@
  * catch up.  Counting handed connections in the bound is what leaves room
  * for a cancelled waiter to give its connection back to the queue. */
 #define QUEUE_MAX 1024
+/* Accepting out of descriptors (EMFILE, ENFILE) or kernel memory
+ * (ENOBUFS, ENOMEM) fails for as long as the backlog is not empty: the
+ * connection stays queued in the kernel and the listener stays readable,
+ * so re-arming at once would make the poller, accept and re-arm spin.
+ * The listener stays disarmed instead, for a back-off that doubles from
+ * BACKOFF_MIN to BACKOFF_MAX and starts over after an accept succeeds,
+ * or until the runtime closes a descriptor (weft__listener_fd_closed). */
+#define BACKOFF_MIN (10 * 1000000ull)
+#define BACKOFF_MAX (1000 * 1000000ull)
 
 typedef struct waiter {
 	weft_worker_t *w;
@@ -45,7 +55,13 @@ struct weft_listener {
 	size_t nwait, capwait;
 	waiter_t *handed; /* woken with a connection of their own, not yet claimed */
 	size_t nhanded, caphanded;
-	uint64_t accepted;
+	/* Accept failing (see BACKOFF_MIN).  An episode lasts from a failure
+	 * to the next accept that succeeds; one acceptor hears of it. */
+	uint64_t backoff;  /* the last back-off, ns; 0 when not failing */
+	uint64_t retry_at; /* backed off (disarmed) until then; 0 = not */
+	int episode;       /* the error that began the episode, 0 = none */
+	int told;          /* an acceptor was given that error */
+	_Atomic uint64_t accepted, attempts; /* stats: any thread reads them */
 	weft_listener_t *next; /* the runtime's list */
 };
 
@@ -76,14 +92,113 @@ static int full(const weft_listener_t *l)
 	return l->qlen + l->nhanded >= l->qmax;
 }
 
-/* Arm the one-shot registration again.  Called with the lock held. */
+static int grow(waiter_t **v, size_t *cap, size_t n)
+{
+	if (n < *cap)
+		return 0;
+	size_t c = *cap ? *cap * 2 : 8;
+	waiter_t *nv = weft_realloc(*v, c * sizeof *nv);
+	if (!nv)
+		return WEFT_ENOMEM;
+	*v = nv;
+	*cap = c;
+	return 0;
+}
+
+/* Post a wake-up to a waiter's worker: 0, WEFT_ECLOSED (the worker has
+ * been freed: the waiter is gone) or WEFT_ENOMEM (its inbox could not
+ * grow). */
+static int wake(const waiter_t *wt, int32_t code)
+{
+	weft_msg_t m = {WEFT_MSG_WAKE, wt->slot, wt->seq, code, NULL};
+	return weft_worker_post(wt->w, &m);
+}
+
+static void remove_waiter(weft_listener_t *l, size_t i)
+{
+	memmove(&l->waiters[i], &l->waiters[i + 1], (l->nwait - i - 1) * sizeof *l->waiters);
+	l->nwait--;
+}
+
+/* The runtime's earliest retry time of a backed-off listener, 0 = none
+ * backed off.  Written under the registry lock; read without it by the
+ * worker hooks, as a hint (they take the lock before acting on it). */
+static _Atomic uint64_t *retry_word(weft_runtime_t *rt)
+{
+	return weft__runtime_listener_retry(rt);
+}
+
+/* Give the episode's error to the first acceptor in line, once: the
+ * others keep waiting, and accepting resumes by itself.  A waiter whose
+ * worker is gone is dropped for the next.  Lock held. */
+static void tell(weft_listener_t *l)
+{
+	while (l->episode && !l->told && l->nwait > 0) {
+		int rc = wake(&l->waiters[0], l->episode);
+		if (rc == WEFT_ENOMEM)
+			return; /* the next event or take tries again */
+		remove_waiter(l, 0);
+		if (rc == 0)
+			l->told = 1;
+	}
+}
+
+/* Accepting failed with err, or re-arming did: stay disarmed for the next
+ * back-off.  Registry lock and l->lock held. */
+static void back_off(weft_listener_t *l, int err)
+{
+	uint64_t now = weft_clock_ns();
+	l->armed = 0;
+	if (l->backoff == 0)
+		l->backoff = BACKOFF_MIN;
+	else
+		l->backoff = l->backoff >= BACKOFF_MAX / 2 ? BACKOFF_MAX : 2 * l->backoff;
+	l->retry_at = now + l->backoff;
+	if (!l->episode)
+		l->episode = err;
+	_Atomic uint64_t *next = retry_word(l->rt);
+	uint64_t cur = atomic_load_explicit(next, memory_order_relaxed);
+	if (cur == 0 || l->retry_at < cur) {
+		atomic_store_explicit(next, l->retry_at, memory_order_relaxed);
+		/* A worker blocked in the poller chose its timeout without this
+		 * retry time: make it return and choose again. */
+		weft_poller_wake(weft_runtime_poller(l->rt));
+	}
+	tell(l);
+}
+
+/* Whether the one-shot registration should be armed again. */
+static int wants_arming(const weft_listener_t *l)
+{
+	return !l->armed && !l->closed && !l->retry_at && !full(l);
+}
+
+/* Arm the one-shot registration again, unless full, closed or backed
+ * off.  A failed re-arm (epoll_ctl out of memory, say) must not leave the
+ * listener disarmed for good: it backs off and retries as a failed accept
+ * does.  Registry lock and l->lock held (back_off needs both). */
 static void rearm(weft_listener_t *l)
 {
-	if (l->armed || l->closed || full(l))
+	if (!wants_arming(l))
 		return;
-	if (weft_poller_modify(weft_runtime_poller(l->rt), l->fd, WEFT_POLL_IN | WEFT_POLL_ONESHOT,
-			       weft_fd_token(l->rec)) == 0)
+	int rc = weft_poller_modify(weft_runtime_poller(l->rt), l->fd,
+				    WEFT_POLL_IN | WEFT_POLL_ONESHOT, weft_fd_token(l->rec));
+	if (rc == 0)
 		l->armed = 1;
+	else
+		back_off(l, rc);
+}
+
+/* rearm() for a caller holding neither lock (the order is registry lock,
+ * then l->lock).  l is alive: the caller holds a reference. */
+static void rearm_unlocked(weft_listener_t *l)
+{
+	pthread_mutex_t *reg = weft__runtime_listener_lock(l->rt);
+	pthread_mutex_lock(reg);
+	pthread_mutex_lock(&l->lock);
+	rearm(l);
+	pthread_mutex_unlock(&l->lock);
+	pthread_mutex_unlock(reg);
 }
 
 int weft_listener_listen(weft_worker_t *w, weft_fd_t *r, const struct sockaddr *sa,
@@ -152,11 +267,13 @@ int weft_listener_listen(weft_worker_t *w, weft_fd_t *r, const struct sockaddr *
 		goto fail;
 	}
 	atomic_store(&r->udata, l);
+	/* On the list before arming: a failed arm backs off, and retries
+	 * find the listener there. */
+	l->next = *head;
+	*head = l;
 	pthread_mutex_lock(&l->lock);
 	rearm(l);
 	pthread_mutex_unlock(&l->lock);
-	l->next = *head;
-	*head = l;
 	pthread_mutex_unlock(reg);
 	*out = l;
 	return 0;
@@ -174,58 +291,103 @@ int weft_listener_fd(const weft_listener_t *l)
 
 uint64_t weft_listener_accepted(const weft_listener_t *l)
 {
-	return l->accepted;
+	return atomic_load_explicit(&((weft_listener_t *)l)->accepted, memory_order_relaxed);
 }
 
-static int grow(waiter_t **v, size_t *cap, size_t n)
+uint64_t weft_listener_attempts(const weft_listener_t *l)
 {
-	if (n < *cap)
-		return 0;
-	size_t c = *cap ? *cap * 2 : 8;
-	waiter_t *nv = weft_realloc(*v, c * sizeof *nv);
-	if (!nv)
-		return WEFT_ENOMEM;
-	*v = nv;
-	*cap = c;
+	return atomic_load_explicit(&((weft_listener_t *)l)->attempts, memory_order_relaxed);
+}
+
+/* A counter written under l->lock and read anywhere: a relaxed load and
+ * store, not a read-modify-write. */
+static void count(_Atomic uint64_t *c)
+{
+	atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + 1,
+			      memory_order_relaxed);
+}
+
+/* Errors of accept that belong to the one connection it took: it died
+ * before we got it (Linux passes pending network errors on through
+ * accept, see accept(2)); the next one may be fine. */
+static int connection_died(int err)
+{
+	switch (-err) {
+	case ECONNABORTED:
+	case EPROTO:
+	case EPERM: /* a firewall rule */
+	case ENETDOWN:
+	case ENOPROTOOPT:
+	case EHOSTDOWN:
+	case ENONET:
+	case EHOSTUNREACH:
+	case ENETUNREACH:
+		return 1;
+	}
 	return 0;
 }
 
-static void wake(const waiter_t *wt, int32_t code)
+/* Whether w is among the first n of v. */
+static int among(const weft_worker_t *const *v, size_t n, const weft_worker_t *w)
 {
-	weft_msg_t m = {WEFT_MSG_WAKE, wt->slot, wt->seq, code, NULL};
-	weft_worker_post(wt->w, &m);
+	for (size_t i = 0; i < n; i++)
+		if (v[i] == w)
+			return 1;
+	return 0;
 }
 
-static void remove_waiter(weft_listener_t *l, size_t i)
+/* Hand queued connections to waiters, each its own, so a busy worker that
+ * happens to run first cannot take them all.  Who goes first:
+ * 1. the harvester's own waiter, when the harvester came out of an idle
+ *    wait (it is about to run, and no wake-up crosses threads);
+ * 2. a waiter of a worker parked with nothing to do (weft__worker_idle);
+ * 3. arrival order.
+ * Rules 1 and 2 give a worker at most one connection per call, so a burst
+ * spreads over the idle workers instead of filling the first one's queue.
+ * The harvester's own parked state cannot tell rule 2 (it left it to
+ * harvest), nor can a worker's just woken (it counts as notified), hence
+ * rule 1 and the flag.  harvester may be NULL.  A waiter whose worker has
+ * been freed is dropped and the connection goes to the next one, or stays
+ * queued.  Lock held. */
+static void dispatch(weft_listener_t *l, const weft_worker_t *harvester, int harvester_idle)
 {
-	memmove(&l->waiters[i], &l->waiters[i + 1], (l->nwait - i - 1) * sizeof *l->waiters);
-	l->nwait--;
-}
+	/* Workers served by preference in this call. */
+	const weft_worker_t *served[ACCEPT_BATCH];
+	size_t nserved = 0;
 
-/* Hand queued connections to waiters, idle workers first (a worker parked
- * in the poller or on its condition variable has nothing else to do),
- * otherwise in arrival order.  Each woken waiter gets its own connection,
- * so a busy worker that happens to run first cannot take them all.  Lock
- * held. */
-static void dispatch(weft_listener_t *l)
-{
 	while (l->qlen > 0 && l->nwait > 0) {
 		if (grow(&l->handed, &l->caphanded, l->nhanded) < 0)
 			return; /* the waiters stay registered; retried on the next event */
-		size_t pick = 0;
-		for (size_t i = 0; i < l->nwait; i++) {
-			if (weft__worker_idle(l->waiters[i].w)) {
-				pick = i;
-				break;
-			}
+		size_t pick = l->nwait;
+		if (harvester_idle && harvester && !among(served, nserved, harvester)) {
+			for (size_t i = 0; i < l->nwait && pick == l->nwait; i++)
+				if (l->waiters[i].w == harvester)
+					pick = i;
 		}
+		for (size_t i = 0; pick == l->nwait && i < l->nwait && nserved < ACCEPT_BATCH;
+		     i++) {
+			const weft_worker_t *o = l->waiters[i].w;
+			if (!among(served, nserved, o) && weft__worker_idle(o))
+				pick = i;
+		}
+		int preferred = pick < l->nwait;
+		if (!preferred)
+			pick = 0;
 		waiter_t wt = l->waiters[pick];
+		/* Post first, under the lock: the woken worker claims through
+		 * the same lock, so it finds the connection recorded below. */
+		int rc = wake(&wt, 0);
+		if (rc == WEFT_ENOMEM)
+			return; /* both stay: the waiter is served on the next event */
 		remove_waiter(l, pick);
+		if (rc < 0)
+			continue; /* its worker is gone: the connection goes to the next one */
+		if (preferred && nserved < ACCEPT_BATCH)
+			served[nserved++] = wt.w;
 		wt.fd = l->queue[l->qhead];
 		l->qhead = (l->qhead + 1) % QUEUE_MAX;
 		l->qlen--;
 		l->handed[l->nhanded++] = wt;
-		wake(&wt, 0);
 	}
 }
 
@@ -242,7 +404,7 @@ static void unhand(weft_listener_t *l, size_t i)
 }
 
 /* Called with the registry lock held (see weft__listener_event). */
-static void on_event(weft_listener_t *l)
+static void on_event(weft_listener_t *l, const weft_worker_t *harvester, int harvester_idle)
 {
 	pthread_mutex_lock(&l->lock);
 	l->armed = 0;
@@ -254,48 +416,98 @@ static void on_event(weft_listener_t *l)
 	size_t want = l->nwait > 0 ? l->nwait : ACCEPT_BATCH;
 	if (want > ACCEPT_BATCH)
 		want = ACCEPT_BATCH;
+	int err = 0;
 	for (size_t i = 0; i < want && !l->closed && !full(l); i++) {
 		int fd = weft_sock_accept(l->fd, NULL, NULL);
-		if (fd == -ECONNABORTED || fd == -EPROTO || fd == -EPERM)
-			continue; /* that connection died; try the next */
-		if (fd < 0)
-			break; /* EAGAIN, or out of descriptors: retry on the next edge */
-		l->queue[(l->qhead + l->qlen) % QUEUE_MAX] = fd;
-		l->qlen++;
-		l->accepted++;
+		count(&l->attempts);
+		if (fd >= 0) {
+			l->queue[(l->qhead + l->qlen) % QUEUE_MAX] = fd;
+			l->qlen++;
+			count(&l->accepted);
+			/* The episode, if any, is over. */
+			l->backoff = 0;
+			l->episode = 0;
+			l->told = 0;
+			continue;
+		}
+		if (fd == -EAGAIN || fd == -EWOULDBLOCK)
+			break; /* the backlog is empty */
+		if (connection_died(fd))
+			continue;
+		/* EMFILE, ENFILE, ENOBUFS, ENOMEM, or anything else that would
+		 * fail again at once: the backlog still holds the connection. */
+		err = fd;
+		break;
 	}
-	dispatch(l);
-	rearm(l);
+	dispatch(l, harvester, harvester_idle);
+	if (err)
+		back_off(l, err);
+	else
+		rearm(l);
 	pthread_mutex_unlock(&l->lock);
-}
-
-uint64_t weft__listener_retry(weft_runtime_t *rt, uint64_t now_ns)
-{
-	(void)rt;
-	(void)now_ns;
-	return UINT64_MAX;
-}
-
-void weft__listener_fd_closed(weft_runtime_t *rt)
-{
-	(void)rt;
 }
 
 void weft__listener_event(weft_worker_t *harvester, weft_fd_t *r, int harvester_idle)
 {
-	weft_runtime_t *rt = harvester->rt;
-	(void)harvester_idle;
-	pthread_mutex_t *reg = weft__runtime_listener_lock(rt);
+	pthread_mutex_t *reg = weft__runtime_listener_lock(harvester->rt);
 	pthread_mutex_lock(reg);
 	weft_listener_t *l = atomic_load(&r->udata); /* under the lock: it may be gone */
 	if (l)
-		on_event(l);
+		on_event(l, harvester, harvester_idle);
+	pthread_mutex_unlock(reg);
+}
+
+/* Re-arm the backed-off listeners of rt due by `until`, and recompute the
+ * runtime's retry word.  Registry lock held.  The earliest retry time
+ * still pending, UINT64_MAX if none. */
+static uint64_t retry_due(weft_runtime_t *rt, uint64_t until)
+{
+	uint64_t next = UINT64_MAX;
+	for (weft_listener_t *l = *(weft_listener_t **)weft__runtime_listeners(rt); l;
+	     l = l->next) {
+		pthread_mutex_lock(&l->lock);
+		if (l->retry_at && l->retry_at <= until) {
+			l->retry_at = 0;
+			rearm(l); /* may back off again */
+		}
+		if (l->retry_at && l->retry_at < next)
+			next = l->retry_at;
+		pthread_mutex_unlock(&l->lock);
+	}
+	atomic_store_explicit(retry_word(rt), next == UINT64_MAX ? 0 : next, memory_order_relaxed);
+	return next;
+}
+
+uint64_t weft__listener_retry(weft_runtime_t *rt, uint64_t now_ns)
+{
+	uint64_t t = atomic_load_explicit(retry_word(rt), memory_order_relaxed);
+	if (t == 0)
+		return UINT64_MAX;
+	if (t > now_ns)
+		return t;
+	pthread_mutex_t *reg = weft__runtime_listener_lock(rt);
+	pthread_mutex_lock(reg);
+	uint64_t next = retry_due(rt, now_ns);
+	pthread_mutex_unlock(reg);
+	return next;
+}
+
+void weft__listener_fd_closed(weft_runtime_t *rt)
+{
+	/* A close racing with a listener that is just backing off may find
+	 * the word still 0: that listener waits for its back-off, which is
+	 * short at first, rather than every close paying for a lock. */
+	if (atomic_load_explicit(retry_word(rt), memory_order_relaxed) == 0)
+		return;
+	pthread_mutex_t *reg = weft__runtime_listener_lock(rt);
+	pthread_mutex_lock(reg);
+	retry_due(rt, UINT64_MAX);
 	pthread_mutex_unlock(reg);
 }
 
 int weft_listener_claim(weft_listener_t *l, weft_worker_t *w, uint32_t slot, uint32_t seq)
 {
-	int fd = -EAGAIN;
+	int fd = -EAGAIN, arm = 0;
 	pthread_mutex_lock(&l->lock);
 	for (size_t i = 0; i < l->nhanded; i++) {
 		waiter_t *h = &l->handed[i];
@@ -303,18 +515,20 @@ int weft_listener_claim(weft_listener_t *l, weft_worker_t *w, uint32_t slot, uin
 			fd = h->fd;
 			memmove(h, h + 1, (l->nhanded - i - 1) * sizeof *h);
 			l->nhanded--;
-			rearm(l); /* it may have been full */
+			arm = wants_arming(l); /* it may have been full */
 			break;
 		}
 	}
 	pthread_mutex_unlock(&l->lock);
+	if (arm)
+		rearm_unlocked(l);
 	return fd;
 }
 
 int weft_listener_take(weft_listener_t *l, weft_worker_t *w, uint32_t slot, uint32_t seq,
 		       const void *tag)
 {
-	int rc;
+	int rc, arm = 0;
 	pthread_mutex_lock(&l->lock);
 	if (l->closed) {
 		rc = WEFT_ECLOSED;
@@ -322,7 +536,13 @@ int weft_listener_take(weft_listener_t *l, weft_worker_t *w, uint32_t slot, uint
 		rc = l->queue[l->qhead];
 		l->qhead = (l->qhead + 1) % QUEUE_MAX;
 		l->qlen--;
-		rearm(l);
+		arm = wants_arming(l);
+	} else if (l->retry_at && l->episode && !l->told) {
+		/* Backed off after a failure no acceptor has heard of yet: this
+		 * one does, instead of waiting in silence.  (Once re-armed the
+		 * listener may be fine again: then only a new failure tells.) */
+		l->told = 1;
+		rc = l->episode;
 	} else {
 		rc = -EAGAIN;
 		if (tag) {
@@ -334,6 +554,8 @@ int weft_listener_take(weft_listener_t *l, weft_worker_t *w, uint32_t slot, uint
 		}
 	}
 	pthread_mutex_unlock(&l->lock);
+	if (arm)
+		rearm_unlocked(l);
 	return rc;
 }
 
@@ -356,7 +578,7 @@ void weft_listener_cancel(weft_listener_t *l, weft_worker_t *w, uint32_t slot, u
 				break;
 			}
 		}
-		dispatch(l);
+		dispatch(l, NULL, 0);
 	}
 	pthread_mutex_unlock(&l->lock);
 }
@@ -369,7 +591,8 @@ void weft_listener_release(weft_listener_t *l, weft_worker_t *w, const void *tag
 	pthread_mutex_lock(&l->lock);
 	for (size_t i = 0; i < l->nwait;) {
 		if (l->waiters[i].w == w && l->waiters[i].tag == tag) {
-			wake(&l->waiters[i], WEFT_ECLOSED);
+			/* A failed post is fine: that waiter is gone either way. */
+			(void)wake(&l->waiters[i], WEFT_ECLOSED);
 			remove_waiter(l, i);
 		} else {
 			i++;
@@ -381,7 +604,7 @@ void weft_listener_release(weft_listener_t *l, weft_worker_t *w, const void *tag
 		else
 			i++;
 	}
-	dispatch(l);
+	dispatch(l, NULL, 0);
 	int last = --l->refs == 0;
 	if (last) {
 		l->closed = 1;

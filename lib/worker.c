@@ -60,6 +60,7 @@ struct weft_runtime {
 	pthread_mutex_t llock; /* the shared listeners and named channels */
 	void *listeners;
 	void *channels;
+	_Atomic uint64_t lretry; /* listener.c: earliest accept retry, 0 = none */
 	weft_worker_t *graveyard; /* freed workers, kept until the runtime goes */
 	/* Written by every worker: one line each. */
 	alignas(64) _Atomic long jobs; /* jobs queued in all workers */
@@ -77,6 +78,11 @@ pthread_mutex_t *weft__runtime_listener_lock(weft_runtime_t *rt)
 void **weft__runtime_listeners(weft_runtime_t *rt)
 {
 	return &rt->listeners;
+}
+
+_Atomic uint64_t *weft__runtime_listener_retry(weft_runtime_t *rt)
+{
+	return &rt->lretry;
 }
 
 void **weft__runtime_channels(weft_runtime_t *rt)
@@ -1020,6 +1026,8 @@ int weft_worker_poll(weft_worker_t *w, uint64_t timeout_ns)
 							memory_order_seq_cst, memory_order_relaxed);
 	}
 	uint64_t now = weft_clock_ns();
+	/* Every poll, busy or idle: re-arms listeners whose back-off is over. */
+	uint64_t retry = weft__listener_retry(rt, now);
 	int timeout_ms = 0;
 	/* Jobs waiting anywhere: don't sleep, the binding takes or steals
 	 * them after this poll. */
@@ -1030,7 +1038,6 @@ int weft_worker_poll(weft_worker_t *w, uint64_t timeout_ns)
 		uint64_t next = weft_wheel_next(&w->wheel);
 		if (next != WEFT_TICK_NEVER && next * NS_PER_TICK < deadline)
 			deadline = next * NS_PER_TICK;
-		uint64_t retry = weft__listener_retry(rt, now);
 		if (retry < deadline)
 			deadline = retry;
 		if (deadline == UINT64_MAX) {
@@ -1039,12 +1046,11 @@ int weft_worker_poll(weft_worker_t *w, uint64_t timeout_ns)
 			uint64_t ms = (deadline - now + NS_PER_TICK - 1) / NS_PER_TICK;
 			timeout_ms = ms > INT_MAX ? INT_MAX : (int)ms;
 		}
-	} else if (before == 0) {
-		weft__listener_retry(rt, now);
 	}
 
 	/* Idle: another worker may be about to answer (a channel reply, a
 	 * wake-up); a short spin saves a sleep and a wake-up on both sides. */
+	int idle = timeout_ms != 0; /* nothing to run: a listener serves us first */
 	if (timeout_ms != 0 && may_spin(w) && spin(w))
 		timeout_ms = 0;
 	int parked = timeout_ms != 0;
@@ -1065,7 +1071,7 @@ int weft_worker_poll(weft_worker_t *w, uint64_t timeout_ns)
 	WEFT_STAT_ADD(w, events, (uint64_t)n);
 	for (int i = 0; i < n; i++) {
 		if (ev[i].token == SHARED_TOKEN)
-			harvest_shared(w, parked && before == 0);
+			harvest_shared(w, idle);
 		else
 			on_event(w, &ev[i]);
 	}

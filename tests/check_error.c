@@ -32,6 +32,7 @@ static const struct {
     {-EMFILE, "too_many_open_files"},
     {-ENFILE, "too_many_open_files"},
     {-ENOMEM, "out_of_memory"},
+    {-ENOBUFS, "no_buffer_space"},
     {-EAFNOSUPPORT, "address_family_not_supported"},
     {WEFT_EAI(EAI_NONAME), "host_not_found"},
     {WEFT_EAI(EAI_NODATA), "host_not_found"},

@@ -11,13 +11,18 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
+#include "alloc.h"
 #include "checkutil.h"
 #include "clock.h"
 #include "error.h"
@@ -490,6 +495,458 @@ START_TEST(test_claim_rearms)
 }
 END_TEST
 
+/* A waiter whose worker is freed before a connection comes must not keep
+ * it: the post to the dead worker fails, the waiter is dropped and the
+ * connection goes to the next waiter, or to the queue for the next taker
+ * (before, it was handed to the dead waiter and lost). */
+START_TEST(test_dead_waiter_passes_on)
+{
+	env_t e = setup();
+	weft_worker_t *b;
+	weft_listener_t *l = listen_on(e.w, 0);
+	int port = port_of(weft_listener_fd(l)), tag;
+
+	ck_assert_int_eq(weft_worker_new(e.rt, &b), 0);
+	/* B's waiter is first in line, then B goes away. */
+	uint32_t bs, bq = wait_accept(b, &bs);
+	ck_assert_int_eq(weft_listener_take(l, b, bs, bq, &tag), -EAGAIN);
+	weft_worker_free(b);
+	uint32_t slot, seq = wait_accept(e.w, &slot);
+	ck_assert_int_eq(weft_listener_take(l, e.w, slot, seq, &tag), -EAGAIN);
+	int c = connect_to(port);
+	ck_assert_int_ge(c, 0);
+	weft_wake_t wk = next_wake(e.w);
+	ck_assert_uint_eq(wk.slot, slot);
+	ck_assert_uint_eq(wk.seq, seq);
+	ck_assert_int_eq(wk.code, 0);
+	int fd = weft_listener_claim(l, e.w, slot, seq);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(peer_port(fd), port_of(c));
+	close(fd);
+	close(c);
+
+	/* With no live waiter left, the next connection is queued. */
+	ck_assert_int_eq(weft_worker_new(e.rt, &b), 0);
+	bq = wait_accept(b, &bs);
+	ck_assert_int_eq(weft_listener_take(l, b, bs, bq, &tag), -EAGAIN);
+	weft_worker_free(b);
+	c = connect_to(port);
+	ck_assert_int_ge(c, 0);
+	harvest(e.w, l, 2);
+	fd = weft_listener_take(l, e.w, 0, 0, NULL);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(peer_port(fd), port_of(c));
+	close(fd);
+	close(c);
+	weft_worker_co_free(e.w, slot);
+	weft_listener_release(l, e.w, &tag);
+	teardown(e);
+}
+END_TEST
+
+/* A wake-up that cannot be posted for want of memory loses nothing: the
+ * connection stays queued and the waiter registered, and the next event
+ * serves it, first in line. */
+START_TEST(test_post_enomem_keeps_both)
+{
+	env_t e = setup();
+	weft_worker_t *b;
+	weft_listener_t *l = listen_on(e.w, 0);
+	int port = port_of(weft_listener_fd(l)), tag, c[3];
+	weft_wake_t wk;
+
+	ck_assert_int_eq(weft_worker_new(e.rt, &b), 0);
+	/* One round first, so that the listener's own arrays have grown and
+	 * the next allocation is B's inbox (never used yet). */
+	uint32_t slot, seq = wait_accept(e.w, &slot);
+	ck_assert_int_eq(weft_listener_take(l, e.w, slot, seq, &tag), -EAGAIN);
+	c[0] = connect_to(port);
+	ck_assert_int_ge(c[0], 0);
+	ck_assert_int_eq(next_wake(e.w).code, 0);
+	int a = weft_listener_claim(l, e.w, slot, seq);
+	ck_assert_int_ge(a, 0);
+
+	uint32_t bs, bq = wait_accept(b, &bs);
+	ck_assert_int_eq(weft_listener_take(l, b, bs, bq, &tag), -EAGAIN);
+	c[1] = connect_to(port);
+	ck_assert_int_ge(c[1], 0);
+	weft_alloc_fail_after(1);
+	harvest(e.w, l, 2);
+	weft_alloc_fail_after(0);
+	/* Not posted: B has no wake-up, the connection is still ours. */
+	ck_assert_int_eq(weft_worker_poll(b, 0), 0);
+	ck_assert_int_eq(weft_worker_next(b, &wk), 0);
+	ck_assert_int_eq(weft_listener_claim(l, b, bs, bq), -EAGAIN);
+
+	/* The next event serves B's waiter with the older connection. */
+	c[2] = connect_to(port);
+	ck_assert_int_ge(c[2], 0);
+	harvest(e.w, l, 3);
+	wk = next_wake(b);
+	ck_assert_uint_eq(wk.slot, bs);
+	ck_assert_uint_eq(wk.seq, bq);
+	ck_assert_int_eq(wk.code, 0);
+	int fb = weft_listener_claim(l, b, bs, bq);
+	ck_assert_int_ge(fb, 0);
+	ck_assert_int_eq(peer_port(fb), port_of(c[1]));
+	int fa = weft_listener_take(l, e.w, 0, 0, NULL);
+	ck_assert_int_ge(fa, 0);
+	ck_assert_int_eq(peer_port(fa), port_of(c[2]));
+	ck_assert_int_eq(weft_listener_take(l, e.w, 0, 0, NULL), -EAGAIN);
+	close(a);
+	close(fa);
+	close(fb);
+	for (int i = 0; i < 3; i++)
+		close(c[i]);
+	weft_worker_co_free(e.w, slot);
+	weft_worker_co_free(b, bs);
+	weft_listener_release(l, e.w, &tag);
+	weft_worker_free(b);
+	teardown(e);
+}
+END_TEST
+
+/* A worker serving accepts on its own thread, as a weft worker does: it
+ * keeps one acceptor registered, polls, and answers every connection it
+ * is handed with one byte before closing it. */
+typedef struct server {
+	weft_worker_t *w;
+	weft_listener_t *l;
+	_Atomic int ready; /* its first acceptor is registered */
+	_Atomic int stop;
+	_Atomic int served; /* connections answered */
+	_Atomic int failed; /* a step that cannot fail did */
+} server_t;
+
+static void serve(server_t *sv, int fd)
+{
+	if (fd < 0 || send(fd, "x", 1, MSG_NOSIGNAL) != 1)
+		atomic_store(&sv->failed, 1);
+	else
+		atomic_fetch_add(&sv->served, 1);
+	if (fd >= 0)
+		close(fd);
+}
+
+static void *server_loop(void *arg)
+{
+	server_t *sv = arg;
+	int tag;
+	int64_t s = weft_worker_co_new(sv->w);
+	if (s < 0) {
+		atomic_store(&sv->failed, 1);
+		atomic_store(&sv->ready, 1);
+		return NULL;
+	}
+	uint32_t slot = (uint32_t)s, seq = 0;
+	int registered = 0;
+	uint64_t end = weft_clock_ns() + 20000 * MS;
+
+	while (!atomic_load(&sv->stop) && weft_clock_ns() < end) {
+		if (!registered) {
+			seq = weft_worker_wait_ext_until(sv->w, slot, UINT64_MAX);
+			int fd = weft_listener_take(sv->l, sv->w, slot, seq, &tag);
+			if (fd != -EAGAIN) {
+				weft_worker_wait_abort(sv->w, slot);
+				serve(sv, fd); /* one was queued: serve it, register again */
+				continue;
+			}
+			registered = 1;
+			atomic_store(&sv->ready, 1);
+		}
+		if (weft_worker_poll(sv->w, 10 * MS) < 0)
+			atomic_store(&sv->failed, 1);
+		weft_wake_t wk;
+		while (weft_worker_next(sv->w, &wk)) {
+			if (wk.slot != slot || wk.seq != seq || wk.code != 0) {
+				atomic_store(&sv->failed, 1);
+				continue;
+			}
+			serve(sv, weft_listener_claim(sv->l, sv->w, slot, seq));
+			registered = 0;
+		}
+	}
+	if (registered)
+		weft_listener_cancel(sv->l, sv->w, slot, seq);
+	weft_worker_co_free(sv->w, slot);
+	return NULL;
+}
+
+/* Idle workers first, for real: a worker that does not poll at all (its
+ * thread is busy elsewhere) has an acceptor registered first in line, and
+ * another worker idles in its poller with an acceptor of its own.  Fifty
+ * clients connect one after another, each waiting for the idle worker's
+ * answer before the next connects: all fifty go to the idle worker and
+ * none to the busy one.  (Before, the harvester had left its parked state
+ * by the time it dispatched, so nobody looked idle and arrival order gave
+ * the first connection to the busy worker: that client waited forever.) */
+START_TEST(test_idle_worker_first)
+{
+	weft_runtime_t *rt;
+	weft_worker_t *busy;
+	server_t sv = {0};
+	int port = free_port(), tag;
+	enum { NCONN = 50 };
+
+	ck_assert_int_eq(weft_runtime_new(-1, &rt), 0);
+	ck_assert_int_eq(weft_worker_new(rt, &busy), 0);
+	ck_assert_int_eq(weft_worker_new(rt, &sv.w), 0);
+	weft_listener_t *l = listen_on(busy, port);
+	ck_assert_ptr_eq(listen_on(sv.w, port), l);
+	sv.l = l;
+	uint32_t bs, bq = wait_accept(busy, &bs);
+	ck_assert_int_eq(weft_listener_take(l, busy, bs, bq, &tag), -EAGAIN);
+
+	pthread_t th;
+	ck_assert_int_eq(pthread_create(&th, NULL, server_loop, &sv), 0);
+	uint64_t end = weft_clock_ns() + 2000 * MS;
+	while (!atomic_load(&sv.ready) && weft_clock_ns() < end)
+		usleep(1000);
+	int i, got = 0;
+	for (i = 0; i < NCONN && atomic_load(&sv.ready); i++) {
+		int c = connect_to(port);
+		if (c < 0)
+			break;
+		struct timeval tv = {2, 0};
+		setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+		char b;
+		got = (int)recv(c, &b, 1, 0);
+		close(c);
+		if (got != 1)
+			break;
+	}
+	atomic_store(&sv.stop, 1);
+	pthread_join(th, NULL);
+	ck_assert_msg(i == NCONN, "client %d of %d got no answer from the idle worker", i + 1,
+		      NCONN);
+	ck_assert_int_eq(atomic_load(&sv.failed), 0);
+	ck_assert_int_eq(atomic_load(&sv.served), NCONN);
+	ck_assert_uint_eq(weft_listener_accepted(l), NCONN);
+
+	/* The busy worker was handed nothing and still waits. */
+	weft_wake_t wk;
+	ck_assert_int_ge(weft_worker_poll(busy, 0), 0);
+	ck_assert_int_eq(weft_worker_next(busy, &wk), 0);
+	ck_assert_int_eq(weft_listener_claim(l, busy, bs, bq), -EAGAIN);
+	ck_assert_int_eq(weft_worker_co(busy, bs)->state, WEFT_CO_WAIT_EXT);
+	weft_listener_cancel(l, busy, bs, bq);
+	weft_worker_co_free(busy, bs);
+	weft_listener_release(l, sv.w, &tag);
+	weft_listener_release(l, busy, &tag);
+	ck_assert_uint_eq(weft_fdtab_open_count(weft_runtime_fdtab(rt)), 0);
+	weft_worker_free(sv.w);
+	weft_worker_free(busy);
+	weft_runtime_free(rt);
+}
+END_TEST
+
+/* Descriptor exhaustion, made on purpose: the soft RLIMIT_NOFILE is
+ * lowered (Check forks each test, and the limit is put back anyway) and
+ * every descriptor left under it is taken by /dev/null.  Returns how many
+ * were taken into fill[]. */
+#define NOFILE_LIMIT 256
+static int exhaust(int *fill)
+{
+	struct rlimit rl;
+	int n = 0;
+
+	ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+	if (rl.rlim_cur > NOFILE_LIMIT) {
+		rl.rlim_cur = NOFILE_LIMIT;
+		ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
+	}
+	for (;;) {
+		int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+		if (fd < 0) {
+			ck_assert_int_eq(errno, EMFILE);
+			return n;
+		}
+		ck_assert_int_lt(n, NOFILE_LIMIT);
+		fill[n++] = fd;
+	}
+}
+
+static void unexhaust(int *fill, int n)
+{
+	for (int i = 0; i < n; i++)
+		close(fill[i]);
+}
+
+static int connect_fd(int fd, int port)
+{
+	struct sockaddr_in sa = loopback(port);
+	return connect(fd, (struct sockaddr *)&sa, sizeof sa);
+}
+
+/* Accept failing for want of descriptors must not spin, must tell one
+ * acceptor once, and must resume by itself.  Before, the listener was
+ * re-armed while the backlog still held the connection, so poller, accept
+ * and re-arm repeated without end (thousands of accept calls in half a
+ * second) and no acceptor ever heard of it.
+ *
+ * Half a second of exhaustion allows the first accept and the retries of
+ * the back-off schedule due by then (10, 30, 70, 150, 310 ms after it):
+ * at most 6 accept calls, however fast the machine. */
+START_TEST(test_exhausted_backs_off)
+{
+	env_t e = setup();
+	weft_listener_t *l = listen_backlog(e.w, 0, 64);
+	int port = port_of(weft_listener_fd(l)), tag, fill[NOFILE_LIMIT], nfill;
+	enum { NCLIENT = 8 };
+	int c[NCLIENT + 1], err;
+	struct rlimit saved;
+	weft_wake_t wk;
+
+	ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, &saved), 0);
+	for (int i = 0; i <= NCLIENT; i++) {
+		c[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		ck_assert_int_ge(c[i], 0);
+	}
+	/* A socket of the runtime's own, closed through it later. */
+	int sfd = weft_sock_open(AF_INET, SOCK_STREAM, 0);
+	ck_assert_int_ge(sfd, 0);
+	weft_fd_t *own = weft_worker_open_fd(e.w, sfd, &err);
+	ck_assert_ptr_nonnull(own);
+	uint32_t s1, q1 = wait_accept(e.w, &s1);
+	uint32_t s2, q2 = wait_accept(e.w, &s2);
+	ck_assert_int_eq(weft_listener_take(l, e.w, s1, q1, &tag), -EAGAIN);
+	ck_assert_int_eq(weft_listener_take(l, e.w, s2, q2, &tag), -EAGAIN);
+
+	/* Episode 1: out of descriptors while clients connect. */
+	nfill = exhaust(fill);
+	for (int i = 0; i < NCLIENT; i++)
+		ck_assert_int_eq(connect_fd(c[i], port), 0);
+	int told = 0;
+	uint64_t end = weft_clock_ns() + 500 * MS;
+	while (weft_clock_ns() < end) {
+		ck_assert_int_ge(weft_worker_poll(e.w, 10 * MS), 0);
+		while (weft_worker_next(e.w, &wk)) {
+			/* Only the first in line hears of it, with EMFILE. */
+			ck_assert_uint_eq(wk.slot, s1);
+			ck_assert_uint_eq(wk.seq, q1);
+			ck_assert_int_eq(wk.code, -EMFILE);
+			told++;
+		}
+	}
+	ck_assert_int_eq(told, 1);
+	ck_assert_str_eq(weft_strerror(-EMFILE), "too_many_open_files");
+	ck_assert_uint_eq(weft_listener_accepted(l), 0);
+	uint64_t attempts = weft_listener_attempts(l);
+	ck_assert_uint_ge(attempts, 1);
+	ck_assert_uint_le(attempts, 6);
+	/* Backed off, with a retry pending; a later acceptor in the same
+	 * episode is not told again. */
+	ck_assert_uint_ne(weft__listener_retry(e.rt, 0), UINT64_MAX);
+	ck_assert_int_eq(weft_listener_take(l, e.w, 0, 0, NULL), -EAGAIN);
+
+	/* Descriptors come free behind the runtime's back (a plain close):
+	 * the back-off alone brings accepting back, and every queued
+	 * connection comes through, each once. */
+	unexhaust(fill, nfill);
+	end = weft_clock_ns() + 3000 * MS;
+	while (!weft_worker_next(e.w, &wk)) {
+		ck_assert_msg(weft_clock_ns() < end, "accepting never resumed");
+		ck_assert_int_ge(weft_worker_poll(e.w, 10 * MS), 0);
+	}
+	ck_assert_uint_eq(wk.slot, s2);
+	ck_assert_uint_eq(wk.seq, q2);
+	ck_assert_int_eq(wk.code, 0);
+	int got[NCLIENT];
+	got[0] = weft_listener_claim(l, e.w, s2, q2);
+	ck_assert_int_ge(got[0], 0);
+	harvest(e.w, l, NCLIENT);
+	for (int i = 1; i < NCLIENT; i++) {
+		got[i] = weft_listener_take(l, e.w, 0, 0, NULL);
+		ck_assert_int_ge(got[i], 0);
+	}
+	ck_assert_int_eq(weft_listener_take(l, e.w, 0, 0, NULL), -EAGAIN);
+	for (int i = 0; i < NCLIENT; i++) {
+		int found = 0;
+		for (int k = 0; k < NCLIENT; k++)
+			found += peer_port(got[k]) == port_of(c[i]);
+		ck_assert_int_eq(found, 1);
+	}
+	ck_assert_uint_eq(weft__listener_retry(e.rt, weft_clock_ns()), UINT64_MAX);
+	for (int i = 0; i < NCLIENT; i++)
+		close(got[i]);
+
+	/* Episode 2 begins after a successful accept: one acceptor is told
+	 * again.  The runtime closing a descriptor re-arms at once, without
+	 * waiting for the back-off. */
+	q1 = weft_worker_wait_ext_until(e.w, s1, UINT64_MAX);
+	q2 = weft_worker_wait_ext_until(e.w, s2, UINT64_MAX);
+	ck_assert_int_eq(weft_listener_take(l, e.w, s1, q1, &tag), -EAGAIN);
+	ck_assert_int_eq(weft_listener_take(l, e.w, s2, q2, &tag), -EAGAIN);
+	nfill = exhaust(fill);
+	ck_assert_int_eq(connect_fd(c[NCLIENT], port), 0);
+	wk = next_wake(e.w);
+	ck_assert_uint_eq(wk.slot, s1);
+	ck_assert_uint_eq(wk.seq, q1);
+	ck_assert_int_eq(wk.code, -EMFILE);
+	ck_assert_uint_ne(weft__listener_retry(e.rt, 0), UINT64_MAX);
+	weft_worker_close_fd(e.w, own);
+	ck_assert_uint_eq(weft__listener_retry(e.rt, 0), UINT64_MAX);
+	wk = next_wake(e.w);
+	ck_assert_uint_eq(wk.slot, s2);
+	ck_assert_uint_eq(wk.seq, q2);
+	ck_assert_int_eq(wk.code, 0);
+	int last = weft_listener_claim(l, e.w, s2, q2);
+	ck_assert_int_ge(last, 0);
+	ck_assert_int_eq(peer_port(last), port_of(c[NCLIENT]));
+	unexhaust(fill, nfill);
+	ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &saved), 0);
+	ck_assert_uint_eq(weft_listener_accepted(l), NCLIENT + 1);
+
+	close(last);
+	for (int i = 0; i <= NCLIENT; i++)
+		close(c[i]);
+	weft_worker_co_free(e.w, s1);
+	weft_worker_co_free(e.w, s2);
+	weft_listener_release(l, e.w, &tag);
+	teardown(e);
+}
+END_TEST
+
+/* A failed re-arm must not leave the listener disarmed for good: it backs
+ * off and retries as an exhausted accept does.  The registration is
+ * deleted behind the listener's back, so that re-arming it fails
+ * (ENOENT), then restored disarmed; the retry then succeeds.  (Before, the
+ * failure was ignored and the listener never fired again.) */
+START_TEST(test_rearm_failure_retries)
+{
+	env_t e = setup();
+	weft_listener_t *l = listen_backlog(e.w, 0, 1);
+	int lfd = weft_listener_fd(l), port = port_of(lfd), tag, c[2];
+	weft_poller_t *p = weft_runtime_poller(e.rt);
+	uint32_t slot, seq = wait_accept(e.w, &slot);
+
+	ck_assert_int_eq(weft_listener_take(l, e.w, slot, seq, &tag), -EAGAIN);
+	c[0] = connect_to(port);
+	ck_assert_int_ge(c[0], 0);
+	ck_assert_int_eq(next_wake(e.w).code, 0);
+	/* Full: disarmed.  Now the registration goes away. */
+	ck_assert_int_eq(weft_poller_delete(p, lfd), 0);
+	c[1] = connect_to(port);
+	ck_assert_int_ge(c[1], 0);
+	int a = weft_listener_claim(l, e.w, slot, seq);
+	ck_assert_int_ge(a, 0);
+	ck_assert_uint_ne(weft__listener_retry(e.rt, 0), UINT64_MAX);
+	ck_assert_int_eq(weft_poller_add(p, lfd, WEFT_POLL_ONESHOT, 1), 0);
+	harvest(e.w, l, 2);
+	int b = weft_listener_take(l, e.w, 0, 0, NULL);
+	ck_assert_int_ge(b, 0);
+	ck_assert_int_eq(peer_port(b), port_of(c[1]));
+	ck_assert_uint_eq(weft__listener_retry(e.rt, weft_clock_ns()), UINT64_MAX);
+	close(a);
+	close(b);
+	close(c[0]);
+	close(c[1]);
+	weft_worker_co_free(e.w, slot);
+	weft_listener_release(l, e.w, &tag);
+	teardown(e);
+}
+END_TEST
+
 static Suite *listener_suite(void)
 {
 	Suite *s = suite_create("listener");
@@ -505,6 +962,11 @@ static Suite *listener_suite(void)
 	tcase_add_test(tc, test_release_wakes_tag);
 	tcase_add_test(tc, test_backlog_bounds_queue);
 	tcase_add_test(tc, test_claim_rearms);
+	tcase_add_test(tc, test_dead_waiter_passes_on);
+	tcase_add_test(tc, test_post_enomem_keeps_both);
+	tcase_add_test(tc, test_idle_worker_first);
+	tcase_add_test(tc, test_exhausted_backs_off);
+	tcase_add_test(tc, test_rearm_failure_retries);
 	suite_add_tcase(s, tc);
 	return s;
 }
