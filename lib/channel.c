@@ -30,9 +30,9 @@ struct weft_chan {
 	msg_t *ring;      /* cap slots */
 	size_t head, len; /* queued messages */
 	int closed;
-	wlist_t waiters[2]; /* SENDERS, RECEIVERS */
-	uint64_t visits;    /* weft_chan_stats_t */
-	char *name;         /* named channels: in the runtime's list */
+	wlist_t waiters[2];           /* SENDERS, RECEIVERS */
+	uint64_t nomem, dead, visits; /* weft_chan_stats_t */
+	char *name;                   /* named channels: in the runtime's list */
 	weft_chan_t *next;
 };
 
@@ -46,15 +46,20 @@ static void set_state(weft_chan_waiter_t *wt, int state)
 	atomic_store_explicit(&wt->_state, (uint8_t)state, memory_order_release);
 }
 
-static void wl_append(wlist_t *l, weft_chan_waiter_t *wt)
+/* Link wt after `prev` (NULL: at the head). */
+static void wl_insert(wlist_t *l, weft_chan_waiter_t *prev, weft_chan_waiter_t *wt)
 {
-	wt->_prev = l->tail;
-	wt->_next = NULL;
-	if (l->tail)
-		l->tail->_next = wt;
+	weft_chan_waiter_t *next = prev ? prev->_next : l->head;
+	wt->_prev = prev;
+	wt->_next = next;
+	if (prev)
+		prev->_next = wt;
 	else
 		l->head = wt;
-	l->tail = wt;
+	if (next)
+		next->_prev = wt;
+	else
+		l->tail = wt;
 	l->n++;
 }
 
@@ -72,34 +77,67 @@ static void wl_unlink(wlist_t *l, weft_chan_waiter_t *wt)
 	l->n--;
 }
 
-/* Post waiter wt of list l its wake-up.  Lock held.
+/* Post waiter wt of list l its wake-up.  Lock held.  0: woken (WOKEN,
+ * unlinked); WEFT_ECLOSED: its worker is gone, dropped (IDLE, unlinked);
+ * WEFT_ENOMEM: still registered, in its place.
  *
  * The node leaves the list and says WOKEN before the post: once the post
  * succeeds its owner may run on another thread and reuse the node (on
  * another channel, under another lock), so this side must not touch it
- * afterwards. */
-static void wake_one(weft_chan_t *c, wlist_t *l, weft_chan_waiter_t *wt)
+ * afterwards.  After a failed post nobody has been told, so the node is
+ * still this side's to put back. */
+static int wake_one(weft_chan_t *c, wlist_t *l, weft_chan_waiter_t *wt)
 {
+	weft_chan_waiter_t *prev = wt->_prev;
 	weft_msg_t m = {WEFT_MSG_WAKE, wt->slot, wt->seq, 0, NULL};
 	weft_worker_t *w = wt->w;
 
 	c->visits++;
 	wl_unlink(l, wt);
 	set_state(wt, WEFT_CHAN_WOKEN);
-	weft_worker_post(w, &m);
+	int rc = weft_worker_post(w, &m);
+	if (rc == WEFT_ECLOSED) {
+		set_state(wt, WEFT_CHAN_IDLE);
+		c->dead++;
+	} else if (rc < 0) {
+		wl_insert(l, prev, wt);
+		set_state(wt, WEFT_CHAN_WAITING);
+		c->nomem++;
+		rc = WEFT_ENOMEM;
+	}
+	return rc;
 }
 
-/* Wake the oldest waiter of l, if any.  Lock held. */
+/* Wake the oldest waiter of l whose post succeeds: waiters of freed
+ * workers are dropped on the way, those whose post failed for want of
+ * memory stay for the next wake-up.  Lock held. */
 static void wake_first(weft_chan_t *c, wlist_t *l)
 {
-	if (l->head)
-		wake_one(c, l, l->head);
+	weft_chan_waiter_t *wt = l->head;
+	while (wt) {
+		weft_chan_waiter_t *next = wt->_next;
+		if (wake_one(c, l, wt) == 0)
+			return;
+		wt = next;
+	}
 }
 
 static void wake_all(weft_chan_t *c, wlist_t *l)
 {
-	while (l->head)
-		wake_one(c, l, l->head);
+	weft_chan_waiter_t *wt = l->head;
+	while (wt) {
+		weft_chan_waiter_t *next = wt->_next;
+		wake_one(c, l, wt);
+		wt = next;
+	}
+}
+
+/* Closed: every waiter is owed a wake-up; those whose post failed for want
+ * of memory are still registered, and are tried again here.  Lock held. */
+static void wake_closed(weft_chan_t *c)
+{
+	wake_all(c, &c->waiters[SENDERS]);
+	wake_all(c, &c->waiters[RECEIVERS]);
 }
 
 int weft_chan_new(size_t capacity, weft_chan_t **out)
@@ -195,7 +233,7 @@ static int do_wait(weft_chan_t *c, int kind, weft_chan_waiter_t *wt)
 	wt->_chan = c;
 	wt->_kind = (uint8_t)kind;
 	set_state(wt, WEFT_CHAN_WAITING);
-	wl_append(&c->waiters[kind], wt);
+	wl_insert(&c->waiters[kind], c->waiters[kind].tail, wt);
 	return -EAGAIN;
 }
 
@@ -204,6 +242,7 @@ int weft_chan_send(weft_chan_t *c, char *data, size_t len, weft_chan_waiter_t *w
 	int rc = 0;
 	pthread_mutex_lock(&c->lock);
 	if (c->closed) {
+		wake_closed(c);
 		rc = WEFT_ECLOSED;
 	} else if (c->len == c->cap) {
 		/* Full: wait; room is handed to waiting senders oldest first. */
@@ -221,6 +260,8 @@ int weft_chan_recv(weft_chan_t *c, char **data, size_t *len, weft_chan_waiter_t 
 {
 	int rc = 0;
 	pthread_mutex_lock(&c->lock);
+	if (c->closed)
+		wake_closed(c);
 	if (c->len > 0) {
 		msg_t m = c->ring[c->head];
 		c->head = (c->head + 1) % c->cap;
@@ -267,8 +308,7 @@ void weft_chan_close(weft_chan_t *c)
 {
 	pthread_mutex_lock(&c->lock);
 	c->closed = 1;
-	wake_all(c, &c->waiters[SENDERS]);
-	wake_all(c, &c->waiters[RECEIVERS]);
+	wake_closed(c);
 	pthread_mutex_unlock(&c->lock);
 }
 
@@ -288,6 +328,8 @@ size_t weft_chan_capacity(const weft_chan_t *c)
 void weft_chan_stats(weft_chan_t *c, weft_chan_stats_t *out)
 {
 	pthread_mutex_lock(&c->lock);
+	out->nomem = c->nomem;
+	out->dead = c->dead;
 	out->visits = c->visits;
 	out->senders = c->waiters[SENDERS].n;
 	out->receivers = c->waiters[RECEIVERS].n;

@@ -30,8 +30,8 @@ enum { WEFT_CHAN_IDLE = 0, WEFT_CHAN_WAITING, WEFT_CHAN_WOKEN };
  * once; before each call that may register it, set (w, slot, seq): the
  * worker, coroutine slot and wait seq (weft_worker_wait_ext*) to wake.
  * While WAITING the channel holds its address: the node must stay valid
- * until it is woken or withdrawn with weft_chan_cancel; it may then be
- * reused, on any channel. */
+ * until it is woken, dropped (see weft_chan_send) or withdrawn with
+ * weft_chan_cancel; it may then be reused, on any channel. */
 typedef struct weft_chan_waiter {
 	weft_worker_t *w;
 	uint32_t slot, seq;
@@ -48,6 +48,8 @@ typedef struct weft_chan_waiter {
 
 /* Counters of one channel (weft_chan_stats), for tests and statistics. */
 typedef struct weft_chan_stats {
+	uint64_t nomem;   /* wake-ups whose post failed for want of memory */
+	uint64_t dead;    /* waiters dropped because their worker was freed */
 	uint64_t visits;  /* waiters looked at by wake-ups and withdrawals */
 	size_t senders;   /* senders registered now */
 	size_t receivers; /* receivers registered now */
@@ -73,7 +75,16 @@ void weft_chan_unref(weft_chan_t *c);
  * WAITING) and woken with code 0 when there is room (then try again; a
  * wake-up is a hint, not a reservation).  WEFT_ECLOSED if closed (data
  * stays the caller's); -EBUSY, instead of registering wt, if wt is
- * still registered. */
+ * still registered.
+ *
+ * How wake-ups are posted (the same for receivers below): the oldest
+ * waiter of the kind is posted a WEFT_MSG_WAKE and becomes WOKEN.  If its
+ * worker has been freed (the post says WEFT_ECLOSED) it is dropped (state
+ * IDLE) and the next one is woken instead, so the wake-up is not lost.  If
+ * the post fails for want of memory (WEFT_ENOMEM, counted in `nomem`) the
+ * waiter stays registered where it is, and the next one is woken instead
+ * so that nobody depends on the failed post: the failed waiter is tried
+ * again by the next wake-up of its kind, or ends by its own deadline. */
 int weft_chan_send(weft_chan_t *c, char *data, size_t len, weft_chan_waiter_t *wt);
 
 /* Take the oldest message: 0 with *data (the caller's, weft_free it) and
@@ -86,12 +97,14 @@ int weft_chan_recv(weft_chan_t *c, char **data, size_t *len, weft_chan_waiter_t 
  * still registered; if the channel had already woken it, pass that
  * wake-up on to the next waiter of its kind, who can use it now.  Then wt
  * is IDLE.  Nothing happens for a waiter that is IDLE or belongs to
- * another channel.  O(1).  A waiter woken with code 0 that tries again
- * needs no cancel. */
+ * another channel.  O(1) unless wake-ups must skip failed posts.  A
+ * waiter woken with code 0 that tries again needs no cancel. */
 void weft_chan_cancel(weft_chan_t *c, weft_chan_waiter_t *wt);
 
 /* Close: no more sends; receivers drain what is queued, then get
- * WEFT_ECLOSED.  Every waiter is woken.  Idempotent. */
+ * WEFT_ECLOSED.  Every waiter is woken (one whose post fails for want of
+ * memory stays registered and is tried again by the next call on the
+ * channel, or ends by its deadline).  Idempotent. */
 void weft_chan_close(weft_chan_t *c);
 
 /* Messages queued now. */

@@ -520,6 +520,8 @@ static void expect_stats(weft_chan_t *c, uint64_t visits, size_t senders, size_t
 	ck_assert_uint_eq(st.visits, visits);
 	ck_assert_uint_eq(st.senders, senders);
 	ck_assert_uint_eq(st.receivers, receivers);
+	ck_assert_uint_eq(st.nomem, 0);
+	ck_assert_uint_eq(st.dead, 0);
 }
 
 /* Newest first, the worst order for a searched array: NK were woken by
@@ -612,6 +614,290 @@ START_TEST(test_cancel_many_senders)
 	recv_fails(c, -EAGAIN); /* no sender's data got in */
 	weft_chan_unref(c);
 	teardown(e);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ */
+/* Waiters whose worker is gone, or whose wake-up cannot be posted */
+
+typedef struct env2 {
+	weft_runtime_t *rt;
+	weft_worker_t *dead, *live;
+} env2_t;
+
+static env2_t setup2(void)
+{
+	env2_t e;
+
+	ck_assert_int_eq(weft_runtime_new(-1, &e.rt), 0);
+	ck_assert_int_eq(weft_worker_new(e.rt, &e.dead), 0);
+	ck_assert_int_eq(weft_worker_new(e.rt, &e.live), 0);
+	return e;
+}
+
+static void teardown2(env2_t e)
+{
+	env_t one = {e.rt, e.live};
+	teardown(one);
+}
+
+static void expect_failures(weft_chan_t *c, uint64_t nomem, uint64_t dead, size_t senders,
+                            size_t receivers)
+{
+	weft_chan_stats_t st;
+
+	weft_chan_stats(c, &st);
+	ck_assert_uint_eq(st.nomem, nomem);
+	ck_assert_uint_eq(st.dead, dead);
+	ck_assert_uint_eq(st.senders, senders);
+	ck_assert_uint_eq(st.receivers, receivers);
+}
+
+/* A receiver whose worker was freed is dropped, and the message's wake-up
+ * goes to the live receiver behind it. */
+START_TEST(test_dead_receiver)
+{
+	env2_t e = setup2();
+	weft_chan_t *c;
+	weft_chan_waiter_t nd[2] = {0}, nl = WEFT_CHAN_WAITER_INIT;
+	char *p;
+	size_t len;
+
+	ck_assert_int_eq(weft_chan_new(2, &c), 0);
+	for (int i = 0; i < 2; i++) {
+		uint32_t d = new_co(e.dead);
+		ck_assert_int_eq(weft_chan_recv(c, &p, &len, begin(e.dead, d, &nd[i])), -EAGAIN);
+	}
+	weft_worker_free(e.dead);
+	uint32_t l = new_co(e.live);
+	ck_assert_int_eq(weft_chan_recv(c, &p, &len, begin(e.live, l, &nl)), -EAGAIN);
+	expect_failures(c, 0, 0, 0, 3);
+
+	send_ok(c, 1);
+	ck_assert_int_eq(poll_now(e.live), 1);
+	expect_wake(e.live, l, nl.seq);
+	expect_failures(c, 0, 2, 0, 0); /* both dead ones dropped on the way */
+	ck_assert_int_eq(atomic_load(&nd[0]._state), WEFT_CHAN_IDLE);
+	ck_assert_int_eq(atomic_load(&nd[1]._state), WEFT_CHAN_IDLE);
+	recv_ok(c, 1);
+
+	/* A dropped waiter has no wake-up to pass on: cancelling it wakes
+	 * nobody. */
+	uint32_t l2 = new_co(e.live);
+	weft_chan_waiter_t nl2 = WEFT_CHAN_WAITER_INIT;
+	ck_assert_int_eq(weft_chan_recv(c, &p, &len, begin(e.live, l2, &nl2)), -EAGAIN);
+	weft_chan_cancel(c, &nd[0]);
+	expect_no_wake(e.live);
+
+	/* With only dead receivers the message waits in the channel for
+	 * the next one. */
+	weft_chan_cancel(c, &nl2);
+	weft_worker_wait_abort(e.live, l2);
+	send_ok(c, 2);
+	expect_no_wake(e.live);
+	recv_ok(c, 2);
+
+	weft_worker_co_free(e.live, l);
+	weft_worker_co_free(e.live, l2);
+	weft_chan_unref(c);
+	teardown2(e);
+}
+END_TEST
+
+/* The same for senders waiting for room. */
+START_TEST(test_dead_sender)
+{
+	env2_t e = setup2();
+	weft_chan_t *c;
+	weft_chan_waiter_t nd = WEFT_CHAN_WAITER_INIT, nl = WEFT_CHAN_WAITER_INIT;
+	size_t len;
+
+	ck_assert_int_eq(weft_chan_new(1, &c), 0);
+	send_ok(c, 1);
+	char *dd = msg(2, &len), *dl = msg(3, &len);
+	uint32_t d = new_co(e.dead);
+	ck_assert_int_eq(weft_chan_send(c, dd, len, begin(e.dead, d, &nd)), -EAGAIN);
+	weft_worker_free(e.dead);
+	uint32_t l = new_co(e.live);
+	ck_assert_int_eq(weft_chan_send(c, dl, len, begin(e.live, l, &nl)), -EAGAIN);
+
+	recv_ok(c, 1);
+	ck_assert_int_eq(poll_now(e.live), 1);
+	expect_wake(e.live, l, nl.seq);
+	expect_failures(c, 0, 1, 0, 0);
+	ck_assert_int_eq(weft_chan_send(c, dl, len, NULL), 0);
+	recv_ok(c, 3);
+	weft_free(dd); /* the dead sender's, never queued */
+
+	weft_worker_co_free(e.live, l);
+	weft_chan_unref(c);
+	teardown2(e);
+}
+END_TEST
+
+/* Close wakes the live waiters and drops the dead ones. */
+START_TEST(test_dead_close)
+{
+	env2_t e = setup2();
+	weft_chan_t *c;
+	weft_chan_waiter_t nd = WEFT_CHAN_WAITER_INIT, nl = WEFT_CHAN_WAITER_INIT;
+	char *p;
+	size_t len;
+
+	ck_assert_int_eq(weft_chan_new(1, &c), 0);
+	uint32_t d = new_co(e.dead);
+	ck_assert_int_eq(weft_chan_recv(c, &p, &len, begin(e.dead, d, &nd)), -EAGAIN);
+	weft_worker_free(e.dead);
+	uint32_t l = new_co(e.live);
+	ck_assert_int_eq(weft_chan_recv(c, &p, &len, begin(e.live, l, &nl)), -EAGAIN);
+	weft_chan_close(c);
+	ck_assert_int_eq(poll_now(e.live), 1);
+	expect_wake(e.live, l, nl.seq);
+	expect_failures(c, 0, 1, 0, 0);
+	recv_fails(c, WEFT_ECLOSED);
+
+	weft_worker_co_free(e.live, l);
+	weft_chan_unref(c);
+	teardown2(e);
+}
+END_TEST
+
+/* The post to the first receiver's worker fails for want of memory (its
+ * inbox has to grow for it, and that allocation fails): the second
+ * receiver is woken instead, the first stays registered, and the next
+ * message wakes it. */
+START_TEST(test_nomem_receiver)
+{
+	env2_t e = setup2();
+	weft_worker_t *a_w = e.dead; /* alive here: its inbox is still empty */
+	weft_chan_t *c;
+	weft_chan_waiter_t na = WEFT_CHAN_WAITER_INIT, nb = WEFT_CHAN_WAITER_INIT;
+	char *p;
+	size_t len;
+
+	ck_assert_int_eq(weft_chan_new(2, &c), 0);
+	uint32_t a = new_co(a_w), b = new_co(e.live);
+	ck_assert_int_eq(weft_chan_recv(c, &p, &len, begin(a_w, a, &na)), -EAGAIN);
+	ck_assert_int_eq(weft_chan_recv(c, &p, &len, begin(e.live, b, &nb)), -EAGAIN);
+
+	char *m1 = msg(1, &len);
+	weft_alloc_fail_after(1); /* a's inbox cannot grow */
+	ck_assert_int_eq(weft_chan_send(c, m1, len, NULL), 0);
+	weft_alloc_fail_after(0);
+	ck_assert_int_eq(poll_now(e.live), 1);
+	expect_wake(e.live, b, nb.seq);
+	expect_no_wake(a_w);
+	expect_failures(c, 1, 0, 0, 1);
+	ck_assert_int_eq(atomic_load(&na._state), WEFT_CHAN_WAITING);
+	recv_ok(c, 1);
+
+	send_ok(c, 2); /* a is tried again, and woken */
+	expect_failures(c, 1, 0, 0, 0);
+	ck_assert_int_eq(poll_now(a_w), 1);
+	expect_wake(a_w, a, na.seq);
+	recv_ok(c, 2);
+
+	weft_worker_co_free(a_w, a);
+	weft_worker_co_free(e.live, b);
+	weft_chan_unref(c);
+	ck_assert_int_eq(weft_worker_poll(a_w, 0), 0);
+	ck_assert_uint_eq(a_w->nalive, 0);
+	weft_worker_free(a_w);
+	teardown2(e);
+}
+END_TEST
+
+/* A sender whose post failed for want of memory, then gives up at its
+ * deadline: it is withdrawn and wakes nobody (the next sender had its
+ * wake-up already). */
+START_TEST(test_nomem_sender_times_out)
+{
+	env2_t e = setup2();
+	weft_worker_t *a_w = e.dead;
+	weft_chan_t *c;
+	weft_chan_waiter_t na = WEFT_CHAN_WAITER_INIT, nb = WEFT_CHAN_WAITER_INIT;
+	size_t len;
+
+	ck_assert_int_eq(weft_chan_new(1, &c), 0);
+	send_ok(c, 1);
+	char *da = msg(2, &len), *db = msg(3, &len);
+	uint32_t a = new_co(a_w), b = new_co(e.live);
+	ck_assert_int_eq(weft_chan_send(c, da, len, begin(a_w, a, &na)), -EAGAIN);
+	ck_assert_int_eq(weft_chan_send(c, db, len, begin(e.live, b, &nb)), -EAGAIN);
+
+	char *p;
+	ck_assert_int_eq(weft_chan_recv(c, &p, &len, NULL), 0);
+	weft_free(p);
+	/* That recv woke a.  Again, with a's post failing: */
+	ck_assert_int_eq(poll_now(a_w), 1);
+	expect_wake(a_w, a, na.seq);
+	ck_assert_int_eq(weft_chan_send(c, da, len, NULL), 0); /* a's data in */
+	ck_assert_int_eq(weft_chan_send(c, da = msg(4, &len), len, begin(a_w, a, &na)), -EAGAIN);
+	/* a is behind b now: b is woken first, so fail b's post instead. */
+	weft_alloc_fail_after(1);
+	ck_assert_int_eq(weft_chan_recv(c, &p, &len, NULL), 0); /* b's inbox cannot grow */
+	weft_alloc_fail_after(0);
+	weft_free(p);
+	ck_assert_int_eq(poll_now(a_w), 1);
+	expect_wake(a_w, a, na.seq);
+	expect_failures(c, 1, 0, 1, 0);
+	ck_assert_int_eq(atomic_load(&nb._state), WEFT_CHAN_WAITING);
+
+	ck_assert_int_eq(weft_worker_wake(e.live, b, nb.seq, WEFT_ETIMEOUT), 1);
+	weft_chan_cancel(c, &nb);
+	expect_failures(c, 1, 0, 0, 0);
+	expect_no_wake(a_w);
+	weft_wake_t wk;
+	ck_assert_int_eq(weft_worker_next(e.live, &wk), 1);
+	ck_assert_int_eq(wk.code, WEFT_ETIMEOUT);
+	expect_no_wake(e.live);
+	weft_free(db);
+	ck_assert_int_eq(weft_chan_send(c, da, len, NULL), 0);
+	recv_ok(c, 4);
+
+	weft_worker_co_free(a_w, a);
+	weft_worker_co_free(e.live, b);
+	weft_chan_unref(c);
+	ck_assert_int_eq(weft_worker_poll(a_w, 0), 0);
+	weft_worker_free(a_w);
+	teardown2(e);
+}
+END_TEST
+
+/* Close cannot post to one waiter: it stays registered and the next call
+ * on the channel tries again, so nobody waits for a closed channel
+ * forever. */
+START_TEST(test_nomem_close)
+{
+	env2_t e = setup2();
+	weft_worker_t *a_w = e.dead;
+	weft_chan_t *c;
+	weft_chan_waiter_t na = WEFT_CHAN_WAITER_INIT, nb = WEFT_CHAN_WAITER_INIT;
+	char *p;
+	size_t len;
+
+	ck_assert_int_eq(weft_chan_new(1, &c), 0);
+	uint32_t a = new_co(a_w), b = new_co(e.live);
+	ck_assert_int_eq(weft_chan_recv(c, &p, &len, begin(a_w, a, &na)), -EAGAIN);
+	ck_assert_int_eq(weft_chan_recv(c, &p, &len, begin(e.live, b, &nb)), -EAGAIN);
+	weft_alloc_fail_after(1);
+	weft_chan_close(c);
+	weft_alloc_fail_after(0);
+	ck_assert_int_eq(poll_now(e.live), 1);
+	expect_wake(e.live, b, nb.seq);
+	expect_no_wake(a_w);
+	expect_failures(c, 1, 0, 0, 1);
+	recv_fails(c, WEFT_ECLOSED); /* b's retry also wakes a */
+	ck_assert_int_eq(poll_now(a_w), 1);
+	expect_wake(a_w, a, na.seq);
+	expect_failures(c, 1, 0, 0, 0);
+
+	weft_worker_co_free(a_w, a);
+	weft_worker_co_free(e.live, b);
+	weft_chan_unref(c);
+	ck_assert_int_eq(weft_worker_poll(a_w, 0), 0);
+	weft_worker_free(a_w);
+	teardown2(e);
 }
 END_TEST
 
@@ -730,6 +1016,12 @@ static Suite *channel_suite(void)
 	tcase_add_test(tc, test_cancel);
 	tcase_add_test(tc, test_cancel_after_wake);
 	tcase_add_test(tc, test_named);
+	tcase_add_test(tc, test_dead_receiver);
+	tcase_add_test(tc, test_dead_sender);
+	tcase_add_test(tc, test_dead_close);
+	tcase_add_test(tc, test_nomem_receiver);
+	tcase_add_test(tc, test_nomem_sender_times_out);
+	tcase_add_test(tc, test_nomem_close);
 	tcase_add_test(tc, test_cancel_many_newest_first);
 	tcase_add_test(tc, test_cancel_many_oldest_first);
 	tcase_add_test(tc, test_cancel_many_senders);
