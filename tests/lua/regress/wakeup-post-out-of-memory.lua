@@ -1,8 +1,9 @@
 -- A wake-up posted to another worker (or to this worker's own inbox) can
 -- fail when the inbox cannot grow.  Such a failure used to leave things
 -- inconsistent: a sleep job's sleeper could never be woken again (its
--- word was claimed and dropped), and a wake handle said true while its
--- thread stayed suspended with the values beside it.
+-- word was claimed and dropped), a wake handle said true while its thread
+-- stayed suspended with the values beside it, and a future's waiter got
+-- "timeout" although the result had come in.
 --
 -- Each case runs in a fresh process, so the target worker's inbox has
 -- never been used: the first post to it must grow it, and the allocation
@@ -105,5 +106,48 @@ end
 	like(out, "resumed 1: wake " .. tostring(k) .. "\n",
 		"the thread resumed once, with that wakeup's values")
 end)
+
+-- The job runs in the waiter's own worker: its result is posted to the
+-- inbox of that worker, which has never been used.
+local FUTURE = [[
+local weft = require "weft"
+local core = require "weft.core"
+local poll = arg and arg[1] == "poll"
+for k = 1, 5 do
+	local f = weft.spawn(function(k)
+		require("weft.core")._alloc_fail_after(k)
+		return "r" .. k
+	end, k)
+	if poll then
+		-- Looking at the future tries a failed post again: then even a
+		-- wait without deadline ends.
+		weft.thread(function()
+			while not f:done() do weft.sleep(0.01) end
+		end)
+	end
+	local r = table.pack(f:wait(not poll and weft.clock() + 3 or nil))
+	core._alloc_fail_after(0)
+	print(("k=%d %s %s"):format(k, tostring(r[1]), tostring(r[2])))
+end
+]]
+
+for _, mode in ipairs({"deadline", "poll"}) do
+	tap.test("future: a failed post still delivers the result (" .. mode .. ")", function()
+		local out, okc = tap.run_workers(1, FUTURE, mode)
+		if not out then
+			tap.skip("WEFT_BIN not set", 3)
+			return
+		end
+		ok(okc, "the worker exited cleanly")
+		local bad = {}
+		for k, a, b in out:gmatch("k=(%d+) (%S+) ([^\n]*)") do
+			local fine = (a == "true" and b == "r" .. k) or
+				(a == "nil" and b:find("cannot be returned", 1, true))
+			if not fine then bad[#bad + 1] = ("k=%s: %s %s"):format(k, a, b) end
+		end
+		is(select(2, out:gsub("k=%d+", "")), 5, "every wait returned")
+		is(table.concat(bad, "; "), "", "each with the result or the job's error, never 'timeout'")
+	end)
+end
 
 tap.done()
