@@ -243,6 +243,45 @@ end
 	like(out, ("relayed %d"):format(N), "worker 2 relayed every message exactly once")
 end)
 
+-- A worker's state closes (its program stopped the loop) while its threads
+-- wait on channels, five receivers already woken but not yet run: the
+-- state's finalisers withdraw every waiter, so when the other worker uses
+-- the channels no channel touches a freed waiter (ASan builds check the
+-- memory), and the messages the woken receivers never took are still
+-- there.
+tap.test("between workers: a state closes while its threads wait", function()
+	local out, okc = tap.run_workers(2, [[
+local weft = require "weft"
+local ch = weft.channel("x", 8)
+local full = weft.channel("y", 1)
+if weft.worker() == 1 then
+	for _ = 1, 50 do weft.thread(function() ch:recv() end) end
+	assert(full:send(0))
+	for i = 1, 50 do weft.thread(function() full:send(i) end) end
+	weft.sleep(0.01)
+	for i = 1, 5 do assert(ch:send(i)) end
+	weft.stop() -- before the woken receivers run
+else
+	local limit = weft.clock() + 10
+	while weft.stats().total.workers > 1 and weft.clock() < limit do weft.sleep(0.01) end
+	local n = 0
+	while ch:recv(weft.clock() + 0.05) do n = n + 1 end
+	print("left in ch", n)
+	print("full", full:recv(weft.clock() + 1))
+	print("again", full:send("again", weft.clock() + 1), full:recv(weft.clock() + 1))
+end
+]])
+	if not out then
+		tap.skip("WEFT_BIN not set", 4)
+		return
+	end
+	ok(okc, "both workers exited cleanly")
+	if not okc then tap.diag(out) end
+	like(out, "left in ch\t5\n", "the five messages nobody took are still queued")
+	like(out, "full\t0\n", "the full channel holds the first message only")
+	like(out, "again\ttrue\tagain\n", "and works on")
+end)
+
 -- A sleep job passed to another worker: its wakeup resumes the sleeper in
 -- its own worker, with the values.
 tap.test("between workers: sleep_job wakeup with values, many times", function()
