@@ -15,14 +15,12 @@ typedef struct msg {
 	size_t len;
 } msg_t;
 
-typedef struct waiter {
-	weft_worker_t *w;
-	uint32_t slot, seq;
-} waiter_t;
+enum { SENDERS, RECEIVERS };
 
+/* A FIFO of waiter nodes, linked through the nodes themselves. */
 typedef struct wlist {
-	waiter_t *v;
-	size_t n, cap;
+	weft_chan_waiter_t *head, *tail;
+	size_t n;
 } wlist_t;
 
 struct weft_chan {
@@ -32,52 +30,114 @@ struct weft_chan {
 	msg_t *ring;      /* cap slots */
 	size_t head, len; /* queued messages */
 	int closed;
-	wlist_t senders, receivers; /* FIFO */
-	char *name;                 /* named channels: in the runtime's list */
+	wlist_t waiters[2];           /* SENDERS, RECEIVERS */
+	uint64_t nomem, dead, visits; /* weft_chan_stats_t */
+	char *name;                   /* named channels: in the runtime's list */
 	weft_chan_t *next;
 };
 
-static int wl_push(wlist_t *l, waiter_t wt)
+static int state_of(weft_chan_waiter_t *wt)
 {
-	if (l->n == l->cap) {
-		size_t cap = l->cap ? l->cap * 2 : 4;
-		waiter_t *v = weft_realloc(l->v, cap * sizeof *v);
-		if (!v)
-			return WEFT_ENOMEM;
-		l->v = v;
-		l->cap = cap;
-	}
-	l->v[l->n++] = wt;
-	return 0;
+	return atomic_load_explicit(&wt->_state, memory_order_acquire);
 }
 
-static void wl_remove(wlist_t *l, size_t i)
+static void set_state(weft_chan_waiter_t *wt, int state)
 {
-	memmove(&l->v[i], &l->v[i + 1], (l->n - i - 1) * sizeof *l->v);
+	atomic_store_explicit(&wt->_state, (uint8_t)state, memory_order_release);
+}
+
+/* Link wt after `prev` (NULL: at the head). */
+static void wl_insert(wlist_t *l, weft_chan_waiter_t *prev, weft_chan_waiter_t *wt)
+{
+	weft_chan_waiter_t *next = prev ? prev->_next : l->head;
+	wt->_prev = prev;
+	wt->_next = next;
+	if (prev)
+		prev->_next = wt;
+	else
+		l->head = wt;
+	if (next)
+		next->_prev = wt;
+	else
+		l->tail = wt;
+	l->n++;
+}
+
+static void wl_unlink(wlist_t *l, weft_chan_waiter_t *wt)
+{
+	if (wt->_prev)
+		wt->_prev->_next = wt->_next;
+	else
+		l->head = wt->_next;
+	if (wt->_next)
+		wt->_next->_prev = wt->_prev;
+	else
+		l->tail = wt->_prev;
+	wt->_prev = wt->_next = NULL;
 	l->n--;
 }
 
-static void wake(const waiter_t *wt)
+/* Post waiter wt of list l its wake-up.  Lock held.  0: woken (WOKEN,
+ * unlinked); WEFT_ECLOSED: its worker is gone, dropped (IDLE, unlinked);
+ * WEFT_ENOMEM: still registered, in its place.
+ *
+ * The node leaves the list and says WOKEN before the post: once the post
+ * succeeds its owner may run on another thread and reuse the node (on
+ * another channel, under another lock), so this side must not touch it
+ * afterwards.  After a failed post nobody has been told, so the node is
+ * still this side's to put back. */
+static int wake_one(weft_chan_t *c, wlist_t *l, weft_chan_waiter_t *wt)
 {
+	weft_chan_waiter_t *prev = wt->_prev;
 	weft_msg_t m = {WEFT_MSG_WAKE, wt->slot, wt->seq, 0, NULL};
-	weft_worker_post(wt->w, &m);
+	weft_worker_t *w = wt->w;
+
+	c->visits++;
+	wl_unlink(l, wt);
+	set_state(wt, WEFT_CHAN_WOKEN);
+	int rc = weft_worker_post(w, &m);
+	if (rc == WEFT_ECLOSED) {
+		set_state(wt, WEFT_CHAN_IDLE);
+		c->dead++;
+	} else if (rc < 0) {
+		wl_insert(l, prev, wt);
+		set_state(wt, WEFT_CHAN_WAITING);
+		c->nomem++;
+		rc = WEFT_ENOMEM;
+	}
+	return rc;
 }
 
-/* Wake the oldest waiter of l, if any.  Lock held. */
-static void wake_first(wlist_t *l)
+/* Wake the oldest waiter of l whose post succeeds: waiters of freed
+ * workers are dropped on the way, those whose post failed for want of
+ * memory stay for the next wake-up.  Lock held. */
+static void wake_first(weft_chan_t *c, wlist_t *l)
 {
-	if (l->n == 0)
-		return;
-	waiter_t wt = l->v[0];
-	wl_remove(l, 0);
-	wake(&wt);
+	weft_chan_waiter_t *wt = l->head;
+	while (wt) {
+		weft_chan_waiter_t *next = wt->_next;
+		if (wake_one(c, l, wt) == 0)
+			return;
+		wt = next;
+	}
 }
 
-static void wake_all(wlist_t *l)
+static void wake_all(weft_chan_t *c, wlist_t *l)
 {
-	for (size_t i = 0; i < l->n; i++)
-		wake(&l->v[i]);
-	l->n = 0;
+	weft_chan_waiter_t *wt = l->head;
+	while (wt) {
+		weft_chan_waiter_t *next = wt->_next;
+		wake_one(c, l, wt);
+		wt = next;
+	}
+}
+
+/* Closed: every waiter is owed a wake-up; those whose post failed for want
+ * of memory are still registered, and are tried again here.  Lock held. */
+static void wake_closed(weft_chan_t *c)
+{
+	wake_all(c, &c->waiters[SENDERS]);
+	wake_all(c, &c->waiters[RECEIVERS]);
 }
 
 int weft_chan_new(size_t capacity, weft_chan_t **out)
@@ -112,8 +172,6 @@ void weft_chan_unref(weft_chan_t *c)
 		weft_free(c->ring[(c->head + i) % c->cap].data);
 	pthread_mutex_destroy(&c->lock);
 	weft_free(c->ring);
-	weft_free(c->senders.v);
-	weft_free(c->receivers.v);
 	weft_free(c->name);
 	weft_free(c);
 }
@@ -162,78 +220,87 @@ void weft__chan_release_named(void **list)
 	}
 }
 
-static int do_wait(wlist_t *l, weft_worker_t *w, uint32_t slot, uint32_t seq)
+/* Would block: register wt, if given, as a waiter of `kind`.  Lock held. */
+static int do_wait(weft_chan_t *c, int kind, weft_chan_waiter_t *wt)
 {
-	if (!w)
+	if (!wt)
 		return -EAGAIN;
-	int rc = wl_push(l, (waiter_t){w, slot, seq});
-	return rc < 0 ? rc : -EAGAIN;
+	/* Linked twice, the list would be corrupt.  Read without the other
+	 * channel's lock when wt was last used elsewhere: a node that is not
+	 * WAITING is reachable by nobody but its owner. */
+	if (state_of(wt) == WEFT_CHAN_WAITING)
+		return -EBUSY;
+	wt->_chan = c;
+	wt->_kind = (uint8_t)kind;
+	set_state(wt, WEFT_CHAN_WAITING);
+	wl_insert(&c->waiters[kind], c->waiters[kind].tail, wt);
+	return -EAGAIN;
 }
 
-int weft_chan_send(weft_chan_t *c, char *data, size_t len, weft_worker_t *w, uint32_t slot,
-		   uint32_t seq)
+int weft_chan_send(weft_chan_t *c, char *data, size_t len, weft_chan_waiter_t *wt)
 {
 	int rc = 0;
 	pthread_mutex_lock(&c->lock);
 	if (c->closed) {
+		wake_closed(c);
 		rc = WEFT_ECLOSED;
 	} else if (c->len == c->cap) {
 		/* Full: wait; room is handed to waiting senders oldest first. */
-		rc = do_wait(&c->senders, w, slot, seq);
+		rc = do_wait(c, SENDERS, wt);
 	} else {
 		c->ring[(c->head + c->len) % c->cap] = (msg_t){data, len};
 		c->len++;
-		wake_first(&c->receivers);
+		wake_first(c, &c->waiters[RECEIVERS]);
 	}
 	pthread_mutex_unlock(&c->lock);
 	return rc;
 }
 
-int weft_chan_recv(weft_chan_t *c, char **data, size_t *len, weft_worker_t *w, uint32_t slot,
-		   uint32_t seq)
+int weft_chan_recv(weft_chan_t *c, char **data, size_t *len, weft_chan_waiter_t *wt)
 {
 	int rc = 0;
 	pthread_mutex_lock(&c->lock);
+	if (c->closed)
+		wake_closed(c);
 	if (c->len > 0) {
 		msg_t m = c->ring[c->head];
 		c->head = (c->head + 1) % c->cap;
 		c->len--;
 		*data = m.data;
 		*len = m.len;
-		wake_first(&c->senders);
+		wake_first(c, &c->waiters[SENDERS]);
 	} else if (c->closed) {
 		rc = WEFT_ECLOSED;
 	} else {
-		rc = do_wait(&c->receivers, w, slot, seq);
+		rc = do_wait(c, RECEIVERS, wt);
 	}
 	pthread_mutex_unlock(&c->lock);
 	return rc;
 }
 
-static int find(const wlist_t *l, weft_worker_t *w, uint32_t slot, uint32_t seq)
+void weft_chan_cancel(weft_chan_t *c, weft_chan_waiter_t *wt)
 {
-	for (size_t i = 0; i < l->n; i++)
-		if (l->v[i].w == w && l->v[i].slot == slot && l->v[i].seq == seq)
-			return (int)i;
-	return -1;
-}
-
-void weft_chan_cancel(weft_chan_t *c, weft_worker_t *w, uint32_t slot, uint32_t seq)
-{
+	/* _chan is written by the owner only, which is the caller. */
+	if (wt->_chan != c)
+		return;
 	pthread_mutex_lock(&c->lock);
-	int i = find(&c->senders, w, slot, seq);
-	if (i >= 0) {
-		wl_remove(&c->senders, (size_t)i);
-	} else if ((i = find(&c->receivers, w, slot, seq)) >= 0) {
-		wl_remove(&c->receivers, (size_t)i);
-	} else {
-		/* Already woken, but the deadline won: the wake-up would be lost,
-		 * so hand it on to whoever can use it now. */
-		if (c->len < c->cap || c->closed)
-			wake_first(&c->senders);
-		if (c->len > 0 || c->closed)
-			wake_first(&c->receivers);
+	wlist_t *l = &c->waiters[wt->_kind];
+	switch (state_of(wt)) {
+	case WEFT_CHAN_WAITING:
+		c->visits++;
+		wl_unlink(l, wt);
+		break;
+	case WEFT_CHAN_WOKEN:
+		/* Woken, but the deadline won: the wake-up would be lost, so
+		 * hand it on to whoever of its kind can use it now. */
+		c->visits++;
+		if (wt->_kind == SENDERS ? c->len < c->cap || c->closed : c->len > 0 || c->closed)
+			wake_first(c, l);
+		break;
+	default:
+		break;
 	}
+	set_state(wt, WEFT_CHAN_IDLE);
 	pthread_mutex_unlock(&c->lock);
 }
 
@@ -241,8 +308,7 @@ void weft_chan_close(weft_chan_t *c)
 {
 	pthread_mutex_lock(&c->lock);
 	c->closed = 1;
-	wake_all(&c->senders);
-	wake_all(&c->receivers);
+	wake_closed(c);
 	pthread_mutex_unlock(&c->lock);
 }
 
@@ -257,4 +323,15 @@ size_t weft_chan_count(weft_chan_t *c)
 size_t weft_chan_capacity(const weft_chan_t *c)
 {
 	return c->cap;
+}
+
+void weft_chan_stats(weft_chan_t *c, weft_chan_stats_t *out)
+{
+	pthread_mutex_lock(&c->lock);
+	out->nomem = c->nomem;
+	out->dead = c->dead;
+	out->visits = c->visits;
+	out->senders = c->waiters[SENDERS].n;
+	out->receivers = c->waiters[RECEIVERS].n;
+	pthread_mutex_unlock(&c->lock);
 }

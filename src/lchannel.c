@@ -73,54 +73,103 @@ static int ch_gc(lua_State *L)
 	return 0;
 }
 
+/* Where a thread waits on a channel: the channel's waiter node, inside a
+ * userdata on the waiting thread's stack, so it lives as long as the
+ * wait.  `armed` while the thread is suspended in a wait: if the state is
+ * closed then (lua_close runs every finaliser), the finaliser withdraws
+ * the waiter, so the channel never wakes freed memory and a wake-up it
+ * already had goes to another waiter.  The node's own reference keeps the
+ * channel alive for that, whatever order the finalisers run in; the
+ * worker, which the state's own finaliser frees, outlives the nodes:
+ * Lua runs finalisers in the reverse order of their objects' marking,
+ * and the state's was marked when the module was opened. */
+typedef struct lwait {
+	weft_chan_waiter_t wt;
+	weft_chan_t *c; /* a reference, taken by the first wait */
+	int armed;
+} lwait_t;
+
+static void lwait_release(lwait_t *lw)
+{
+	if (lw->armed)
+		weft_chan_cancel(lw->c, &lw->wt);
+	lw->armed = 0;
+	if (lw->c)
+		weft_chan_unref(lw->c);
+	lw->c = NULL;
+}
+
 /* A message waiting to be sent, kept on the stack across yields; its
  * __gc frees it if the thread never gets to send it. */
 typedef struct pending {
 	lw_blob_t b;
+	lwait_t wait;
 } pending_t;
 
 static const char PENDING_META = 'p';
+static const char WAIT_META = 'w';
 
 static int pending_gc(lua_State *L)
 {
 	pending_t *p = lua_touserdata(L, 1);
+	lwait_release(&p->wait);
 	lw_blob_free(&p->b);
 	return 0;
 }
 
-/* Back from a wait on ch (status LUA_YIELD): its error code, or 0 to try
- * again; a timeout withdraws the registration (wait seq ctx). */
-static int woke(lua_State *L, int status, lua_KContext ctx, lchan_t *ch, lw_state_t *S,
-		uint32_t slot)
+static int wait_gc(lua_State *L)
+{
+	lwait_release(lua_touserdata(L, 1));
+	return 0;
+}
+
+/* Back from a wait (status LUA_YIELD): its error code, or 0 to try again.
+ * A wait that ended otherwise than by the channel's wake-up (a deadline)
+ * withdraws the waiter, which passes on a wake-up it may have had. */
+static int woke(lua_State *L, int status, lwait_t *lw)
 {
 	if (status != LUA_YIELD)
 		return 0;
 	int code = lw_wakecode(L);
-	if (code == WEFT_ETIMEOUT)
-		weft_chan_cancel(ch->c, S->w, slot, (uint32_t)ctx);
+	lw->armed = 0;
+	if (code != 0)
+		weft_chan_cancel(lw->c, &lw->wt);
 	return code < 0 ? code : 0;
+}
+
+/* Begin slot's wait (until deadline) and fill lw's node for it. */
+static void wait_begin(lwait_t *lw, weft_chan_t *c, lw_state_t *S, uint32_t slot, uint64_t deadline)
+{
+	if (!lw->c)
+		lw->c = weft_chan_ref(c);
+	lw->wt.w = S->w;
+	lw->wt.slot = slot;
+	lw->wt.seq = weft_worker_wait_ext_until(S->w, slot, deadline);
 }
 
 /* ch:send(v, [expires]) -> true | nil, "closed" | "timeout".  Stack: ch,
  * v, expires, pending. */
 static int send_k(lua_State *L, int status, lua_KContext ctx)
 {
+	(void)ctx;
 	lw_state_t *S = lw_S(L);
 	lchan_t *ch = checkchan(L, 1);
 	pending_t *p = lua_touserdata(L, 4);
 	uint32_t slot = lw_waiter(L, S);
-	int code = woke(L, status, ctx, ch, S, slot);
+	int code = woke(L, status, &p->wait);
 	if (code < 0)
 		return lw_error(L, code);
 	uint64_t deadline = lw_deadline(L, 3);
-	int rc = weft_chan_send(ch->c, p->b.data, p->b.len, NULL, 0, 0);
+	int rc = weft_chan_send(ch->c, p->b.data, p->b.len, NULL);
 	if (rc == -EAGAIN) {
 		if (deadline != UINT64_MAX && weft_clock_ns() >= deadline)
 			return lw_error(L, WEFT_ETIMEOUT);
-		uint32_t seq = weft_worker_wait_ext_until(S->w, slot, deadline);
-		rc = weft_chan_send(ch->c, p->b.data, p->b.len, S->w, slot, seq);
-		if (rc == -EAGAIN)
-			return lw_await(L, (lua_KContext)seq, send_k);
+		wait_begin(&p->wait, ch->c, S, slot, deadline);
+		rc = weft_chan_send(ch->c, p->b.data, p->b.len, &p->wait.wt);
+		if (rc == -EAGAIN) {
+			p->wait.armed = 1;
+			return lw_await(L, 0, send_k);
+		}
 		weft_worker_wait_abort(S->w, slot);
 	}
 	if (rc < 0)
@@ -150,26 +199,38 @@ static int ch_send(lua_State *L)
 	return send_k(L, LUA_OK, 0);
 }
 
-/* ch:recv([expires]) -> v | nil, "closed" | "timeout" */
+/* ch:recv([expires]) -> v | nil, "closed" | "timeout".  Stack: ch,
+ * expires, and the waiter once the thread has had to wait. */
 static int recv_k(lua_State *L, int status, lua_KContext ctx)
 {
+	(void)ctx;
 	lw_state_t *S = lw_S(L);
 	lchan_t *ch = checkchan(L, 1);
 	uint32_t slot = lw_waiter(L, S);
-	int code = woke(L, status, ctx, ch, S, slot);
+	lwait_t *lw = lua_touserdata(L, 3);
+	int code = lw ? woke(L, status, lw) : 0;
 	if (code < 0)
 		return lw_error(L, code);
 	uint64_t deadline = lw_deadline(L, 2);
 	char *data;
 	size_t len;
-	int rc = weft_chan_recv(ch->c, &data, &len, NULL, 0, 0);
+	int rc = weft_chan_recv(ch->c, &data, &len, NULL);
 	if (rc == -EAGAIN) {
 		if (deadline != UINT64_MAX && weft_clock_ns() >= deadline)
 			return lw_error(L, WEFT_ETIMEOUT);
-		uint32_t seq = weft_worker_wait_ext_until(S->w, slot, deadline);
-		rc = weft_chan_recv(ch->c, &data, &len, S->w, slot, seq);
-		if (rc == -EAGAIN)
-			return lw_await(L, (lua_KContext)seq, recv_k);
+		if (!lw) {
+			/* Made before the wait begins: it may raise. */
+			lw = lua_newuserdatauv(L, sizeof *lw, 0);
+			memset(lw, 0, sizeof *lw);
+			lua_rawgetp(L, LUA_REGISTRYINDEX, &WAIT_META);
+			lua_setmetatable(L, -2);
+		}
+		wait_begin(lw, ch->c, S, slot, deadline);
+		rc = weft_chan_recv(ch->c, &data, &len, &lw->wt);
+		if (rc == -EAGAIN) {
+			lw->armed = 1;
+			return lw_await(L, 0, recv_k);
+		}
 		weft_worker_wait_abort(S->w, slot);
 	}
 	if (rc < 0)
@@ -256,6 +317,10 @@ void lw_open_channel(lua_State *L, lw_state_t *S)
 	lua_pushcfunction(L, pending_gc);
 	lua_setfield(L, -2, "__gc");
 	lua_rawsetp(L, LUA_REGISTRYINDEX, &PENDING_META);
+	lua_newtable(L);
+	lua_pushcfunction(L, wait_gc);
+	lua_setfield(L, -2, "__gc");
+	lua_rawsetp(L, LUA_REGISTRYINDEX, &WAIT_META);
 	lw_serial_register(LW_CHANNEL, pack_chan, unpack_chan);
 	lua_pushlightuserdata(L, S);
 	lua_pushcclosure(L, l_channel, 1);

@@ -856,6 +856,20 @@ static int sj_sleep_k(lua_State *L, int status, lua_KContext ctx)
 	return (int)n;
 }
 
+/* Whether sleep job word v (not 0) names a sleep that is still going on:
+ * a word given back by a waker whose post failed can outlive the sleep
+ * it named.  A slot's seq changes with each wait, so a wait that is over
+ * never matches. */
+static int sleeping(lw_state_t *S, uint64_t v)
+{
+	uint32_t slot = (uint32_t)(v >> 32) - 1;
+	if (slot >= S->cap || !S->threads[slot])
+		return 0;
+	const weft_co_t *co = weft_worker_co(S->w, slot);
+	return co->seq == (uint32_t)v &&
+	       (co->state == WEFT_CO_WAIT_TIME || co->state == WEFT_CO_WAIT_EXT);
+}
+
 static int sj_wait(lua_State *L, uint64_t deadline)
 {
 	lw_state_t *S = lw_S(L);
@@ -863,8 +877,12 @@ static int sj_wait(lua_State *L, uint64_t deadline)
 	uint32_t slot = lw_waiter(L, S);
 	if (sj->owner != S || sj->sh->w != S->w)
 		return luaL_error(L, "sleep_job: only the worker that made it can sleep on it");
-	if (atomic_load(&sj->sh->word) != 0)
-		return luaL_error(L, "sleep_job: another thread is sleeping on it");
+	uint64_t old = atomic_load(&sj->sh->word);
+	if (old != 0) {
+		if (sleeping(S, old))
+			return luaL_error(L, "sleep_job: another thread is sleeping on it");
+		atomic_compare_exchange_strong(&sj->sh->word, &old, 0); /* stale */
+	}
 	lua_settop(L, 1);
 	/* Passed to another worker, the sleep job may be woken from there:
 	 * then even a sleep without deadline keeps the loop running. */
@@ -941,7 +959,17 @@ static int sj_wakeup(lua_State *L)
 	uint64_t v = sj->sh->w ? sj_claim(sj->sh) : 0;
 	if (v) {
 		weft_msg_t m = {WEFT_MSG_WAKE, (uint32_t)(v >> 32) - 1, (uint32_t)v, WEFT_WAKE_USER, b};
-		woke = weft_worker_post(sj->sh->w, &m) == 0;
+		int rc = weft_worker_post(sj->sh->w, &m);
+		woke = rc == 0;
+		/* Out of memory: the sleeper sleeps on, so the word is given
+		 * back for a later wakeup (the caller sees false and may try
+		 * again).  Should its sleep have ended meanwhile, the word is
+		 * stale; sj_wait knows one from a live sleep.  (WEFT_ECLOSED:
+		 * the owner's worker is gone, and nobody sleeps any more.) */
+		if (rc == WEFT_ENOMEM) {
+			uint64_t none = 0;
+			atomic_compare_exchange_strong(&sj->sh->word, &none, v);
+		}
 	}
 	pthread_mutex_unlock(&sj_lock);
 	if (!woke)
@@ -1032,10 +1060,11 @@ static int wh_wakeup(lua_State *L)
 		weft_free(n);
 		return lua_error(L);
 	}
-	int ok = 0;
+	int ok = 0, rc = 0;
 	pthread_mutex_lock(&sh->lock);
 	if (sh->w) {
-		*sh->tail = n;
+		whnode_t **link = sh->tail;
+		*link = n;
 		sh->tail = &n->next;
 		ok = 1;
 		if (sh->suspended) {
@@ -1047,9 +1076,21 @@ static int wh_wakeup(lua_State *L)
 						NULL};
 				/* Posted under the lock: the owner cannot be freed
 				 * meanwhile (wh_retire takes it first). */
-				if (weft_worker_post(sh->w, &m) != 0)
-					sh->suspended = 1; /* the next wakeup tries again */
+				rc = weft_worker_post(sh->w, &m);
 			}
+		}
+		if (rc != 0) {
+			/* Not delivered: take the values back rather than leave
+			 * them waiting beside a thread that nobody will wake.
+			 * Out of memory, the suspension stays published for the
+			 * next wakeup; WEFT_ECLOSED: the owner is gone. */
+			*link = NULL;
+			sh->tail = link;
+			ok = 0;
+			if (rc == WEFT_ENOMEM)
+				sh->suspended = 1;
+			else
+				sh->w = NULL;
 		}
 	}
 	pthread_mutex_unlock(&sh->lock);
@@ -1057,6 +1098,8 @@ static int wh_wakeup(lua_State *L)
 		lw_blob_free(&n->blob);
 		weft_free(n);
 	}
+	if (rc == WEFT_ENOMEM)
+		return luaL_error(L, "wakehandle: out of memory");
 	lua_pushboolean(L, ok);
 	return 1;
 }

@@ -55,6 +55,22 @@ static void fut_unref(fut_t *f)
 	weft_free(f);
 }
 
+/* Done: post every waiter its wake-up.  Lock held.  A waiter whose worker
+ * has been freed is dropped.  One whose post failed for want of memory is
+ * still waiting, so it stays on the list: it is tried again whenever the
+ * future is looked at (wait, done), and if its deadline comes first it
+ * takes the result then (wait_k). */
+static void post_waiters(fut_t *f)
+{
+	size_t keep = 0;
+	for (size_t i = 0; i < f->nwait; i++) {
+		weft_msg_t m = {WEFT_MSG_WAKE, f->waiters[i].slot, f->waiters[i].seq, 0, NULL};
+		if (weft_worker_post(f->waiters[i].w, &m) == WEFT_ENOMEM)
+			f->waiters[keep++] = f->waiters[i];
+	}
+	f->nwait = keep;
+}
+
 /* Store the result (taking the blob) and wake every waiter. */
 static void fut_complete(fut_t *f, lw_blob_t *res)
 {
@@ -62,11 +78,7 @@ static void fut_complete(fut_t *f, lw_blob_t *res)
 	f->result = *res;
 	memset(res, 0, sizeof *res);
 	f->done = 1;
-	for (size_t i = 0; i < f->nwait; i++) {
-		weft_msg_t m = {WEFT_MSG_WAKE, f->waiters[i].slot, f->waiters[i].seq, 0, NULL};
-		weft_worker_post(f->waiters[i].w, &m);
-	}
-	f->nwait = 0;
+	post_waiters(f);
 	pthread_mutex_unlock(&f->lock);
 }
 
@@ -262,6 +274,8 @@ static int f_done(lua_State *L)
 	fut_t *f = checkfut(L, 1);
 	pthread_mutex_lock(&f->lock);
 	int done = f->done;
+	if (done && f->nwait)
+		post_waiters(f);
 	pthread_mutex_unlock(&f->lock);
 	lua_pushboolean(L, done);
 	return 1;
@@ -292,7 +306,14 @@ static int wait_k(lua_State *L, int status, lua_KContext ctx)
 		int code = lw_wakecode(L);
 		if (code < 0) {
 			withdraw(f, S->w, slot, (uint32_t)ctx);
-			return lw_error(L, code);
+			/* At the deadline a result that came in meanwhile (its
+			 * wake-up lost in the race, or never posted) is still
+			 * taken. */
+			pthread_mutex_lock(&f->lock);
+			int done = f->done;
+			pthread_mutex_unlock(&f->lock);
+			if (code != WEFT_ETIMEOUT || !done)
+				return lw_error(L, code);
 		}
 	}
 	uint64_t deadline = lw_deadline(L, 2);
@@ -317,6 +338,8 @@ static int wait_k(lua_State *L, int status, lua_KContext ctx)
 		pthread_mutex_unlock(&f->lock);
 		return lw_await(L, (lua_KContext)seq, wait_k);
 	}
+	if (f->nwait)
+		post_waiters(f);
 	pthread_mutex_unlock(&f->lock);
 	/* Done: the result never changes, so it is read without the lock. */
 	lua_settop(L, 0);

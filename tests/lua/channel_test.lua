@@ -122,6 +122,75 @@ H.test("named channels and channels inside messages", function()
 	is(inner:recv(), "pong", "a channel sent in a message is the same channel")
 end)
 
+-- Waiters that give up are withdrawn one by one (each in constant time);
+-- whichever way each wait ends, it ends exactly once, and no message or
+-- wake-up is lost.  Whether a given waiter is served or times out depends
+-- on the machine's speed, so only the totals are checked.
+H.test("many waiters give up: each ends once, nothing lost", function()
+	local N, K = 2000 // SCALE, 50
+	local ch = weft.channel(K)
+	local got, timeouts, other, done = {}, 0, 0, 0
+	local deadline = weft.clock() + 0.2
+	for _ = 1, N do
+		weft.thread(function()
+			local v, err = ch:recv(deadline)
+			if v ~= nil then
+				got[#got + 1] = v
+			elseif err == "timeout" then
+				timeouts = timeouts + 1
+			else
+				other = other + 1
+			end
+			done = done + 1
+		end)
+	end
+	for i = 1, K do assert(ch:send(i)) end
+	local limit = weft.clock() + 10
+	while done < N and weft.clock() < limit do weft.sleep(0.01) end
+	is(done, N, "every receiver's wait ended")
+	is(other, 0, "each with a value or 'timeout'")
+	is(#got + timeouts, N, "exactly once")
+	local seen = {}
+	for _, v in ipairs(got) do seen[v] = (seen[v] or 0) + 1 end
+	local n = ch:count()
+	for _ = 1, n do local v = ch:recv(); seen[v] = (seen[v] or 0) + 1 end
+	local all = true
+	for i = 1, K do all = all and seen[i] == 1 end
+	ok(all, "every message was received once or is still queued")
+
+	-- Senders of a full channel.
+	local full = weft.channel(1)
+	assert(full:send(0))
+	local sent, stimeouts, sother, sdone = 0, 0, 0, 0
+	deadline = weft.clock() + 0.2
+	for i = 1, N do
+		weft.thread(function()
+			local r, err = full:send(i, deadline)
+			if r then
+				sent = sent + 1
+			elseif err == "timeout" then
+				stimeouts = stimeouts + 1
+			else
+				sother = sother + 1
+			end
+			sdone = sdone + 1
+		end)
+	end
+	local taken = {}
+	for _ = 1, K do
+		local v = full:recv(weft.clock() + 0.05)
+		if v ~= nil then taken[#taken + 1] = v end
+	end
+	limit = weft.clock() + 10
+	while sdone < N and weft.clock() < limit do weft.sleep(0.01) end
+	is(sdone, N, "every sender's wait ended")
+	is(sother, 0, "each with true or 'timeout'")
+	is(sent + stimeouts, N, "exactly once")
+	for _ = 1, full:count() do taken[#taken + 1] = full:recv() end
+	is(#taken, sent + 1, "every value sent was received, no other")
+	ok(full:send("again") and full:recv() == "again", "the channel still works")
+end)
+
 tap.test("I/O on a channel outside a thread raises", function()
 	local ch = weft.channel(1)
 	ok(not pcall(ch.recv, ch), "recv in the main thread raises")
@@ -172,6 +241,45 @@ end
 	ok(okc, "the two workers exited cleanly")
 	like(out, ("received %d in order true"):format(N), "every message came back, in order")
 	like(out, ("relayed %d"):format(N), "worker 2 relayed every message exactly once")
+end)
+
+-- A worker's state closes (its program stopped the loop) while its threads
+-- wait on channels, five receivers already woken but not yet run: the
+-- state's finalisers withdraw every waiter, so when the other worker uses
+-- the channels no channel touches a freed waiter (ASan builds check the
+-- memory), and the messages the woken receivers never took are still
+-- there.
+tap.test("between workers: a state closes while its threads wait", function()
+	local out, okc = tap.run_workers(2, [[
+local weft = require "weft"
+local ch = weft.channel("x", 8)
+local full = weft.channel("y", 1)
+if weft.worker() == 1 then
+	for _ = 1, 50 do weft.thread(function() ch:recv() end) end
+	assert(full:send(0))
+	for i = 1, 50 do weft.thread(function() full:send(i) end) end
+	weft.sleep(0.01)
+	for i = 1, 5 do assert(ch:send(i)) end
+	weft.stop() -- before the woken receivers run
+else
+	local limit = weft.clock() + 10
+	while weft.stats().total.workers > 1 and weft.clock() < limit do weft.sleep(0.01) end
+	local n = 0
+	while ch:recv(weft.clock() + 0.05) do n = n + 1 end
+	print("left in ch", n)
+	print("full", full:recv(weft.clock() + 1))
+	print("again", full:send("again", weft.clock() + 1), full:recv(weft.clock() + 1))
+end
+]])
+	if not out then
+		tap.skip("WEFT_BIN not set", 4)
+		return
+	end
+	ok(okc, "both workers exited cleanly")
+	if not okc then tap.diag(out) end
+	like(out, "left in ch\t5\n", "the five messages nobody took are still queued")
+	like(out, "full\t0\n", "the full channel holds the first message only")
+	like(out, "again\ttrue\tagain\n", "and works on")
 end)
 
 -- A sleep job passed to another worker: its wakeup resumes the sleeper in
