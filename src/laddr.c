@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/un.h>
+#include <time.h>
 
 #include "alloc.h"
 #include "error.h"
@@ -437,7 +438,13 @@ static void resolved(weft_resolve_t *r, void *arg)
 	lreq_t *q = arg;
 	lw_state_t *S = q->S;
 	weft_msg_t m = {WEFT_MSG_WAKE, q->slot, q->seq, 0, NULL};
-	weft_worker_post(S->w, &m);
+	/* This is a resolver thread: it can afford to wait for memory rather
+	 * than leave the waiter hanging (a lookup may have no deadline).  A
+	 * closed inbox (the state is going) or a long shortage gives up. */
+	for (int tries = 0; weft_worker_post(S->w, &m) == WEFT_ENOMEM && tries < 1000; tries++) {
+		struct timespec ts = {0, 1000000};
+		nanosleep(&ts, NULL);
+	}
 	/* The last touch of S: the state's finaliser waits for this count. */
 	atomic_fetch_sub(&S->ext_pending, 1);
 	req_unref(q);
