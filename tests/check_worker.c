@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "alloc.h"
 #include "checkutil.h"
 #include "clock.h"
 #include "error.h"
@@ -1018,6 +1019,34 @@ START_TEST(test_spin_rule)
 }
 END_TEST
 
+/* A post that fails for want of memory is refused (the poster keeps
+ * its message) and counted where the owner reports it, in `lost`; a
+ * post to a freed worker is refused with WEFT_ECLOSED. */
+START_TEST(test_post_failures)
+{
+	env_t e = setup();
+	weft_worker_t *w0 = e.w, *w1;
+	ck_assert_int_eq(weft_worker_new(e.rt, &w1), 0);
+	weft_msg_t m = {99, 0, 0, 0, NULL};
+
+	weft_alloc_fail_after(1); /* the inbox's first growth */
+	ck_assert_int_eq(weft_worker_post(w0, &m), WEFT_ENOMEM);
+	weft_alloc_fail_after(0);
+	ck_assert_int_eq(weft_worker_poll(w0, 0), 0);
+	ck_assert_uint_eq(w0->stats.lost, 1);
+	ck_assert_uint_eq(w0->stats.inbox, 0);
+	ck_assert_int_eq(weft_worker_post(w0, &m), 0);
+	ck_assert_int_eq(weft_worker_poll(w0, 0), 0);
+	ck_assert_uint_eq(w0->stats.inbox, 1);
+	ck_assert_uint_eq(w0->stats.lost, 1);
+
+	weft_worker_free(w1);
+	ck_assert_int_eq(weft_worker_post(w1, &m), WEFT_ECLOSED);
+	atomic_store(&w0->stats.lost, 0); /* counted on purpose (teardown checks it) */
+	teardown(e);
+}
+END_TEST
+
 /* Deadlines hold while every poll returns events: a busy socket gets a
  * byte before each poll, and a 50 ms sleep and a 50 ms fd deadline must
  * still fire within 20 ms of their time. */
@@ -1243,6 +1272,7 @@ static Suite *worker_suite(void)
 	tcase_add_test(tc, test_events_reach_owner);
 	tcase_add_test(tc, test_reuse_keeps_other_waiter);
 	tcase_add_test(tc, test_spin_rule);
+	tcase_add_test(tc, test_post_failures);
 	tcase_add_test(tc, test_timers_under_io_load);
 	suite_add_tcase(s, tc);
 	/* Explicit, so the runs fit even under Check's 4 s default with
