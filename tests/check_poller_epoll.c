@@ -454,13 +454,15 @@ START_TEST(test_wake_interrupts_wait)
 	pthread_join(th, NULL);
 	ck_assert_int_eq(atomic_load(&w.bad), 0);
 	qsort(lat, ROUNDS, sizeof lat[0], cmp_u64);
-	/* Typical is under 10 us, p99 under 100 us, on two vCPUs; the bounds
-	 * leave room for a parallel `make check` under sanitizers. */
-	ck_assert_msg(lat[ROUNDS / 2] < 1000000u, "median wake latency %llu ns",
+	/* Typical is under 10 us, p99 under 100 us, on two vCPUs.  A lost
+	 * wake-up never returns at all (the test's timeout catches it); the
+	 * bounds below only catch a wake that waits for something else (a
+	 * timeout, another event), and are wide enough for a machine that is
+	 * busy with other work, where a woken thread can wait milliseconds
+	 * for a CPU. */
+	ck_assert_msg(lat[ROUNDS / 2] < 50000000u, "median wake latency %llu ns",
 	              (unsigned long long)lat[ROUNDS / 2]);
-	ck_assert_msg(lat[ROUNDS * 99 / 100] < 10000000u, "p99 wake latency %llu ns",
-	              (unsigned long long)lat[ROUNDS * 99 / 100]);
-	ck_assert_msg(lat[ROUNDS - 1] < 100000000u, "max wake latency %llu ns",
+	ck_assert_msg(lat[ROUNDS - 1] < 1000000000u, "max wake latency %llu ns",
 	              (unsigned long long)lat[ROUNDS - 1]);
 	weft_poller_free(w.p);
 }

@@ -127,7 +127,7 @@ tap.test("a CPU-bound worker does not stall another worker's sockets", function(
 	cmp_ok(tonumber(n) or 0, ">", 0, "worker 1 kept bouncing datagrams")
 	-- The stall being guarded against lasts the whole 1 s step; a slow or
 	-- loaded machine stays far below this bound.
-	cmp_ok(tonumber(worst) or 1e9, "<", 300, "no round trip waited for the busy worker")
+	cmp_ok(tonumber(worst) or 1e9, "<", 500, "no round trip waited for the busy worker")
 end)
 
 -- Worker 1 listens on port 0 and tells worker 2 the port the kernel
