@@ -2,10 +2,10 @@
  *
  * When several workers of a runtime listen on the same address, they share
  * one listening socket: the first listen creates it, the others join it
- * (DESIGN §5).  The socket is registered one-shot; whichever worker holds
- * the poller token when a connection arrives accepts a batch of
+ * (DESIGN §5).  The socket is registered one-shot in the runtime's shared
+ * poller; whichever worker harvests its event accepts a batch of
  * connections into the listener's queue and wakes coroutines waiting in
- * accept() in any worker, idle workers first.  A connection is bound to a
+ * accept() in any worker, idle workers first (doc/design.md).  A connection is bound to a
  * Lua state only when a coroutine takes it from the queue, so a slow
  * worker, which is not waiting in accept(), gets none.
  *

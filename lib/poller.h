@@ -3,8 +3,10 @@
  * same functions); configure picks the file.
  *
  * A poller may be shared by several threads: add/modify/delete/wake are
- * thread-safe.  wait() may be called by several threads at once, but weft
- * lets only the holder of the poller token block in it (DESIGN §3). */
+ * thread-safe, and wait() may be called by several threads at once.  weft
+ * gives each worker a poller of its own, which only that worker waits in,
+ * and a shared one (listeners) that every worker harvests without
+ * blocking (doc/design.md). */
 #ifndef WEFT_POLLER_H
 #define WEFT_POLLER_H
 
