@@ -120,14 +120,6 @@ static void remove_waiter(weft_listener_t *l, size_t i)
 	l->nwait--;
 }
 
-/* The runtime's earliest retry time of a backed-off listener, 0 = none
- * backed off.  Written under the registry lock; read without it by the
- * worker hooks, as a hint (they take the lock before acting on it). */
-static _Atomic uint64_t *retry_word(weft_runtime_t *rt)
-{
-	return weft__runtime_listener_retry(rt);
-}
-
 /* Give the episode's error to the first acceptor in line, once: the
  * others keep waiting, and accepting resumes by itself.  A waiter whose
  * worker is gone is dropped for the next.  Lock held. */
@@ -156,7 +148,7 @@ static void back_off(weft_listener_t *l, int err)
 	l->retry_at = now + l->backoff;
 	if (!l->episode)
 		l->episode = err;
-	_Atomic uint64_t *next = retry_word(l->rt);
+	_Atomic uint64_t *next = weft__runtime_listener_retry(l->rt);
 	uint64_t cur = atomic_load_explicit(next, memory_order_relaxed);
 	if (cur == 0 || l->retry_at < cur) {
 		atomic_store_explicit(next, l->retry_at, memory_order_relaxed);
@@ -474,13 +466,13 @@ static uint64_t retry_due(weft_runtime_t *rt, uint64_t until)
 			next = l->retry_at;
 		pthread_mutex_unlock(&l->lock);
 	}
-	atomic_store_explicit(retry_word(rt), next == UINT64_MAX ? 0 : next, memory_order_relaxed);
+	atomic_store_explicit(weft__runtime_listener_retry(rt), next == UINT64_MAX ? 0 : next, memory_order_relaxed);
 	return next;
 }
 
 uint64_t weft__listener_retry(weft_runtime_t *rt, uint64_t now_ns)
 {
-	uint64_t t = atomic_load_explicit(retry_word(rt), memory_order_relaxed);
+	uint64_t t = atomic_load_explicit(weft__runtime_listener_retry(rt), memory_order_relaxed);
 	if (t == 0)
 		return UINT64_MAX;
 	if (t > now_ns)
@@ -497,7 +489,7 @@ void weft__listener_fd_closed(weft_runtime_t *rt)
 	/* A close racing with a listener that is just backing off may find
 	 * the word still 0: that listener waits for its back-off, which is
 	 * short at first, rather than every close paying for a lock. */
-	if (atomic_load_explicit(retry_word(rt), memory_order_relaxed) == 0)
+	if (atomic_load_explicit(weft__runtime_listener_retry(rt), memory_order_relaxed) == 0)
 		return;
 	pthread_mutex_t *reg = weft__runtime_listener_lock(rt);
 	pthread_mutex_lock(reg);

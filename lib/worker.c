@@ -44,10 +44,9 @@ static inline void cpu_relax(void)
  * inbox, then swaps the state to NOTIFIED and wakes the worker's poller
  * if it sleeps there; the worker swaps in PARK_POLLER, re-checks its
  * inbox (and the job count), then sleeps.  Both sides swap the same word,
- * so one of them sees the other: no lost wake-up.  PARK_FUTEX is no
- * longer used (every worker sleeps in its own poller) and is kept for
- * weft__worker_idle's sake. */
-enum { PARK_EMPTY, PARK_FUTEX, PARK_POLLER, PARK_NOTIFIED };
+ * so one of them sees the other: no lost wake-up.  Every worker sleeps
+ * in its own poller: there is no other way to park. */
+enum { PARK_EMPTY, PARK_POLLER, PARK_NOTIFIED };
 
 struct weft_runtime {
 	weft_poller_t *poller; /* shared: listeners; the runtime's face */
@@ -102,7 +101,7 @@ void weft__runtime_set_cpus(weft_runtime_t *rt, int ncpu)
 int weft__worker_idle(const weft_worker_t *w)
 {
 	int p = atomic_load_explicit(&((weft_worker_t *)w)->_park, memory_order_acquire);
-	return p == PARK_FUTEX || p == PARK_POLLER;
+	return p == PARK_POLLER;
 }
 
 /* Runtimes of this process, so that a Lua state on another thread can
@@ -480,17 +479,12 @@ static int grow_cos(weft_worker_t *w)
 	return 0;
 }
 
-static inline weft_co_t *co_at(weft_worker_t *w, uint32_t slot)
-{
-	return weft_worker_co(w, slot);
-}
-
 int64_t weft_worker_co_new(weft_worker_t *w)
 {
 	uint32_t slot;
 	if (w->_free != UINT32_MAX) {
 		slot = w->_free;
-		w->_free = co_at(w, slot)->_next_free;
+		w->_free = weft_worker_co(w, slot)->_next_free;
 	} else {
 		if (w->_ncos == w->_capcos) {
 			/* A slot has at most one wake-up queued (_pending), so a
@@ -501,9 +495,9 @@ int64_t weft_worker_co_new(weft_worker_t *w)
 				return WEFT_ENOMEM;
 		}
 		slot = w->_ncos++;
-		co_at(w, slot)->seq = 0;
+		weft_worker_co(w, slot)->seq = 0;
 	}
-	weft_co_t *co = co_at(w, slot);
+	weft_co_t *co = weft_worker_co(w, slot);
 	weft_timer_init(&co->_timer);
 	co->_fd = NULL;
 	co->_data = NULL;
@@ -535,7 +529,7 @@ static void leave_wait(weft_worker_t *w, weft_co_t *co)
 
 void weft_worker_co_free(weft_worker_t *w, uint32_t slot)
 {
-	weft_co_t *co = co_at(w, slot);
+	weft_co_t *co = weft_worker_co(w, slot);
 	leave_wait(w, co);
 	co->state = WEFT_CO_FREE;
 	co->seq++;
@@ -608,7 +602,7 @@ int weft_worker_wake(weft_worker_t *w, uint32_t slot, uint32_t seq, int32_t code
 {
 	if (slot >= w->_ncos)
 		return 0;
-	weft_co_t *co = co_at(w, slot);
+	weft_co_t *co = weft_worker_co(w, slot);
 	if (co->seq != seq || !wakeable(co, code) || co->_pending)
 		return 0;
 	/* An fd wait must leave the wait word too, as on a timeout: a slot
@@ -632,7 +626,7 @@ static void io_done(weft_worker_t *w, uint32_t slot, int32_t code)
 	/* No seq is needed: once the word went WAIT -> EMPTY the slot cannot
 	 * leave the wait (its deadline's cancel fails and waits for this), so
 	 * it cannot be freed or reused before this wake-up is taken. */
-	weft_co_t *co = co_at(w, slot);
+	weft_co_t *co = weft_worker_co(w, slot);
 	if (co->state == WEFT_CO_WAIT_IO && !co->_pending) {
 		co->_fd = NULL;
 		queue(w, co, code);
@@ -693,7 +687,7 @@ static void begin_wait(weft_worker_t *w, weft_co_t *co, int state, uint64_t dead
 int weft_worker_wait_io(weft_worker_t *w, uint32_t slot, weft_fd_t *r, int dir,
 			uint64_t deadline_ns)
 {
-	weft_co_t *co = co_at(w, slot);
+	weft_co_t *co = weft_worker_co(w, slot);
 	/* The wait word must name this wait before an event can see it, so
 	 * state and seq are set first and undone if the word says otherwise. */
 	begin_wait(w, co, WEFT_CO_WAIT_IO, deadline_ns, 1);
@@ -710,7 +704,7 @@ int weft_worker_wait_io(weft_worker_t *w, uint32_t slot, weft_fd_t *r, int dir,
 
 int weft_worker_wait_time(weft_worker_t *w, uint32_t slot, uint64_t deadline_ns)
 {
-	begin_wait(w, co_at(w, slot), WEFT_CO_WAIT_TIME, deadline_ns, deadline_ns != UINT64_MAX);
+	begin_wait(w, weft_worker_co(w, slot), WEFT_CO_WAIT_TIME, deadline_ns, deadline_ns != UINT64_MAX);
 	return 0;
 }
 
@@ -721,14 +715,14 @@ uint32_t weft_worker_wait_ext(weft_worker_t *w, uint32_t slot)
 
 uint32_t weft_worker_wait_ext_until(weft_worker_t *w, uint32_t slot, uint64_t deadline_ns)
 {
-	weft_co_t *co = co_at(w, slot);
+	weft_co_t *co = weft_worker_co(w, slot);
 	begin_wait(w, co, WEFT_CO_WAIT_EXT, deadline_ns, 1);
 	return co->seq;
 }
 
 uint32_t weft_worker_yield(weft_worker_t *w, uint32_t slot)
 {
-	weft_co_t *co = co_at(w, slot);
+	weft_co_t *co = weft_worker_co(w, slot);
 	begin_wait(w, co, WEFT_CO_WAIT_TIME, UINT64_MAX, 0);
 	queue(w, co, 0);
 	return co->seq;
@@ -783,7 +777,7 @@ weft_job_t *weft_worker_next_job(weft_worker_t *w)
 
 void *weft_worker_take_data(weft_worker_t *w, uint32_t slot)
 {
-	weft_co_t *co = co_at(w, slot);
+	weft_co_t *co = weft_worker_co(w, slot);
 	void *p = co->_data;
 	co->_data = NULL;
 	return p;
@@ -791,12 +785,12 @@ void *weft_worker_take_data(weft_worker_t *w, uint32_t slot)
 
 void weft_worker_wait_abort(weft_worker_t *w, uint32_t slot)
 {
-	leave_wait(w, co_at(w, slot));
+	leave_wait(w, weft_worker_co(w, slot));
 }
 
 void weft_worker_suspend(weft_worker_t *w, uint32_t slot)
 {
-	weft_co_t *co = co_at(w, slot);
+	weft_co_t *co = weft_worker_co(w, slot);
 	leave_wait(w, co);
 	co->seq++;
 	co->state = WEFT_CO_SUSPENDED;
@@ -804,7 +798,7 @@ void weft_worker_suspend(weft_worker_t *w, uint32_t slot)
 
 void weft_worker_keepalive(weft_worker_t *w, uint32_t slot)
 {
-	weft_co_t *co = co_at(w, slot);
+	weft_co_t *co = weft_worker_co(w, slot);
 	if (co->state == WEFT_CO_SUSPENDED && !co->_alive) {
 		co->_alive = 1;
 		w->nalive++;
@@ -813,7 +807,7 @@ void weft_worker_keepalive(weft_worker_t *w, uint32_t slot)
 
 void weft_worker_run(weft_worker_t *w, uint32_t slot)
 {
-	weft_co_t *co = co_at(w, slot);
+	weft_co_t *co = weft_worker_co(w, slot);
 	if (co->_alive) {
 		co->_alive = 0;
 		w->nalive--;
@@ -973,7 +967,7 @@ static void on_message(weft_worker_t *w, const weft_msg_t *m)
 		 * another worker); if the wait is over, the data is dropped. */
 		if (weft_worker_wake(w, m->slot, m->seq, m->code)) {
 			if (m->ptr)
-				co_at(w, m->slot)->_data = m->ptr;
+				weft_worker_co(w, m->slot)->_data = m->ptr;
 		} else if (m->ptr && w->drop_data) {
 			w->drop_data(m->ptr);
 		}
@@ -1114,7 +1108,7 @@ int weft_worker_next(weft_worker_t *w, weft_wake_t *out)
 {
 	weft_wake_t wk;
 	while (weft_runq_pop(&w->runq, &wk)) {
-		weft_co_t *co = co_at(w, wk.slot);
+		weft_co_t *co = weft_worker_co(w, wk.slot);
 		if (co->seq != wk.seq || !wakeable(co, wk.code))
 			continue; /* the wait it was for is over */
 		leave_wait(w, co);

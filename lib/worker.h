@@ -295,7 +295,9 @@ int weft_worker_next(weft_worker_t *w, weft_wake_t *out);
 pthread_mutex_t *weft__runtime_listener_lock(weft_runtime_t *rt);
 void **weft__runtime_listeners(weft_runtime_t *rt);
 /* listener.c's word: the earliest retry time of a listener whose accepts
- * back off, 0 = none (see weft__listener_retry). */
+ * back off, 0 = none (see weft__listener_retry).  Written under the
+ * listener registry lock; read without it by the worker hooks, as a hint
+ * (they take the lock before acting on it). */
 _Atomic uint64_t *weft__runtime_listener_retry(weft_runtime_t *rt);
 void **weft__runtime_channels(weft_runtime_t *rt);
 int weft__worker_idle(const weft_worker_t *w);
