@@ -45,10 +45,8 @@ MSGSIZE=${MSGSIZE:-64}
 SERVER_CPU=${SERVER_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 
-die() {
-	echo "echo-cpu.sh: $*" >&2
-	exit 1
-}
+# shellcheck source=contrib/bench/common.sh
+. "$here/common.sh"
 
 need_exe() {
 	[[ -x $1 ]] || die "$1 not found or not executable (build it first: make bench)"
@@ -145,21 +143,6 @@ server_cmd() {
 	return 0
 }
 
-# "utime stime", in clock ticks, each summed over the processes in $group.
-# /proc/PID/stat fields 14 and 15 cover every thread of a process, dead ones
-# included.  The command name (field 2) may hold blanks and parentheses, so
-# fields are counted from its closing one.
-cpu_ticks() {
-	local pid stat rest f user=0 sys=0
-	for pid in "${group[@]}"; do
-		stat=$(<"/proc/$pid/stat") || die "server process $pid vanished"
-		rest=${stat##*) }
-		read -r -a f <<<"$rest"
-		user=$((user + f[11]))
-		sys=$((sys + f[12]))
-	done
-	echo "$user $sys"
-}
 
 # Read a line from fd $1 within $2 seconds; it must be $3.  If it is not,
 # echoload failed against server $4, and its stderr says why.

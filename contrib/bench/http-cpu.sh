@@ -21,16 +21,8 @@ command -v "$WRK" >/dev/null || { echo "http-cpu.sh: wrk not found (apt-get inst
 export LUA_PATH="$top/lua/?.lua;${LUA_PATH:-;}"
 tck=$(getconf CLK_TCK)
 
-free_port() { # a TCP port of 127.0.0.1 that the kernel just handed out for port 0
-	perl -MIO::Socket::INET -e '
-		my $s = IO::Socket::INET->new(LocalAddr => "127.0.0.1", LocalPort => 0,
-			Proto => "tcp", Listen => 1, ReuseAddr => 1) or die "bind: $!\n";
-		print $s->sockport, "\n";'
-}
-
-cpu_ticks() { # utime+stime of a process
-	awk '{ print $14 + $15 }' "/proc/$1/stat"
-}
+# shellcheck source=contrib/bench/common.sh
+. "$here/common.sh"
 
 stat_line() { # port -> "events handoffs wakes" from GET /stats
 	exec 3<>"/dev/tcp/127.0.0.1/$1"
@@ -64,11 +56,12 @@ measure() { # workers -> prints "us_per_request requests_per_s handoff_fraction 
 		exit 1
 	fi
 	taskset -c 1 "$WRK" -t1 -c50 -d1s "http://127.0.0.1:$port/" >/dev/null 2>&1 # warm-up
-	local c0 c1 res reqs s0 s1
+	local cu0 cs0 cu1 cs1 res reqs s0 s1
 	s0=$(stat_line "$port")
-	c0=$(cpu_ticks $pid)
+	group=("$pid")
+	read -r cu0 cs0 < <(cpu_ticks)
 	res=$(taskset -c 1 "$WRK" -t1 -c50 -d"${DURATION}s" "http://127.0.0.1:$port/")
-	c1=$(cpu_ticks $pid)
+	read -r cu1 cs1 < <(cpu_ticks)
 	s1=$(stat_line "$port")
 	kill $pid; wait $pid 2>/dev/null || true
 	rm -f "$out"
@@ -76,7 +69,7 @@ measure() { # workers -> prints "us_per_request requests_per_s handoff_fraction 
 	# events harvested, hand-offs to the other worker, wake-ups
 	read -r e0 h0 w0 <<<"$s0"
 	read -r e1 h1 w1 <<<"$s1"
-	awk -v c=$((c1 - c0)) -v t="$tck" -v r="$reqs" -v d="$DURATION" \
+	awk -v c=$((cu1 + cs1 - cu0 - cs0)) -v t="$tck" -v r="$reqs" -v d="$DURATION" \
 		-v e=$((e1 - e0)) -v h=$((h1 - h0)) -v w=$((w1 - w0)) \
 		'BEGIN { printf "%.2f %.0f %.3f %.3f\n", c / t * 1e6 / r, r / d, (e ? h / e : 0), w / r }'
 }

@@ -50,10 +50,8 @@ SYSCALL_DURATION=${SYSCALL_DURATION:-3}
 # weft's counters named like these are the ones to look at first.
 HIGHLIGHT='handoff|unpark|spin|park|poll|wake'
 
-die() {
-	echo "http-scale.sh: $*" >&2
-	exit 1
-}
+# shellcheck source=contrib/bench/common.sh
+. "$here/common.sh"
 
 [[ $DURATION =~ ^[1-9][0-9]*$ ]] || die "DURATION must be a whole number of seconds"
 [[ $WARMUP =~ ^[0-9]+$ ]] || die "WARMUP must be a whole number of seconds"
@@ -133,28 +131,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# A TCP port on 127.0.0.1 that was free a moment ago: bind port 0 and let
-# the kernel choose (perl-base is part of every Debian system), else probe
-# random ports for one that refuses connections.  A server that then loses
-# the race for it is restarted on another (see start_server).
-free_port() {
-	if perl -MIO::Socket::INET -e '
-		my $s = IO::Socket::INET->new(LocalAddr => "127.0.0.1", LocalPort => 0,
-			Proto => "tcp", Listen => 1, ReuseAddr => 1) or exit 1;
-		print $s->sockport, "\n";' 2>/dev/null; then
-		return 0
-	fi
-	local p i
-	for ((i = 0; i < 100; i++)); do
-		p=$((20000 + RANDOM % 30000))
-		if ! { exec {probe}<>"/dev/tcp/127.0.0.1/$p"; } 2>/dev/null; then
-			echo "$p"
-			return 0
-		fi
-		exec {probe}<&-
-	done
-	die "no free TCP port found"
-}
+# free_port (common.sh): a server that loses the race for the port is
+# restarted on another (see start_server).
 
 # GET PATH from 127.0.0.1:PORT (bash's /dev/tcp; an http_proxy in the
 # environment must not get in the way); prints the body of a 200 answer.
@@ -183,19 +161,6 @@ http_get() {
 }
 
 # "utime+stime" in clock ticks, summed over the processes in $group.
-# /proc/PID/stat fields 14 and 15 cover every thread of a process, dead
-# ones included.  The command name (field 2) may hold blanks and
-# parentheses, so fields are counted from its closing one.
-cpu_ticks() {
-	local pid stat rest f sum=0
-	for pid in "${group[@]}"; do
-		stat=$(<"/proc/$pid/stat") || die "server process $pid vanished"
-		rest=${stat##*) }
-		read -r -a f <<<"$rest"
-		sum=$((sum + f[11] + f[12]))
-	done
-	echo "$sum"
-}
 
 # nginx configuration for $1 worker processes on port $2, everything under
 # $tmp/nginx; the temporary-file paths of every module built in are set
@@ -334,16 +299,16 @@ measure() {
 	start_server "$name"
 	((WARMUP > 0)) && run_wrk "$WARMUP" >/dev/null
 	[[ $kind == weft ]] && weft_stats >"$tmp/stats0"
-	local c0 c1 res reqs rps
-	c0=$(cpu_ticks)
+	local u0 s0 u1 s1 res reqs rps
+	read -r u0 s0 < <(cpu_ticks)
 	res=$(run_wrk "$DURATION")
-	c1=$(cpu_ticks)
+	read -r u1 s1 < <(cpu_ticks)
 	read -r reqs rps <<<"$res"
 	[[ $kind == weft ]] && weft_stats >"$tmp/stats1"
 	kill -0 "$server_pid" 2>/dev/null || die "$name died during the run: $(cat "$tmp/server.err")"
 	stop_server
 	awk -v name="$name" -v round="$round" -v rounds="$ROUNDS" -v reqs="$reqs" -v rps="$rps" \
-		-v ticks=$((c1 - c0)) -v hz="$clk_tck" -v d="$DURATION" -v out="$tmp/results" '
+		-v ticks=$((u1 + s1 - u0 - s0)) -v hz="$clk_tck" -v d="$DURATION" -v out="$tmp/results" '
 	BEGIN {
 		us = ticks / hz * 1e6 / reqs
 		pct = 100 * ticks / hz / d

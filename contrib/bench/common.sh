@@ -1,0 +1,45 @@
+# Shell helpers shared by the benchmark scripts (sourced, not run).
+# The caller sets `group` to the pids of the server's processes.
+
+die() {
+	echo "$(basename "$0"): $*" >&2
+	exit 1
+}
+
+# utime and stime, in clock ticks, of the processes in `group`, summed:
+# "user sys".  /proc/PID/stat fields 14 and 15 cover every thread of a
+# process, dead ones included.  The command name (field 2) may hold
+# blanks and parentheses, so fields are counted from its closing one.
+cpu_ticks() {
+	local pid stat rest f user=0 sys=0
+	for pid in "${group[@]}"; do
+		stat=$(<"/proc/$pid/stat") || die "server process $pid vanished"
+		rest=${stat##*) }
+		read -r -a f <<<"$rest"
+		user=$((user + f[11]))
+		sys=$((sys + f[12]))
+	done
+	echo "$user $sys"
+}
+
+# A TCP port on 127.0.0.1 that was free a moment ago: bind port 0 and let
+# the kernel choose (perl-base is part of every Debian system), else probe
+# random ports for one that refuses connections.
+free_port() {
+	if perl -MIO::Socket::INET -e '
+		my $s = IO::Socket::INET->new(LocalAddr => "127.0.0.1", LocalPort => 0,
+			Proto => "tcp", Listen => 1, ReuseAddr => 1) or exit 1;
+		print $s->sockport, "\n";' 2>/dev/null; then
+		return 0
+	fi
+	local p i probe
+	for ((i = 0; i < 100; i++)); do
+		p=$((20000 + RANDOM % 30000))
+		if ! { exec {probe}<>"/dev/tcp/127.0.0.1/$p"; } 2>/dev/null; then
+			echo "$p"
+			return 0
+		fi
+		exec {probe}<&-
+	done
+	die "no free TCP port found"
+}
