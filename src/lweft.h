@@ -146,6 +146,7 @@ void lw_open_sched(lua_State *L, lw_state_t *S);
 void lw_close_sched(lw_state_t *S);
 void lw_open_channel(lua_State *L, lw_state_t *S);
 void lw_open_spawn(lua_State *L, lw_state_t *S);
+void lw_open_copas(lua_State *L, lw_state_t *S);
 
 /* Push a new addrinfo userdata owning list; for laddr.c and lsocket.c. */
 void lw_addrinfo_push(lua_State *L, struct addrinfo *list);
