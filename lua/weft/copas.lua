@@ -76,6 +76,8 @@ local function unpark(co)
 end
 
 local function retire(co)
+	local log = copas._debug_log
+	if log then log("thread ended:", names[co] or tostring(co)) end
 	if state[co] == "active" then
 		nactive = nactive - 1
 	end
@@ -190,6 +192,8 @@ local function spawn(name, skt, delayed, func, ...)
 	if name then names[co] = name end
 	if skt then thread_skt[co] = skt end
 	core.onbadyield(co, on_bad_yield)
+	local log = copas._debug_log
+	if log then log("thread added:", names[co] or tostring(co)) end
 	resume(co, func, delayed, ...)
 	return co
 end
@@ -1369,7 +1373,8 @@ end
 -- runs when that thread ends, unless the script ran it itself.
 do
 	local th, ismain = weft.currentthread()
-	if not ismain and inthread() then
+	-- (not inthread(): require's C frame makes this moment unyieldable)
+	if not ismain then
 		pcall(weft.onthreadfinish, th, function()
 			if loop_called or (nactive == 0 and nservers == 0 and not next(state)) then return end
 			weft.thread(function() copas.loop() end)
