@@ -375,6 +375,7 @@ end
 -- none) and, for weft's own LuaSocket-compatible objects, the LuaSocket
 -- timeout `lto`.  weft's own objects are their own handle.
 
+local servers = {}  -- server socket -> record
 local NATIVE = {}   -- methods of weft's LuaSocket-compatible objects
 local native_mt = {__index = NATIVE}
 local handles = setmetatable({}, weak) -- LuaSocket object or weft socket -> handle
@@ -1153,6 +1154,7 @@ function copas.wrap(skt, sslt)
 	local h = handle_of(skt)
 	local w = {socket = skt, h = h}
 	if h.kind == "udp" then
+		w.server = servers[skt] ~= nil
 		return setmetatable(w, wrap_udp_mt)
 	end
 	w.ssl = sslt
@@ -1177,7 +1179,6 @@ end
 ------------------------------------------------------------------------
 -- Servers
 
-local servers = {} -- server socket -> record
 
 local function serve_tcp(rec)
 	local h = rec.h
