@@ -74,7 +74,8 @@ function M.bind(copas)
 				if self.head > self.tail then
 					self.head, self.tail = 1, 0
 				end
-				if self.busy == 0 or not self.workers[running()] then
+				-- (a worker checks after handling the item)
+				if not self.workers[running()] then
 					check_stop(self)
 				end
 				-- another popper may be waiting for the next item

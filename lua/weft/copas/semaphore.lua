@@ -25,6 +25,7 @@ function M.bind(copas)
 
 	-- Serve waiters in order while the first one can be served.
 	local function serve(self)
+		if self.destroyed then return end
 		while self.head <= self.tail do
 			local w = self.q[self.head]
 			if w.done then
@@ -110,7 +111,7 @@ function M.bind(copas)
 				copas.wakeup(w.co)
 			end
 		end
-		self.q = {}
+		self.q, self.head, self.tail = {}, 1, 0
 		return true
 	end
 
