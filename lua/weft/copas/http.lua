@@ -40,7 +40,19 @@ function M.bind(copas)
 		if loc:sub(1, 2) == "//" then return b.scheme .. ":" .. loc end
 		if loc:sub(1, 1) == "/" then return root .. loc end
 		local dir = b.path:gsub("%?.*$", ""):match("^(.*/)") or "/"
-		return root .. dir .. loc
+		-- drop "." and ".." segments (RFC 3986, 5.2.4)
+		local out = {}
+		local path, query = (dir .. loc):match("^([^?]*)(.*)$")
+		for seg in (path .. "/"):gmatch("([^/]*)/") do
+			if seg == ".." then
+				if #out > 1 then out[#out] = nil end
+			elseif seg ~= "." then
+				out[#out + 1] = seg
+			end
+		end
+		local last = path:match("[^/]*$")
+		if last == "." or last == ".." then out[#out + 1] = "" end
+		return root .. table.concat(out, "/") .. query
 	end
 
 	local function timeouts(t)
