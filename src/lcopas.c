@@ -22,7 +22,7 @@
 /* Uservalues of a reader: the stream object, its recv method, the
  * storage buffer and a view of the storage's free tail (re-aimed before
  * every recv, so receiving makes no garbage). */
-enum { UV_SOCK = 1, UV_RECV, UV_STORE, UV_VIEW, UV_COUNT = UV_VIEW };
+enum { UV_SOCK = 1, UV_RECV, UV_STORE, UV_VIEW, UV_COUNTER, UV_COUNT = UV_COUNTER };
 
 #define READER_MIN 8192
 #define READER_MAX ((size_t)1 << 30)
@@ -30,7 +30,28 @@ enum { UV_SOCK = 1, UV_RECV, UV_STORE, UV_VIEW, UV_COUNT = UV_VIEW };
 typedef struct reader {
 	size_t start, end; /* pending bytes: store[start, end) */
 	int busy;          /* a receive waits in recv: others are refused */
+	lw_buffer_t *store; /* the storage (kept alive as a uservalue) */
+	lua_Integer *receiving; /* the instance's count of readers in recv, or NULL */
 } reader_t;
+
+#define LW_COUNTER "weft.copas_counter"
+
+/* core.copas_counter() -> a counter of readers waiting in recv, shared by
+ * the readers of one Copas instance (for copas.status). */
+static int l_counter(lua_State *L)
+{
+	lua_Integer *n = lua_newuserdatauv(L, sizeof *n, 0);
+	*n = 0;
+	luaL_setmetatable(L, LW_COUNTER);
+	return 1;
+}
+
+static int counter_get(lua_State *L)
+{
+	lua_pushinteger(L, *(lua_Integer *)luaL_checkudata(L, 1, LW_COUNTER));
+	return 1;
+}
+
 
 enum { PAT_LINE, PAT_ALL, PAT_COUNT };
 
@@ -70,21 +91,20 @@ static int l_errstr(lua_State *L)
 	return 1;
 }
 
-static lw_buffer_t *store_of(lua_State *L, int idx)
-{
-	lua_getiuservalue(L, idx, UV_STORE);
-	lw_buffer_t *b = lua_touserdata(L, -1);
-	lua_pop(L, 1);
-	return b;
-}
 
-/* core.copas_reader(sock) -> reader */
+/* core.copas_reader(sock [, counter]) -> reader */
 static int l_reader(lua_State *L)
 {
 	luaL_checkany(L, 1);
+	lua_Integer *counter = luaL_testudata(L, 2, LW_COUNTER);
 	reader_t *r = lua_newuserdatauv(L, sizeof *r, UV_COUNT);
 	r->start = r->end = 0;
 	r->busy = 0;
+	r->receiving = counter; /* may be NULL */
+	if (counter) {
+		lua_pushvalue(L, 2);
+		lua_setiuservalue(L, -2, UV_COUNTER);
+	}
 	luaL_setmetatable(L, LW_READER);
 	int ri = lua_gettop(L);
 	lua_pushvalue(L, 1);
@@ -92,7 +112,7 @@ static int l_reader(lua_State *L)
 	if (lua_getfield(L, 1, "recv") == LUA_TNIL)
 		return luaL_argerror(L, 1, "a stream with a recv method expected");
 	lua_setiuservalue(L, ri, UV_RECV);
-	lw_buffer_push(L, NULL, READER_MIN);
+	r->store = lw_buffer_push(L, NULL, READER_MIN);
 	lua_setiuservalue(L, ri, UV_STORE);
 	/* The view: a buffer that borrows the storage's bytes. */
 	lw_buffer_t *v = lua_newuserdatauv(L, sizeof *v, 1);
@@ -224,10 +244,12 @@ static int receive_k(lua_State *L, int status, lua_KContext ctx)
 	reader_t *r = lua_touserdata(L, 1);
 	lua_Integer count = 0;
 	int pat = pattern_of(L, &count);
-	lw_buffer_t *st = store_of(L, 1);
+	lw_buffer_t *st = r->store;
 	if (status != LUA_OK) {
 		/* Back from recv: n, or nil, err. */
 		r->busy = 0;
+		if (r->receiving)
+			(*r->receiving)--;
 		int isnum;
 		lua_Integer n = lua_tointegerx(L, 6, &isnum);
 		if (!isnum) {
@@ -278,6 +300,8 @@ static int receive_k(lua_State *L, int status, lua_KContext ctx)
 	push_expires(L);
 	ctx = (lua_KContext)(r->end - r->start);
 	r->busy = 1;
+	if (r->receiving)
+		(*r->receiving)++;
 	lua_callk(L, 4, 2, ctx, receive_k);
 	return receive_k(L, LUA_YIELD, ctx);
 }
@@ -312,7 +336,7 @@ static int rd_buffered(lua_State *L)
 static int rd_take(lua_State *L)
 {
 	reader_t *r = checkreader(L, 1);
-	lw_buffer_t *st = store_of(L, 1);
+	lw_buffer_t *st = r->store;
 	lua_pushlstring(L, st->data + r->start, r->end - r->start);
 	r->start = r->end = 0;
 	return 1;
@@ -349,7 +373,13 @@ static int l_gettime(lua_State *L)
 	return 1;
 }
 
+static const luaL_Reg counter_methods[] = {
+	{"get", counter_get},
+	{NULL, NULL},
+};
+
 static const luaL_Reg funcs[] = {
+	{"copas_counter", l_counter},
 	{"copas_gettime", l_gettime},
 	{"copas_reader", l_reader},
 	{"copas_errstr", l_errstr},
@@ -360,5 +390,6 @@ static const luaL_Reg funcs[] = {
 void lw_open_copas(lua_State *L, lw_state_t *S)
 {
 	lw_newclass(L, S, LW_READER, reader_methods, NULL);
+	lw_newclass(L, S, LW_COUNTER, counter_methods, NULL);
 	lw_register(L, S, funcs);
 }

@@ -50,6 +50,7 @@ local sleeping = {} -- thread -> "timer" | "forever" while it sleeps
 local nactive = 0   -- live threads that can still act (not parked forever)
 local nservers = 0
 local counts = {read = 0, write = 0, timer = 0, inactive = 0, timeout = 0}
+local receiving = core.copas_counter() -- TCP readers waiting in recv (C readers count)
 local driver -- the sleep job of a copas.loop running inside a weft thread
 local exiting, exit_waiters = false, {}
 local REMOVED = setmetatable({}, {__tostring = function() return "thread removed" end})
@@ -451,7 +452,7 @@ local function reader_of(h)
 	if rd then return rd end
 	local s = sock_of(h)
 	if not s then return nil end
-	rd = newreader(s)
+	rd = newreader(s, receiving)
 	h.rd = rd
 	return rd
 end
@@ -465,10 +466,7 @@ end
 local function tcp_receive(h, pattern, prefix, timeout, partial)
 	local rd = h.rd or reader_of(h)
 	if not rd then return nil, "closed" end
-	counts.read = counts.read + 1
-	local d, e, p = rd:receive(pattern, prefix, timeout, partial)
-	counts.read = counts.read - 1
-	return d, e, p
+	return rd:receive(pattern, prefix, timeout, partial)
 end
 
 local function udp_buffer(h)
@@ -826,15 +824,22 @@ function socketlib.udp6()
 	return h
 end
 
+-- bind + listen in one: weft's listen binds, so that the workers of
+-- `weft -t N` binding the same address share one listening socket.
 function socketlib.bind(host, port, backlog)
 	local ai, err = weft.addr(host == "*" and "0.0.0.0" or host, port, "tcp", nil, nil, "passive")
 	if not ai then return nil, errstr(err) end
-	local h = native("tcp", "master", nil)
+	local s
+	s, err = weft.tcp(ai:family())
+	if not s then return nil, errstr(err) end
+	s:setopt("so_reuseaddr", true)
+	local ok, e = s:listen(backlog or 32, ai)
+	if not ok then
+		s:close()
+		return nil, errstr(e)
+	end
+	local h = native("tcp", "server", s)
 	h.family = ai:family()
-	local ok, e = h:bind(ai, port)
-	if not ok then return nil, e end
-	ok, e = h:listen(backlog)
-	if not ok then h:close() return nil, e end
 	return h
 end
 
@@ -984,7 +989,7 @@ local function do_handshake(h, sslt)
 	end
 	h.plain = h.s
 	h.s = ts
-	h.rd = newreader(ts)
+	h.rd = newreader(ts, receiving)
 	h.tls = true
 	return true
 end
@@ -1008,7 +1013,10 @@ wrap_udp_mt.__tostring = wrap_tcp_mt.__tostring
 
 function WT:receive(pattern, prefix)
 	local h = self.h
-	local to = h.rto
+	local rd, to = h.rd, h.rto
+	if rd then
+		return rd:receive(pattern or "*l", prefix, to, to == 0)
+	end
 	return tcp_receive(h, pattern or "*l", prefix, to, to == 0)
 end
 
@@ -1019,6 +1027,19 @@ end
 
 function WT:send(data, i, j)
 	local h = self.h
+	local s = h.s
+	if s and i == nil and j == nil and type(data) == "string" then
+		-- the whole string: straight to the socket
+		local to = h.sto
+		counts.write = counts.write + 1
+		local ok, err, sent = s:send(data, nil, to and clock() + to)
+		counts.write = counts.write - 1
+		if ok then return #data end
+		if err == "timeout" and sent > 0 then
+			return tcp_send(h, data, sent + 1, nil, to)
+		end
+		return nil, errstr(err), sent
+	end
 	return tcp_send(h, data, i, j, h.sto)
 end
 
@@ -1262,7 +1283,7 @@ end
 function copas.status(enable_stats)
 	local r = {
 		running = copas.running,
-		read = counts.read,
+		read = counts.read + receiving:get(),
 		write = counts.write,
 		active = nactive - counts.read - counts.write - counts.timer,
 		timer = counts.timer,
