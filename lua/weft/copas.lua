@@ -350,13 +350,42 @@ function copas.exiting()
 	return exiting
 end
 
-function copas.exit()
+-- Under `weft -t N` every worker has its own Copas state; copas.exit()
+-- in one of them is passed to the others through a channel per worker,
+-- which their loops look at (without waiting on it) every EXIT_POLL s.
+local nworkers, me = weft.workers(), weft.worker()
+local EXIT_POLL = 0.05
+local function exit_channel(k)
+	return weft.channel("weft.copas.exit." .. k, 4)
+end
+local my_exit = nworkers > 1 and exit_channel(me) or nil
+
+local function local_exit()
 	if exiting then return end
 	exiting = true
 	local waiters = exit_waiters
 	exit_waiters = {}
 	for i = 1, #waiters do
 		copas.wakeup(waiters[i])
+	end
+end
+
+function copas.exit()
+	if exiting then return end
+	local_exit()
+	for k = 1, nworkers do
+		if k ~= me then
+			pcall(function()
+				local ch = exit_channel(k)
+				if ch:count() < ch:capacity() then ch:send(true, weft.clock()) end
+			end)
+		end
+	end
+end
+
+local function remote_exit()
+	if my_exit and not exiting and my_exit:count() > 0 then
+		local_exit()
 	end
 end
 
@@ -1321,7 +1350,8 @@ function copas.step(timeout)
 		return true
 	end
 	local t0 = stats and clock()
-	local ok, ran = pcall(weft.poll, timeout or 0)
+	local ok, ran = pcall(weft.poll, timeout)
+	remote_exit()
 	if not ok then return nil, ran end
 	if stats then
 		local d = (clock() - t0) * 1000
@@ -1355,7 +1385,8 @@ function copas.loop(init, timeout)
 				end
 				if copas.finished() then break end
 			end
-			driver:sleep()
+			driver:sleep(my_exit and EXIT_POLL or nil)
+			remote_exit()
 		end
 		driver = nil
 	else
@@ -1366,11 +1397,14 @@ function copas.loop(init, timeout)
 				end
 				if copas.finished() then break end
 			end
-			local ok, err = pcall(weft.poll, timeout)
+			local t = timeout
+			if my_exit and (not t or t > EXIT_POLL) then t = EXIT_POLL end
+			local ok, err = pcall(weft.poll, t)
 			if not ok then
 				copas.running = false
 				error(err, 0)
 			end
+			remote_exit()
 			if core.exiting() then break end
 		end
 	end

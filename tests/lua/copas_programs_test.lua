@@ -17,7 +17,7 @@ local function run(args)
 end
 
 if not pcall(require, "socket") then
-	tap.skip("LuaSocket is not installed: the unchanged programs use it", 3)
+	tap.skip("LuaSocket is not installed: the unchanged programs use it", 4)
 else
 	local out, rc = run(dir .. "chat.lua")
 	is(rc, 0, "chat server: exit status")
@@ -26,6 +26,14 @@ else
 	is(out, "fanout\t50\t50\n", "HTTP fan-out: every request answered")
 	out, rc = run(dir .. "udp.lua")
 	is(out, "udp\t5\n", "UDP responder, loop run by the launcher")
+end
+
+-- Several workers: one shared listener, copas.exit() reaching them all.
+for _, n in ipairs({2, 3}) do
+	local out, rc = run(("-t %d %sworkers.lua"):format(n, dir))
+	is(out, "answered\t200\t200\nserved\t200\n",
+		("-t %d: every client answered, each connection served once"):format(n))
+	is(rc, 0, ("-t %d: every worker's loop ended"):format(n))
 end
 
 -- Without LuaSocket: weft's own constructors, and the loop after the script.
