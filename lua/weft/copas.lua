@@ -632,6 +632,7 @@ local function do_close(h)
 	local s = h.s
 	h.state = "closed"
 	if s then s:close() end
+	if h.plain then h.plain:close() end -- the TCP socket under TLS
 	if h.ls then h.ls:close() end
 	return 1
 end
@@ -1072,18 +1073,26 @@ function WT:send(data, i, j)
 	return tcp_send(h, data, i, j, h.sto)
 end
 
+-- The TLS parameters with the names given to sock:sni(), in the
+-- { wrap = ..., sni = { names = ..., strict = ... } } form.
+local function with_sni(w, sslt)
+	if not w.sni_names then return sslt end
+	local wrapt = type(sslt) == "table" and sslt.wrap or sslt
+	return {wrap = wrapt, sni = {names = w.sni_names, strict = w.sni_strict}}
+end
+
 function WT:connect(host, port)
 	local h = self.h
 	local ok, err = copas.connect(self.socket, host, port)
 	if ok and self.ssl then
-		local hs, herr = do_handshake(h, self.ssl)
+		local hs, herr = do_handshake(h, with_sni(self, self.ssl))
 		if not hs then return nil, herr end
 	end
 	return ok, err
 end
 
 function WT:dohandshake(sslt)
-	local ok, err = do_handshake(self.h, sslt or self.ssl)
+	local ok, err = do_handshake(self.h, with_sni(self, sslt or self.ssl))
 	if not ok then return nil, err end
 	return self
 end
@@ -1344,16 +1353,11 @@ local function inthread()
 	return core.inthread()
 end
 
-function copas.step(timeout)
-	if inthread() then
-		yield_step()
-		return true
-	end
+-- One weft.poll, timed when statistics are on.
+local function poll(timeout)
 	local t0 = stats and clock()
 	local ok, ran = pcall(weft.poll, timeout)
-	remote_exit()
-	if not ok then return nil, ran end
-	if stats then
+	if t0 then
 		local d = (clock() - t0) * 1000
 		st.steps = st.steps + 1
 		st.duration_tot = st.duration_tot + d
@@ -1362,6 +1366,17 @@ function copas.step(timeout)
 		if not st.duration_min_ever or d < st.duration_min_ever then st.duration_min_ever = d end
 		if not st.duration_max_ever or d > st.duration_max_ever then st.duration_max_ever = d end
 	end
+	return ok, ran
+end
+
+function copas.step(timeout)
+	if inthread() then
+		yield_step()
+		return true
+	end
+	local ok, ran = poll(timeout)
+	remote_exit()
+	if not ok then return nil, ran end
 	return ran
 end
 
@@ -1399,7 +1414,7 @@ function copas.loop(init, timeout)
 			end
 			local t = timeout
 			if my_exit and (not t or t > EXIT_POLL) then t = EXIT_POLL end
-			local ok, err = pcall(weft.poll, t)
+			local ok, err = poll(t)
 			if not ok then
 				copas.running = false
 				error(err, 0)
