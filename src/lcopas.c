@@ -259,7 +259,9 @@ static int receive_k(lua_State *L, int status, lua_KContext ctx)
 		}
 		lua_settop(L, 5);
 		if (n <= 0) {
-			if (pat == PAT_ALL) {
+			/* "*a" ends well at the close, unless it got nothing (as
+			 * LuaSocket: then "closed", with the prefix). */
+			if (pat == PAT_ALL && r->end > r->start) {
 				size_t plen = 0;
 				const char *prefix = lua_type(L, 3) == LUA_TSTRING
 							     ? lua_tolstring(L, 3, &plen)

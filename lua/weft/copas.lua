@@ -87,6 +87,12 @@ local function retire(co)
 	check_done()
 end
 
+-- For the submodules: whether co is a Copas thread that was not removed.
+function copas._alive(co)
+	local st = state[co]
+	return st ~= nil and st ~= "removed"
+end
+
 function copas.finished()
 	return nactive == 0 and nservers == 0
 end
@@ -119,7 +125,7 @@ function copas.gettraceback(msg, co, skt)
 	if type(co) == "thread" then
 		return debug.traceback(co, text)
 	end
-	return text .. "\n(no traceback available)"
+	return debug.traceback(text, 2)
 end
 
 local function default_errorhandler(msg, co, skt)
@@ -334,8 +340,15 @@ function copas.timeout(delay, callback)
 		if timeouts[co] == t then
 			timeouts[co] = nil
 			counts.timeout = counts.timeout - 1
-			local ok, err = pcall(callback, co)
-			if not ok then report(err, co, nil) end
+			-- errors go to the default handler, with no thread or socket
+			-- (the callback runs on the timer, not in co), traced where
+			-- they happen
+			xpcall(callback, function(err)
+				local ok, e2 = pcall(default_handler, err, nil, nil)
+				if not ok then
+					pcall(default_errorhandler, "error in error handler: " .. tostring(e2))
+				end
+			end, co)
 		end
 	end)
 	timeouts[co] = t

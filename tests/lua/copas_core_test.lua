@@ -222,7 +222,7 @@ end)
 tap.test("gettraceback", function()
 	local tb = copas.gettraceback("msg", coroutine.running(), nil)
 	like(tb, "^msg %(coroutine: ", "message and names")
-	like(copas.gettraceback(nil, nil, nil), "no traceback", "without a coroutine")
+	like(copas.gettraceback(nil, nil, nil), "stack traceback", "without a coroutine: the caller's traceback")
 end)
 
 CH.run(copas, "copas.timeout calls back, cancels, replaces", function()

@@ -45,6 +45,9 @@ function M.bind(copas)
 			end
 		end
 		local waited = clock() - t0
+		-- destroyed after the hand-off but before this thread ran: the
+		-- lock is gone all the same
+		if self.destroyed then return nil, "destroyed", waited end
 		if w.granted then return waited end
 		w.done = true -- withdrawn: skipped at hand-off
 		if w.err then return nil, w.err, waited end
@@ -61,7 +64,7 @@ function M.bind(copas)
 			local w = self.waiting[self.head]
 			self.waiting[self.head] = nil
 			self.head = self.head + 1
-			if not w.done then
+			if not w.done and copas._alive(w.co) then
 				w.done, w.granted = true, true
 				self.owner, self.count = w.co, 1
 				copas.wakeup(w.co)

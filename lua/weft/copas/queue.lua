@@ -26,7 +26,7 @@ function M.bind(copas)
 			local w = self.poppers[self.phead]
 			self.poppers[self.phead] = nil
 			self.phead = self.phead + 1
-			if not w.done then
+			if not w.done and copas._alive(w.co) then
 				w.done = true
 				copas.wakeup(w.co)
 				return

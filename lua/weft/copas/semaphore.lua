@@ -28,7 +28,7 @@ function M.bind(copas)
 		if self.destroyed then return end
 		while self.head <= self.tail do
 			local w = self.q[self.head]
-			if w.done then
+			if w.done or not copas._alive(w.co) then
 				self.q[self.head] = nil
 				self.head = self.head + 1
 			elseif w.n <= self.count then
@@ -66,6 +66,7 @@ function M.bind(copas)
 				left = timeout - (clock() - t0)
 			end
 		end
+		if self.destroyed then return nil, "destroyed" end
 		if w.granted then return true end
 		w.done = true
 		serve(self) -- a big request leaving may unblock smaller ones behind it
