@@ -61,6 +61,33 @@ CH.run(copas, "lock: not re-entrant blocks; destroy releases waiters", function(
 	is(select(2, lock:release()), "destroyed", "release: destroyed")
 end)
 
+CH.run(copas, "lock: a removed waiter is passed over; destroy beats a pending hand-off", function()
+	local lock = copas.lock.new(5)
+	assert(lock:get())
+	local removed = copas.addthread(function() lock:get() end)
+	local got
+	copas.addthread(function()
+		local w, e = lock:get()
+		got = w and "got it" or e
+		if w then lock:release() end
+	end)
+	copas.pause(0.02)
+	copas.removethread(removed)
+	ok(lock:release(), "released")
+	copas.pause(0.02)
+	is(got, "got it", "the live waiter got the lock")
+	is(lock.owner, nil, "and the lock is free again")
+	local l2 = copas.lock.new(5)
+	assert(l2:get())
+	local res
+	copas.addthread(function() res = table.pack(l2:get()) end)
+	copas.pause(0.01)
+	l2:release() -- hands off to the waiter...
+	l2:destroy() -- ...which has not run yet
+	copas.pause(0.01)
+	is(res[2], "destroyed", "the waiter sees the lock destroyed")
+end)
+
 CH.run(copas, "semaphore: FIFO, too many, give beyond max, get_wait, destroy", function()
 	local s = copas.semaphore.new(10, 2, 1)
 	is(s:get_count(), 2, "start count")
