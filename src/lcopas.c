@@ -24,7 +24,7 @@
  * every recv, so receiving makes no garbage). */
 enum { UV_SOCK = 1, UV_RECV, UV_STORE, UV_VIEW, UV_COUNTER, UV_COUNT = UV_COUNTER };
 
-#define READER_MIN 8192
+#define READER_MIN 4096
 #define READER_MAX ((size_t)1 << 30)
 
 typedef struct reader {

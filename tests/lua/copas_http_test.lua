@@ -223,4 +223,71 @@ else
 	ok(not pcall(function() return copas.smtp.send end), "copas.smtp says LuaSocket is missing")
 end
 
+local has_ftp = pcall(require, "socket.ftp")
+if has_ftp then
+	-- A passive-mode FTP server: enough of RFC 959 for LuaSocket's client.
+	local function ftp_server(files)
+		local srv = assert(S.bind("127.0.0.1", 0))
+		copas.addserver(srv, copas.handler(function(skt)
+			skt:send("220 ready\r\n")
+			local data_srv
+			while true do
+				local l = skt:receive()
+				if not l then break end
+				local cmd, arg = l:match("^(%a+)%s*(.-)%s*$")
+				cmd = cmd:upper()
+				if cmd == "USER" then skt:send("331 password\r\n")
+				elseif cmd == "PASS" then skt:send("230 in\r\n")
+				elseif cmd == "TYPE" then skt:send("200 type\r\n")
+				elseif cmd == "PASV" or cmd == "EPSV" then
+					data_srv = assert(S.bind("127.0.0.1", 0))
+					local _, p = data_srv:getsockname()
+					if cmd == "EPSV" then
+						skt:send(("229 Entering Extended Passive Mode (|||%d|)\r\n"):format(p))
+					else
+						skt:send(("227 Entering Passive Mode (127,0,0,1,%d,%d)\r\n"):format(p // 256, p % 256))
+					end
+				elseif cmd == "RETR" or cmd == "STOR" then
+					local d = copas.wrap(data_srv:accept())
+					data_srv:close()
+					skt:send("150 opening\r\n")
+					if cmd == "RETR" then
+						d:send(files[arg] or "")
+					else
+						files[arg] = d:receive("*a")
+					end
+					d:close()
+					skt:send("226 done\r\n")
+				elseif cmd == "QUIT" then
+					skt:send("221 bye\r\n")
+					break
+				else
+					skt:send("500 what\r\n")
+				end
+			end
+		end))
+		return srv, select(2, srv:getsockname())
+	end
+
+	CH.run(copas, "ftp through a local server", function()
+		local files = {["a.txt"] = "content of a"}
+		local srv, port = ftp_server(files)
+		local base = "ftp://u:p@127.0.0.1:" .. port
+		local got, gerr = copas.ftp.get(base .. "/a.txt")
+		is(got, "content of a", "get, string form")
+		if not got then tap.diag("ftp error: " .. tostring(gerr)) end
+		local ltn12 = require "ltn12"
+		local t = {}
+		local r = copas.ftp.get({host = "127.0.0.1", port = port, user = "u", password = "p",
+			path = "/a.txt", sink = ltn12.sink.table(t), type = "i"})
+		is(r, 1, "get, table form")
+		is(table.concat(t), "content of a", "its content")
+		ok(copas.ftp.put(base .. "/b.txt", "uploaded"), "put, string form")
+		is(files["b.txt"], "uploaded", "stored")
+		copas.removeserver(srv)
+	end)
+else
+	tap.skip("LuaSocket's socket.ftp is not installed", 1)
+end
+
 tap.done()

@@ -25,21 +25,42 @@ function M.bind(copas)
 		return c
 	end
 
+	-- LuaSocket's FTP client makes its data connections with socket.tcp()
+	-- itself, not with `create`: while a Copas FTP call runs, socket.tcp
+	-- gives that thread (and only it) Copas sockets.
+	local socket = require "socket"
+	local callers = setmetatable({}, {__mode = "k"})
+	local plain_tcp = socket.tcp
+	local function tcp(...)
+		if callers[coroutine.running()] then return create() end
+		return plain_tcp(...)
+	end
+	local function call(f, ...)
+		local co = coroutine.running()
+		callers[co] = true
+		if socket.tcp == plain_tcp then socket.tcp = tcp end
+		local r = table.pack(pcall(f, ...))
+		callers[co] = nil
+		if not next(callers) and socket.tcp == tcp then socket.tcp = plain_tcp end
+		if not r[1] then error(r[2], 0) end
+		return table.unpack(r, 2, r.n)
+	end
+
 	function ftp.put(u, body)
-		if type(u) == "table" then return lsftp.put(with_create(u)) end
-		return lsftp.put(with_create({url = u, source = ltn12.source.string(body)}))
+		if type(u) == "table" then return call(lsftp.put, with_create(u)) end
+		return call(lsftp.put, with_create({url = u, source = ltn12.source.string(body)}))
 	end
 
 	function ftp.get(u)
-		if type(u) == "table" then return lsftp.get(with_create(u)) end
+		if type(u) == "table" then return call(lsftp.get, with_create(u)) end
 		local t = {}
-		local r, e = lsftp.get(with_create({url = u, sink = ltn12.sink.table(t)}))
+		local r, e = call(lsftp.get, with_create({url = u, sink = ltn12.sink.table(t)}))
 		if not r then return nil, e end
 		return table.concat(t)
 	end
 
 	function ftp.command(t)
-		return lsftp.command(with_create(t))
+		return call(lsftp.command, with_create(t))
 	end
 	return ftp
 end
