@@ -458,9 +458,9 @@ local function handle_of(skt)
 			if not s then error("cannot take over the socket: " .. tostring(err), 3) end
 			h.s = s
 		end
-	elseif type(skt) == "userdata" and getmetatable(skt) == getmetatable(core.tcp and weft.buffer(0)) then
-		error("bad argument: socket expected", 3)
-	elseif type(skt) == "userdata" and skt.recv and skt.type then
+	elseif type(skt) == "userdata" and select(2, pcall(function()
+			return skt.recv ~= nil and skt.fileno ~= nil and skt.accept ~= nil
+		end)) == true then
 		-- a weft socket
 		local kind = skt:type()
 		h = newhandle(kind, kind == "udp" and "unconnected" or (skt.remote_port and "client" or "master"), skt)
@@ -560,12 +560,17 @@ local function tcp_send(h, data, i, j, timeout)
 	if i < 1 then i = 1 end
 	if j > len then j = len end
 	if j < i then return i - 1 end
+	if h.writing then
+		return nil, "Operation already in progress", i - 1
+	end
 	local chunk = (i == 1 and j == len) and data or data:sub(i, j)
 	counts.write = counts.write + 1
+	h.writing = true
 	while true do
 		local ok, err, sent = s:send(chunk, nil, expires(timeout))
 		if ok then
 			counts.write = counts.write - 1
+			h.writing = false
 			return j
 		end
 		sent = sent or 0
@@ -575,6 +580,7 @@ local function tcp_send(h, data, i, j, timeout)
 			chunk = data:sub(i, j)
 		else
 			counts.write = counts.write - 1
+			h.writing = false
 			return nil, errstr(err), i - 1 + sent
 		end
 	end
@@ -1071,11 +1077,14 @@ end
 function WT:send(data, i, j)
 	local h = self.h
 	local s = h.s
-	if s and i == nil and j == nil and type(data) == "string" then
-		-- the whole string: straight to the socket
+	if s and i == nil and j == nil and type(data) == "string" and not h.writing then
+		-- the whole string: straight to the socket (one writer at a
+		-- time, so that two threads' bytes never interleave)
 		local to = h.sto
 		counts.write = counts.write + 1
+		h.writing = true
 		local ok, err, sent = s:send(data, nil, to and clock() + to)
+		h.writing = false
 		counts.write = counts.write - 1
 		if ok then return #data end
 		if err == "timeout" and sent > 0 then

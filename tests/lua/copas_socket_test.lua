@@ -254,6 +254,42 @@ CH.run(copas, "one reader per socket: a second gets an error, not a stale wait",
 	copas.removeserver(srv)
 end)
 
+CH.run(copas, "one writer per socket", function()
+	local release = false
+	local srv, port = server(function(skt)
+		while not release do copas.pause(0.01) end
+		skt:receive("*a")
+	end)
+	local c = client(port)
+	local big = ("x"):rep(8 * 1024 * 1024)
+	local first
+	copas.addthread(function() first = c:send(big) end)
+	copas.pause(0.05)
+	local r, e = c:send("more")
+	is(r, nil, "second writer refused")
+	is(e, "Operation already in progress", "with Copas's error")
+	release = true
+	copas.pause(0.01)
+	while not first do copas.pause(0.01) end
+	is(first, #big, "the first writer sent everything")
+	c:close()
+	copas.removeserver(srv)
+end)
+
+CH.run(copas, "weft sockets handed to Copas directly", function()
+	local l = assert(weft.tcp())
+	assert(l:listen("127.0.0.1", 0))
+	copas.addserver(l, copas.handler(function(skt) skt:send(skt:receive() .. "!\n") end))
+	local c = copas.wrap(assert(weft.tcp()))
+	assert(c:connect("127.0.0.1", l.local_port))
+	c:send("w\n")
+	is(c:receive(), "w!", "weft listener and weft client through Copas")
+	c:close()
+	copas.removeserver(l)
+	ok(not pcall(copas.wrap, {}), "not a socket: raises")
+	ok(not pcall(copas.wrap, weft.buffer(1)), "a weft buffer is not a socket")
+end)
+
 CH.run(copas, "connect errors and twice", function()
 	local srv, port = server(function() end)
 	local c = client(port)
