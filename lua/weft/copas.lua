@@ -76,11 +76,15 @@ local function unpark(co)
 	end
 end
 
+local nremoved = 0 -- removed threads that have not ended yet
+
 local function retire(co)
 	local log = copas._debug_log
 	if log then log("thread ended:", names[co] or tostring(co)) end
 	if state[co] == "active" then
 		nactive = nactive - 1
+	elseif state[co] == "removed" then
+		nremoved = nremoved - 1
 	end
 	state[co] = nil
 	sleeping[co] = nil
@@ -230,6 +234,14 @@ local function check_removed(co)
 	end
 end
 
+-- After a socket call: the same, passing the results through.
+local function after_io(...)
+	if nremoved > 0 and state[running()] == "removed" then
+		error(REMOVED, 0)
+	end
+	return ...
+end
+
 function copas.removethread(co)
 	local st = state[co]
 	if not st or st == "removed" then
@@ -238,6 +250,7 @@ function copas.removethread(co)
 	if st == "active" then
 		nactive = nactive - 1
 	end
+	nremoved = nremoved + 1
 	state[co] = "removed"
 	local how = sleeping[co]
 	if how then
@@ -508,7 +521,7 @@ end
 local function tcp_receive(h, pattern, prefix, timeout, partial)
 	local rd = h.rd or reader_of(h)
 	if not rd then return nil, "closed" end
-	return rd:receive(pattern, prefix, timeout, partial)
+	return after_io(rd:receive(pattern, prefix, timeout, partial))
 end
 
 local function udp_buffer(h)
@@ -529,6 +542,7 @@ local function udp_receive(h, size, timeout)
 	counts.read = counts.read + 1
 	local n, err = s:recv(b, size, expires(timeout))
 	counts.read = counts.read - 1
+	after_io()
 	if not n then return nil, errstr(err) end
 	return b:tostring(1, n)
 end
@@ -542,6 +556,7 @@ local function udp_receivefrom(h, size, timeout)
 	counts.read = counts.read + 1
 	local n, sa = s:recvnext(b, size, expires(timeout))
 	counts.read = counts.read - 1
+	after_io()
 	if not n then return nil, errstr(sa) end
 	return b:tostring(1, n), sa:addr():tostring(), sa:port()
 end
@@ -568,6 +583,11 @@ local function tcp_send(h, data, i, j, timeout)
 	h.writing = true
 	while true do
 		local ok, err, sent = s:send(chunk, nil, expires(timeout))
+		if nremoved > 0 and state[running()] == "removed" then
+			counts.write = counts.write - 1
+			h.writing = false
+			error(REMOVED, 0)
+		end
 		if ok then
 			counts.write = counts.write - 1
 			h.writing = false
@@ -1063,7 +1083,7 @@ wrap_udp_mt.__tostring = wrap_tcp_mt.__tostring
 function WT:receive(pattern, prefix)
 	local h = self.h
 	local rd, to = h.rd, h.rto
-	if rd then
+	if rd and nremoved == 0 then
 		return rd:receive(pattern or "*l", prefix, to, to == 0)
 	end
 	return tcp_receive(h, pattern or "*l", prefix, to, to == 0)
@@ -1086,6 +1106,7 @@ function WT:send(data, i, j)
 		local ok, err, sent = s:send(data, nil, to and clock() + to)
 		h.writing = false
 		counts.write = counts.write - 1
+		if nremoved > 0 then after_io() end
 		if ok then return #data end
 		if err == "timeout" and sent > 0 then
 			return tcp_send(h, data, sent + 1, nil, to)

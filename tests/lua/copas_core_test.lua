@@ -107,6 +107,28 @@ tap.test("removethread of a sleeping thread ends the loop at once", function()
 	ok(true, "removing twice is harmless")
 end)
 
+CH.run(copas, "removethread of a thread waiting on a socket", function()
+	local S = copas.socket
+	local srv = assert(S.bind("127.0.0.1", 0))
+	local _, port = srv:getsockname()
+	copas.addserver(srv, copas.handler(function(skt)
+		copas.pause(0.05)
+		skt:send("late\n")
+	end))
+	local after = false
+	local co = copas.addthread(function()
+		local c = copas.wrap(S.tcp())
+		assert(c:connect("127.0.0.1", port))
+		c:receive()
+		after = true
+	end)
+	copas.pause(0.02)
+	copas.removethread(co)
+	copas.pause(0.1)
+	is(after, false, "the removed thread did not go on after its receive")
+	copas.removeserver(srv)
+end)
+
 CH.run(copas, "removethread before the thread starts", function()
 	local ran = false
 	local co = copas.addthread(function() ran = true end)

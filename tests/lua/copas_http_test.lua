@@ -49,7 +49,9 @@ local function handler(skt)
 		local k, v = l:match("^([^:]+):%s*(.*)$")
 		headers[k:lower()] = v
 	end
-	seen[#seen + 1] = {method = method, path = path, headers = headers}
+	local proxied = path:match("^http://[^/]+(/.*)$")
+	if proxied then path = proxied end
+	seen[#seen + 1] = {method = method, path = path, headers = headers, proxied = proxied ~= nil}
 	local body = read_body(skt, headers)
 	local n = path:match("^/redirect/(%d+)$")
 	if n then
@@ -169,6 +171,12 @@ CH.run(copas, "http", function()
 	is(ru, nil, "unknown scheme refused")
 	ok(not pcall(http.request, 42), "bad argument raises")
 	is(type(http.getcreatefunc()), "function", "getcreatefunc")
+
+	body, code = http.request({url = "http://example.invalid/hello", proxy = base,
+		sink = function() return 1 end})
+	is(code, 200, "through a proxy")
+	is(seen[#seen].proxied, true, "the proxy got the absolute URL")
+	is(seen[#seen].headers.host, "example.invalid", "and the origin's Host")
 
 	local captured
 	local create = function()
