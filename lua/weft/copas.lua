@@ -112,12 +112,21 @@ function copas.setthreadname(name, co)
 	return true
 end
 
+-- A wrapper and its socket share one name.
+local function socket_key(skt)
+	if type(skt) == "table" and rawget(skt, "socket") ~= nil and rawget(skt, "h") ~= nil then
+		return skt.socket
+	end
+	return skt
+end
+
 function copas.getsocketname(skt)
+	skt = socket_key(skt)
 	return names[skt] or tostring(skt)
 end
 
 function copas.setsocketname(name, skt)
-	names[skt] = name
+	names[socket_key(skt)] = name
 	return true
 end
 

@@ -204,6 +204,7 @@ CH.run(copas, "handler names and server timeouts", function()
 		tos[#tos + 1] = r
 		local w = copas.wrap(skt)
 		ok(copas.wrap(w) == w, "wrapping twice gives the same wrapper")
+		is(copas.getsocketname(w), copas.getsocketname(skt), "a wrapper has its socket's name")
 		w:receive()
 	end, 0.2, "srv")
 	for i = 1, 2 do

@@ -64,11 +64,12 @@ function M.bind(copas)
 	end
 
 	local function default_sslparams(host)
+		-- the peer's certificate is checked against the system's CAs, and
+		-- its name against the host (weft.tls does both for servername)
 		return {
 			mode = "client",
 			protocol = "any",
-			verify = {"peer", "fail_if_no_peer_cert"},
-			options = {"all", "no_sslv2", "no_sslv3", "no_tlsv1"},
+			verify = "peer",
 			servername = host,
 		}
 	end
