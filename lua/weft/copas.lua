@@ -631,6 +631,11 @@ local function do_connect(h, host, port, timeout)
 		return nil, "host must be a string"
 	end
 	local ls = h.ls
+	if ls and h.kind == "udp" then
+		local ok, e = ls:setpeername(host, port)
+		if ok then h.state = "connected" end
+		return ok, e
+	end
 	if ls then
 		-- LuaSocket makes its descriptor when connecting: let it, with
 		-- the name already looked up (so DNS never blocks), then wait for
