@@ -1376,11 +1376,12 @@ local function reset_stats(now)
 end
 
 function copas.status(enable_stats)
+	local reading = counts.read + receiving:get()
 	local r = {
 		running = copas.running,
-		read = counts.read + receiving:get(),
+		read = reading,
 		write = counts.write,
-		active = nactive - counts.read - counts.write - counts.timer,
+		active = nactive - reading - counts.write - counts.timer,
 		timer = counts.timer,
 		inactive = counts.inactive,
 		timeout = counts.timeout,

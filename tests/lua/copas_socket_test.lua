@@ -236,6 +236,19 @@ CH.run(copas, "closing from another thread wakes the reader and writer", functio
 	copas.removeserver(srv)
 end)
 
+CH.run(copas, "status counts readers", function()
+	local srv, port = server(function(skt) copas.pause(0.1) skt:send("x\n") end)
+	local c = client(port)
+	local before = copas.status().read
+	copas.addthread(function() c:receive() end)
+	copas.pause(0.03)
+	is(copas.status().read, before + 1, "a thread waiting in receive is counted in read")
+	copas.pause(0.15)
+	is(copas.status().read, before, "and no longer once it returned")
+	c:close()
+	copas.removeserver(srv)
+end)
+
 CH.run(copas, "one reader per socket: a second gets an error, not a stale wait", function()
 	local srv, port = server(function(skt)
 		copas.pause(0.05)
