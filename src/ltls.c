@@ -104,7 +104,9 @@ typedef struct lctx {
 	int nsni, sni_strict;
 } lctx_t;
 
-/* A TLS socket.  User values: 1 the TCP socket, 2 the context object. */
+/* A TLS socket.  User values: 1 the TCP socket, 2 the context object, 3
+ * the context SNI chose (kept alive while the socket uses it, even if the
+ * server's SNI table changes meanwhile). */
 typedef struct ltls {
 	SSL *ssl; /* NULL once closed */
 	lsock_t *s;
@@ -993,8 +995,21 @@ static int servername_cb(SSL *ssl, int *al, void *arg)
 	lctx_t *x = t->ctx;
 	for (int i = 0; i < x->nsni; i++)
 		if (strcasecmp(x->sni[i].name, name) == 0) {
-			if (x->sni[i].ctx->e)
+			/* SSL calls run with the TLS socket at index 1 of t->L:
+			 * it keeps the chosen context object alive. */
+			lua_State *L = t->L;
+			if (!x->sni[i].ctx->e || !L || !lua_checkstack(L, 3))
+				return SSL_TLSEXT_ERR_OK;
+			lua_getiuservalue(L, 1, 2);
+			lua_getiuservalue(L, -1, 1);
+			lua_getfield(L, -1, x->sni[i].name);
+			if (lua_touserdata(L, -1) == x->sni[i].ctx) {
+				lua_setiuservalue(L, 1, 3);
 				switch_ctx(ssl, t, x->sni[i].ctx);
+			} else {
+				lua_pop(L, 1);
+			}
+			lua_pop(L, 2);
 			return SSL_TLSEXT_ERR_OK;
 		}
 	if (!x->sni_strict)
@@ -1091,7 +1106,7 @@ static int l_wrap(lua_State *L)
 		return luaL_argerror(L, 3, "not a host name");
 	if (lw_sock_fd(s) < 0)
 		return lw_error(L, WEFT_ECLOSED);
-	ltls_t *t = lua_newuserdatauv(L, sizeof *t, 2);
+	ltls_t *t = lua_newuserdatauv(L, sizeof *t, 3);
 	memset(t, 0, sizeof *t);
 	t->s = s;
 	t->ctx = t->active = x;

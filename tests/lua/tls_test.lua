@@ -442,6 +442,24 @@ H.test("a peer closing mid-record: eof, never a hang", function()
 	ok(all and len == 300000, "recvall to close_notify: " .. tostring(len))
 	c:close()
 
+	-- recvall_read: the same, served through a non-yielding reader.
+	c, cerr, s = pair(SERVER, CLIENT)
+	weft.thread(function()
+		s:send("0123456789")
+		s:close()
+	end)
+	local rd = c:recvall_read(deadline())
+	ok(type(rd) == "function", "recvall_read gives a reader")
+	local b4 = weft.buffer(4)
+	local parts = {}
+	while true do
+		local n = rd(b4)
+		if not n or n == 0 then break end
+		parts[#parts + 1] = b4:tostring(1, n)
+	end
+	is(table.concat(parts), "0123456789", "the reader serves every byte")
+	c:close()
+
 	-- The peer resets: a clear error, no SIGPIPE.
 	c, cerr, s = pair(SERVER, CLIENT)
 	assert(s:tcp():setopt("so_linger", 0))
