@@ -658,6 +658,7 @@ local function do_connect(h, host, port, timeout)
 			ok, e = ls:connect(ip, port)
 		end
 		h.state = "client"
+		h.host = host
 		sock_of(h)
 		return 1
 	end
@@ -668,10 +669,9 @@ local function do_connect(h, host, port, timeout)
 		if not s then return nil, errstr(err) end
 		h.s = s
 	end
-	local ai, err = weft.addr(host, port, h.kind, s:family())
-	if not ai then return nil, errstr(err) end
 	counts.write = counts.write + 1
-	local ok, e = s:connect(ai, nil, expires(timeout))
+	-- (the host itself, so that TLS checks the certificate against it)
+	local ok, e = s:connect(host, port, expires(timeout))
 	counts.write = counts.write - 1
 	if not ok then
 		return nil, errstr(e)
@@ -1052,7 +1052,12 @@ local function tls_wrap(h, sslt)
 	end
 	local s = sock_of(h)
 	if not s then return nil, "closed" end
-	local ts, err = tls.wrap(s, sslt)
+	local servername
+	if type(h.host) == "string" and not (type(sslt) == "table" and
+		(sslt.servername or (sslt.sni and sslt.sni.names))) then
+		servername = h.host -- connected through LuaSocket: weft did not see the name
+	end
+	local ts, err = tls.wrap(s, sslt, servername)
 	if not ts then return nil, err end
 	return ts
 end
@@ -1065,7 +1070,7 @@ local function do_handshake(h, sslt)
 	end
 	local ts, err = tls_wrap(h, sslt)
 	if not ts then error("TLS/SSL handshake failed: " .. tostring(err), 0) end
-	local ok, e = ts:handshake(expires(h.cto))
+	local ok, e = ts:handshake(expires(h.cto or h.rto))
 	if not ok then
 		if e == "timeout" then return nil, "timeout" end
 		error("TLS/SSL handshake failed: " .. tostring(e), 0)
