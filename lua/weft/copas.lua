@@ -1304,7 +1304,7 @@ end
 local function serve_tcp(rec)
 	local h = rec.h
 	local s = sock_of(h)
-	local n = 0
+	local n, backoff = 0, 0.01
 	while not rec.stopped do
 		local c, err = s:accept()
 		if rec.stopped then
@@ -1312,22 +1312,26 @@ local function serve_tcp(rec)
 			break
 		end
 		if c then
+			backoff = 0.01
 			n = n + 1
 			local client = native("tcp", "client", c)
 			client.cto, client.sto, client.rto = rec.timeout, rec.timeout, rec.timeout
 			local base = copas.getsocketname(rec.skt)
 			names[client] = base .. ":client_" .. n
-			local autoclose = copas.autoclose
+			local autoclose = copas.autoclose -- decided now, as Copas does
 			local handler = rec.handler
 			spawn(base .. ":handler_" .. n, client, false, function()
-				local ok, e = pcall(handler, client)
+				xpcall(handler, on_error, client)
 				if autoclose then do_close(client) end
-				if not ok then error(e, 0) end
 			end)
 		elseif err == "closed" then
 			break
+		else
+			-- weft backs off by itself when out of descriptors; any other
+			-- error must not spin either, nor escape the loop
+			weft.sleep(backoff)
+			backoff = math.min(backoff * 2, 1)
 		end
-		-- other errors (out of descriptors...) never escape: weft backs off
 	end
 end
 
@@ -1342,6 +1346,11 @@ function copas.addserver(server, handler, timeout, name)
 		rec.co = spawn(copas.getsocketname(server) .. ":handler", server, true, handler, server)
 	else
 		local s = sock_of(h)
+		if s and not s:getopt("so_acceptconn") then
+			-- bound but not listening (LuaSocket's tcp():bind()): listen
+			local okl, e = s:listen()
+			if not okl then error("addserver: cannot listen: " .. tostring(e), 2) end
+		end
 		if not s then error("addserver: the socket is not bound", 2) end
 		rec.acceptor = weft.thread(serve_tcp, rec)
 	end
@@ -1357,9 +1366,18 @@ function copas.removeserver(skt, keep_open)
 	check_done()
 	local h = rec.h
 	if keep_open then
-		if h.ls and h.s then
-			h.s:close() -- our duplicate; LuaSocket's descriptor stays open
-			h.s = nil
+		-- The acceptor must stop waiting, yet the socket stay open: close
+		-- the weft socket it waits on, keeping another on the descriptor
+		-- (for LuaSocket's objects their own descriptor is enough).
+		local old = h.s
+		if old then
+			if h.ls then
+				h.s = nil
+			else
+				local fd = old:fileno()
+				h.s = fd >= 0 and core.adopt(fd) or nil
+			end
+			old:close()
 		end
 		return true
 	end

@@ -318,13 +318,42 @@ CH.run(copas, "connect errors and twice", function()
 	is(e2, "connection refused", "LuaSocket's message")
 end)
 
-CH.run(copas, "removeserver keep_open", function()
-	local srv = assert(S.bind("127.0.0.1", 0))
-	copas.addserver(srv, function() end)
-	is(copas.removeserver(srv, true), true, "kept open")
-	ok(srv:getsockname() ~= nil, "still usable")
-	srv:close()
-end)
+for _, kind in ipairs({"weft", "luasocket"}) do
+	if kind == "luasocket" and not luasocket then break end
+	CH.run(copas, kind .. ": removeserver keep_open, then add it again", function()
+		local lib = kind == "weft" and S or luasocket
+		local srv = assert(lib.bind("127.0.0.1", 0))
+		local _, port = srv:getsockname()
+		local got = {}
+		for i = 1, 3 do
+			copas.addserver(srv, function(c)
+				got[#got + 1] = copas.receive(c)
+				copas.removeserver(srv, true)
+			end)
+			local c = copas.wrap(S.tcp())
+			assert(c:connect("127.0.0.1", port))
+			c:send("hi " .. i .. "\n")
+			copas.pause(0.05)
+			c:close()
+		end
+		is(table.concat(got, ","), "hi 1,hi 2,hi 3", "each connection served once, none lost")
+		ok(srv:getsockname() ~= nil, "still usable")
+		srv:close()
+	end)
+end
+
+if luasocket then
+	CH.run(copas, "a LuaSocket socket bound but not listening still serves", function()
+		local srv = luasocket.tcp()
+		assert(srv:bind("127.0.0.1", 0))
+		local _, port = srv:getsockname()
+		copas.addserver(srv, copas.handler(function(skt) skt:send("yes\n") end))
+		local c = client(port)
+		is(c:receive(), "yes", "accepted")
+		c:close()
+		copas.removeserver(srv)
+	end)
+end
 
 CH.run(copas, "UDP responder", function()
 	local u = S.udp()
