@@ -30,6 +30,7 @@ enum { UV_SOCK = 1, UV_RECV, UV_STORE, UV_VIEW, UV_COUNTER, UV_COUNT = UV_COUNTE
 typedef struct reader {
 	size_t start, end; /* pending bytes: store[start, end) */
 	int busy;          /* a receive waits in recv: others are refused */
+	int hits;          /* results from the buffer since the last counted one */
 	lw_buffer_t *store; /* the storage (kept alive as a uservalue) */
 	lua_Integer *receiving; /* the instance's count of readers in recv, or NULL */
 } reader_t;
@@ -100,6 +101,7 @@ static int l_reader(lua_State *L)
 	reader_t *r = lua_newuserdatauv(L, sizeof *r, UV_COUNT);
 	r->start = r->end = 0;
 	r->busy = 0;
+	r->hits = 0;
 	r->receiving = counter; /* may be NULL */
 	if (counter) {
 		lua_pushvalue(L, 2);
@@ -234,6 +236,30 @@ static void push_expires(lua_State *L)
 		lua_pushnumber(L, weft_clock() + t);
 }
 
+/* After a fairness yield: the result pushed before it. */
+static int result_k(lua_State *L, int status, lua_KContext ctx)
+{
+	lw_wakecode(L);
+	return 1;
+}
+
+/* Results cut from the buffer without a recv count as I/O for the
+ * thread's budget too (one call in READER_HITS), so that a thread reading a
+ * fast peer byte by byte still lets the others run, and one reading lines
+ * pipelined by the hundred does not yield for each few. */
+#define READER_HITS 16
+
+static int satisfied(lua_State *L, reader_t *r)
+{
+	lw_state_t *S = lw_S(L);
+	if (++r->hits >= READER_HITS) {
+		r->hits = 0;
+		if (lw_spend(S) && lua_isyieldable(L))
+			return lw_fair_yield(L, S, 0, result_k);
+	}
+	return 1;
+}
+
 /* rd:receive([pattern [, prefix]], timeout, partial)
  *   -> data | nil, err, partial
  * timeout: seconds per recv (nil or < 0: none; 0: only what is there).
@@ -274,9 +300,11 @@ static int receive_k(lua_State *L, int status, lua_KContext ctx)
 			return fail(L, r, st->data, pat, "closed");
 		}
 		r->end += (size_t)n;
+		if (satisfy(L, r, st->data, pat, count))
+			return 1; /* the recv counted */
+	} else if (satisfy(L, r, st->data, pat, count)) {
+		return satisfied(L, r);
 	}
-	if (satisfy(L, r, st->data, pat, count))
-		return 1;
 	if (lua_toboolean(L, 5) && pat != PAT_LINE && r->end > r->start)
 		return fail(L, r, st->data, pat, "timeout");
 	/* Room for more: move the pending bytes to the front, grow when full. */
