@@ -71,6 +71,8 @@ server_cmd() {
 	http:raw) cmd=("$RAWECHO" -h 127.0.0.1 0) ;;
 	echo:weft) cmd=(env "LUA_PATH=$weft_path" "$WEFT_BIN" "$srcdir/contrib/examples/echo.lua" 127.0.0.1 0) ;;
 	http:weft) cmd=(env "LUA_PATH=$weft_path" "$WEFT_BIN" "$srcdir/contrib/examples/hello-http.lua" 127.0.0.1 0) ;;
+	echo:weft2) cmd=(env "LUA_PATH=$weft_path" "$WEFT_BIN" -t 2 "$srcdir/contrib/examples/echo.lua" 127.0.0.1 "$(free_port)") ;;
+	http:weft2) cmd=(env "LUA_PATH=$weft_path" "$WEFT_BIN" -t 2 "$srcdir/contrib/examples/hello-http.lua" 127.0.0.1 "$(free_port)") ;;
 	*:copas) cmd=(env "LUA_PATH=$weft_path" "$WEFT_BIN" "$here/copas-$1.lua" 127.0.0.1 0) ;;
 	*:copas2) cmd=(env "LUA_PATH=$weft_path" "$WEFT_BIN" -t 2 "$here/copas-$1.lua" 127.0.0.1 "$(free_port)") ;;
 	*:upstream) cmd=("$LUA" "$here/copas-$1.lua" 127.0.0.1 0) ;;
@@ -136,7 +138,7 @@ measure() {
 		'BEGIN { printf "%.2f %d\n", c / t * 1e6 / n, n }' >"$tmp/measured"
 }
 
-servers="raw weft copas copas2"
+servers="raw weft weft2 copas copas2"
 ((upstream)) && servers="$servers upstream"
 echo "copas-cpu: tests $TESTS; servers $servers; $ROUNDS round(s) of ${DURATION} s," \
 	"$CONNS connections; server on CPU $SERVER_CPU, load on CPU $LOAD_CPU"
@@ -176,5 +178,5 @@ END {
 			printf "%-6s %-9s %12.2f %7.2fx %9.2fx\n", T[i], S[j], med[k], med[k] / raw, med[k] / cop
 		}
 	}
-	print "(copas2: the Copas script under weft -t 2, both workers on the server CPU)"
+	print "(weft2, copas2: the same scripts under weft -t 2, both workers on the server CPU)"
 }' "$tmp/results"
