@@ -420,6 +420,10 @@ end
 
 local function remote_exit()
 	if my_exit and not exiting and my_exit:count() > 0 then
+		-- taken, so that it does not end the next run of the loop too
+		pcall(function()
+			while my_exit:count() > 0 do my_exit:recv(weft.clock()) end
+		end)
 		local_exit()
 	end
 end
@@ -1471,6 +1475,7 @@ function copas.loop(init, timeout)
 	if init then
 		copas.addnamedthread("copas_initializer", init)
 	end
+	exiting = false -- each run of the loop has its own exit
 	copas.running = true
 	if inthread() then
 		driver = weft.sleep_job()

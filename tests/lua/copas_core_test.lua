@@ -156,6 +156,21 @@ tap.test("exit, exiting and waitforexit ordering", function()
 	ok(copas.exiting(), "exiting stays true")
 end)
 
+tap.test("each run of the loop has its own exit", function()
+	local order = {}
+	copas.loop(function()
+		copas.addthread(function()
+			copas.waitforexit()
+			order[#order + 1] = "released"
+		end)
+		copas.addthread(function()
+			copas.pause(0.02)
+			order[#order + 1] = "worked"
+		end)
+	end)
+	is(table.concat(order, ","), "worked,released", "waitforexit waits again in a new run")
+end)
+
 copas = CH.fresh()
 tap.test("explicit exit releases waiters and a server", function()
 	local released = 0
