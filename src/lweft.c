@@ -52,11 +52,11 @@ static int own_copy(lua_State *L)
 	return 1;
 }
 
-#define OTHER_COPY_MSG                                                                 \
-	"weft: this Lua state belongs to another copy of the weft runtime in this "    \
-	"process (libweft linked into the program statically, and loaded again by "    \
-	"the module weft/core.so?): link the program and the module against the same " \
-	"shared libweft"
+#define OTHER_COPY_MSG                                                                   \
+	"weft: this Lua state belongs to another copy of the weft runtime in this "      \
+	"process (a program linked with the static libweft, whose state then loaded "    \
+	"the module weft/core.so?): link the program with the shared libweft, or give "  \
+	"its states weft.core from the program (package.preload with luaopen_weft_core)"
 
 void lw_register(lua_State *L, lw_state_t *S, const luaL_Reg *funcs)
 {
@@ -390,7 +390,7 @@ const char *weft_lua_strerror(int code)
 		return "another open state of the runtime has this index";
 	case WEFT_LUA_ECOPY:
 		return "the Lua state belongs to another copy of the weft runtime in this "
-		       "process: link the program and weft/core.so against the same libweft";
+		       "process (it loaded weft/core.so over another libweft)";
 	case WEFT_LUA_EARG:
 		return "no Lua state or no runtime given";
 	case WEFT_LUA_ENOMEM:
