@@ -94,7 +94,7 @@ else
 	warnings=$(MANWIDTH=80 man -l --warnings "$man" 2>&1 >/dev/null)
 	echo "$warnings" | sed 's/^/# /'
 	check "man -l renders weft.1 without warnings" [ -z "$warnings" ]
-	text=$(MANWIDTH=80 man -l "$man" 2>/dev/null | col -b)
+	text=$(MANWIDTH=80 man -l "$man" 2>/dev/null)
 	missing=
 	for o in $opts; do
 		echo "$text" | grep -q -- "^ *$o\( \|$\)" || missing="$missing $o"
