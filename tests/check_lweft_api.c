@@ -72,8 +72,8 @@ START_TEST(test_attach_arguments)
 
 	/* Messages: distinct, and they say what is wrong. */
 	const int codes[] = {WEFT_LUA_ELOADED, WEFT_LUA_EATTACHED, WEFT_LUA_EINDEX,
-			     WEFT_LUA_ECOUNT,  WEFT_LUA_ECOUNTS,   WEFT_LUA_ETAKEN,
-			     WEFT_LUA_ECOPY,   WEFT_LUA_EARG,      WEFT_LUA_ENOMEM};
+	                     WEFT_LUA_ECOUNT,  WEFT_LUA_ECOUNTS,   WEFT_LUA_ETAKEN,
+	                     WEFT_LUA_ECOPY,   WEFT_LUA_EARG,      WEFT_LUA_ENOMEM};
 	size_t n = sizeof codes / sizeof codes[0];
 	for (size_t i = 0; i < n; i++) {
 		const char *m = weft_lua_strerror(codes[i]);
@@ -83,25 +83,25 @@ START_TEST(test_attach_arguments)
 			ck_assert_str_ne(m, weft_lua_strerror(codes[j]));
 	}
 	ck_assert_str_eq(weft_lua_strerror(WEFT_LUA_ETAKEN),
-			 "another open state of the runtime has this index");
+	                 "another open state of the runtime has this index");
 
 	/* The numbers the attached states report. */
 	RUN_OK(A, "local weft = require 'weft'\n"
-		  "assert(weft.worker() == 1 and weft.workers() == 2,"
-		  "  weft.worker() .. ' of ' .. weft.workers())");
+	          "assert(weft.worker() == 1 and weft.workers() == 2,"
+	          "  weft.worker() .. ' of ' .. weft.workers())");
 	/* A state closed before it loaded weft gives its index back. */
 	lua_close(B);
 	B = new_state();
 	ck_assert_int_eq(weft_lua_attach(B, rt, 2, 2), 0);
 	RUN_OK(B, "local weft = require 'weft'\n"
-		  "assert(weft.worker() == 2 and weft.workers() == 2)");
+	          "assert(weft.worker() == 2 and weft.workers() == 2)");
 	/* ... and so does a state that loaded it. */
 	lua_close(B);
 	B = new_state();
 	ck_assert_int_eq(weft_lua_attach(B, rt, 2, 2), 0);
 	weft_lua_runtime_free(rt); /* the states keep the runtime */
 	RUN_OK(B, "local weft = require 'weft'\n"
-		  "assert(weft.worker() == 2)");
+	          "assert(weft.worker() == 2)");
 	lua_close(A);
 	lua_close(B);
 	lua_close(C);
@@ -121,9 +121,9 @@ START_TEST(test_state_limit)
 		ck_assert_int_eq(weft_lua_attach(Ls[i], rt, i + 1, WEFT_LUA_MAX_STATES), 0);
 	}
 	lua_State *extra = new_state();
-	ck_assert_int_eq(weft_lua_attach(extra, rt, WEFT_LUA_MAX_STATES + 1,
-					 WEFT_LUA_MAX_STATES + 1),
-			 WEFT_LUA_ECOUNT);
+	ck_assert_int_eq(
+	    weft_lua_attach(extra, rt, WEFT_LUA_MAX_STATES + 1, WEFT_LUA_MAX_STATES + 1),
+	    WEFT_LUA_ECOUNT);
 	ck_assert_int_eq(weft_lua_attach(extra, rt, 1, WEFT_LUA_MAX_STATES), WEFT_LUA_ETAKEN);
 
 	/* A state on its own cannot join the full runtime either. */
@@ -133,15 +133,15 @@ START_TEST(test_state_limit)
 	lua_pop(first, 1);
 	char err[512], chunk[512];
 	ck_assert_msg(run(first, "return require('weft').epoll_fd()", 1, err, sizeof err) == 0,
-		      "%s", err);
+	              "%s", err);
 	lua_Integer fd = lua_tointeger(first, -1);
 	lua_pop(first, 1);
 	snprintf(chunk, sizeof chunk,
-		 "local weft = require 'weft'\n"
-		 "local ok, e = weft.epoll_fd(%lld)\n"
-		 "assert(ok == nil and e == 'that runtime has 256 states already', tostring(e))\n"
-		 "assert(weft.worker() == 1 and weft.workers() == 1)",
-		 (long long)fd);
+	         "local weft = require 'weft'\n"
+	         "local ok, e = weft.epoll_fd(%lld)\n"
+	         "assert(ok == nil and e == 'that runtime has 256 states already', tostring(e))\n"
+	         "assert(weft.worker() == 1 and weft.workers() == 1)",
+	         (long long)fd);
 	RUN_OK(extra, chunk);
 	lua_close(extra);
 	for (int i = 0; i < WEFT_LUA_MAX_STATES; i++)
@@ -157,19 +157,19 @@ START_TEST(test_joined_numbers)
 	char err[512], chunk[512];
 	lua_State *A = new_state(), *B = new_state(), *C = new_state();
 	ck_assert_msg(run(A, "return require('weft').epoll_fd()", 1, err, sizeof err) == 0, "%s",
-		      err);
+	              err);
 	lua_Integer fd = lua_tointeger(A, -1);
 	lua_pop(A, 1);
 	snprintf(chunk, sizeof chunk,
-		 "local weft = require 'weft'\n"
-		 "assert(weft.worker() == 1 and weft.workers() == 1)\n"
-		 "assert(weft.epoll_fd(%lld) == %lld)\n"
-		 "assert(weft.worker() == 2 and weft.workers() == 2,"
-		 "  weft.worker() .. ' of ' .. weft.workers())",
-		 (long long)fd, (long long)fd);
+	         "local weft = require 'weft'\n"
+	         "assert(weft.worker() == 1 and weft.workers() == 1)\n"
+	         "assert(weft.epoll_fd(%lld) == %lld)\n"
+	         "assert(weft.worker() == 2 and weft.workers() == 2,"
+	         "  weft.worker() .. ' of ' .. weft.workers())",
+	         (long long)fd, (long long)fd);
 	RUN_OK(B, chunk);
 	RUN_OK(A, "local weft = require 'weft'\n"
-		  "assert(weft.worker() == 1 and weft.workers() == 2)");
+	          "assert(weft.worker() == 1 and weft.workers() == 2)");
 	/* The runtime of an embedder that declared 2 states: joiners come
 	 * after them. */
 	weft_runtime_t *rt;
@@ -178,15 +178,15 @@ START_TEST(test_joined_numbers)
 	ck_assert_int_eq(weft_lua_attach(D, rt, 2, 2), 0);
 	weft_lua_runtime_free(rt);
 	ck_assert_msg(run(D, "return require('weft').epoll_fd()", 1, err, sizeof err) == 0, "%s",
-		      err);
+	              err);
 	fd = lua_tointeger(D, -1);
 	lua_pop(D, 1);
 	snprintf(chunk, sizeof chunk,
-		 "local weft = require 'weft'\n"
-		 "assert(weft.epoll_fd(%lld) == %lld)\n"
-		 "assert(weft.worker() == 3 and weft.workers() == 3,"
-		 "  weft.worker() .. ' of ' .. weft.workers())",
-		 (long long)fd, (long long)fd);
+	         "local weft = require 'weft'\n"
+	         "assert(weft.epoll_fd(%lld) == %lld)\n"
+	         "assert(weft.worker() == 3 and weft.workers() == 3,"
+	         "  weft.worker() .. ' of ' .. weft.workers())",
+	         (long long)fd, (long long)fd);
 	RUN_OK(C, chunk);
 	lua_close(A);
 	lua_close(B);
@@ -206,19 +206,19 @@ START_TEST(test_totals_count_closed)
 	weft_lua_runtime_free(rt);
 	RUN_OK(A, "require 'weft'");
 	RUN_OK(B, "local weft = require 'weft'\n"
-		  "weft.run(function()\n"
-		  "  for i = 1, 28 do assert(weft.spawn(function() end):wait()) end\n"
-		  "end)\n"
-		  "assert(weft.stats().jobs_run == 28)");
+	          "weft.run(function()\n"
+	          "  for i = 1, 28 do assert(weft.spawn(function() end):wait()) end\n"
+	          "end)\n"
+	          "assert(weft.stats().jobs_run == 28)");
 	RUN_OK(A, "local weft = require 'weft'\n"
-		  "weft.run(function()\n"
-		  "  for i = 1, 22 do assert(weft.spawn(function() end):wait()) end\n"
-		  "end)\n"
-		  "local t = weft.stats().total\n"
-		  "assert(t.jobs_run == 50 and t.workers == 2, t.jobs_run .. ' ' .. t.workers)");
+	          "weft.run(function()\n"
+	          "  for i = 1, 22 do assert(weft.spawn(function() end):wait()) end\n"
+	          "end)\n"
+	          "local t = weft.stats().total\n"
+	          "assert(t.jobs_run == 50 and t.workers == 2, t.jobs_run .. ' ' .. t.workers)");
 	lua_close(B);
 	RUN_OK(A, "local t = require('weft').stats().total\n"
-		  "assert(t.jobs_run == 50 and t.workers == 1, t.jobs_run .. ' ' .. t.workers)");
+	          "assert(t.jobs_run == 50 and t.workers == 1, t.jobs_run .. ' ' .. t.workers)");
 	lua_close(A);
 }
 END_TEST
@@ -232,8 +232,8 @@ static int other_copy(lua_State *L)
 		return 0;
 	char chunk[1024], err[1024];
 	snprintf(chunk, sizeof chunk,
-		 "return assert(package.loadlib('%s/src/.libs/core.so', 'luaopen_weft_core'))",
-		 builddir);
+	         "return assert(package.loadlib('%s/src/.libs/core.so', 'luaopen_weft_core'))",
+	         builddir);
 	ck_assert_msg(run(L, chunk, 1, err, sizeof err) == 0, "%s", err);
 	ck_assert(lua_iscfunction(L, -1));
 	ck_assert(lua_tocfunction(L, -1) != luaopen_weft_core);
@@ -276,7 +276,7 @@ START_TEST(test_second_copy_refused)
 	lua_getfield(C, LUA_REGISTRYINDEX, "other");
 	ck_assert_int_ne(lua_pcall(C, 0, 1, 0), LUA_OK);
 	ck_assert_msg(strstr(lua_tostring(C, -1), "another copy") != NULL, "%s",
-		      lua_tostring(C, -1));
+	              lua_tostring(C, -1));
 	lua_close(C);
 	lua_close(B);
 	lua_close(A);
