@@ -34,9 +34,10 @@ weft.run(function()
 	local c = assert(server:accept(weft.clock() + 10))
 	local buf = weft.buffer(25)
 	assert(c:recvn(buf, #buf, weft.clock() + 10))
+	-- the other state joined before it connected, and waits for the echo:
+	-- it counts here
+	print(("worker %d of %d echoes: %s"):format(weft.worker(), weft.workers(), buf:tostring()))
 	assert(c:send(buf))
-	-- the other state joined before it connected: it counts here
-	print(("worker %d of %d echoed: %s"):format(weft.worker(), weft.workers(), buf:tostring()))
 	c:close()
 	server:close()
 	print(assert(weft.channel("results"):recv(weft.clock() + 10)))

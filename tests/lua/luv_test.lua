@@ -46,7 +46,7 @@ test("luv threads share a runtime", function()
 	local out, code = sh(("%s timeout -k 5 60 '%s' '%s'"):format(env, bin, example))
 	tap.diag(out)
 	is(code, 0, "the example runs in the launcher")
-	like(out, "worker 1 of 2 echoed: hello from the luv thread", "the first state counts the joined one")
+	like(out, "worker 1 of 2 echoes: hello from the luv thread", "the first state counts the joined one")
 	like(out, "worker 2 of 2 heard: hello from the luv thread",
 		"the joined state has a number of its own, and a named channel reached the first")
 	local sanitized = (os.getenv("WEFT_SANITIZERS") or "") ~= ""
@@ -56,7 +56,7 @@ test("luv threads share a runtime", function()
 		out, code = sh(("%s timeout -k 5 60 %s '%s'"):format(env, lua, example))
 		tap.diag(out)
 		is(code, 0, "the example runs in stock lua5.4")
-		like(out, "worker 1 of 2 echoed", "the first state counts the joined one")
+		like(out, "worker 1 of 2 echoes", "the first state counts the joined one")
 		like(out, "worker 2 of 2 heard", "the joined state has a number of its own")
 	end
 	os.execute(("rm -rf '%s'"):format(dir))
