@@ -42,6 +42,15 @@ local weft = {
 	core = core,
 }
 
+-- weft.tls loads on first use.
+setmetatable(weft, {__index = function(t, k)
+	if k == "tls" then
+		local m = require "weft.tls"
+		rawset(t, "tls", m)
+		return m
+	end
+end})
+
 -- Per-thread values, weakly keyed so finished threads are forgotten.
 weft.threadenv = setmetatable({}, {__mode = "k"})
 
@@ -85,13 +94,23 @@ function M:listen(backlog, host, port, af)
 	return self:_listen(backlog, ai)
 end
 
+-- The host name (or address string) each socket connected to, for TLS:
+-- the name a client asks for (SNI) and checks the certificate against.
+local connhost = setmetatable({}, {__mode = "k"})
+function weft._connhost(s)
+	return connhost[s]
+end
+
 function M:connect(host, port, expires, af)
 	if self:type() ~= "tcp" and host == "*" and (port == 0 or port == nil) then
 		return self:_disconnect()
 	end
 	local ai, err = resolve(self, host, port, af)
 	if not ai then return nil, err end
-	return self:_connect(ai, expires)
+	local ok
+	ok, err = self:_connect(ai, expires)
+	if ok and type(host) == "string" then connhost[self] = host end
+	return ok, err
 end
 
 function M:sendto(host, port, data, len, expires, af)
