@@ -87,6 +87,11 @@ measure() {
 	pid=
 	n=$(echo "$out" | awk '/connections in .* real seconds/ { print $1; exit }')
 	[[ -n $n && $n -gt 0 ]] || { echo "$out" >&2; die "$kind: s_time made no connection"; }
+	if [[ -n ${4:-} ]]; then
+		# Every connection must have fetched the whole file.
+		bytes=$(echo "$out" | awk '/bytes read per connection/ { print $(NF - 4); exit }')
+		((bytes >= BULK_MB * 1048576)) || { echo "$out" >&2; die "$kind: $bytes bytes per connection, short of ${BULK_MB} MiB"; }
+	fi
 	awk -v c=$((cu1 + cs1 - cu0 - cs0)) -v t="$tck" -v n="$n" -v d="$DURATION" \
 		'BEGIN { printf "%.1f %.1f\n", c / t * 1e6 / n, n / d }'
 }
@@ -102,7 +107,7 @@ for r in $(seq "$ROUNDS"); do
 		res[$s.ec]+="$u "; rate[$s.ec]+="$q "
 		read -r u2 q2 < <(measure "$s" "$c/rsa.pem" "$c/rsa.key")
 		res[$s.rsa]+="$u2 "; rate[$s.rsa]+="$q2 "
-		read -r u3 _ < <(measure "$s" "$c/server.pem" "$c/server.key" big)
+		read -r u3 _ < <(measure "$s" "$c/server.pem" "$c/server.key" "$tmp/big")
 		# CPU per connection of BULK_MB -> MB per CPU second
 		mb=$(awk -v u="$u3" -v m="$BULK_MB" 'BEGIN { printf "%.0f", m / (u / 1e6) }')
 		res[$s.bulk]+="$mb "
