@@ -17,6 +17,9 @@
 #include "poller.h"
 #include "resolver.h"
 
+/* weft.h's limit is the runtime's worker table. */
+_Static_assert(WEFT_LUA_MAX_STATES == WEFT_MAX_WORKERS, "weft.h and worker.h disagree");
+
 static const char STATE_KEY = 'S';
 static const char ATTACH_KEY = 'A';
 
