@@ -466,10 +466,16 @@ local function is_luasocket(skt)
 	return s:sub(1, 4) == "tcp{" or s:sub(1, 4) == "udp{"
 end
 
+local wrapper_mts = {} -- the metatables of copas.wrap's objects (filled below)
+
 -- The handle of any socket Copas accepts.
 local function handle_of(skt)
-	if getmetatable(skt) == native_mt then
+	local mt = getmetatable(skt)
+	if mt == native_mt then
 		return skt
+	end
+	if wrapper_mts[mt] then
+		return skt.h
 	end
 	local h = handles[skt]
 	if h then return h end
@@ -1102,6 +1108,7 @@ local wrap_tcp_mt = {__index = WT}
 local wrap_udp_mt = {__index = WU}
 wrap_tcp_mt.__tostring = function(w) return tostring(w.socket) .. " (copas wrapped)" end
 wrap_udp_mt.__tostring = wrap_tcp_mt.__tostring
+wrapper_mts[wrap_tcp_mt], wrapper_mts[wrap_udp_mt] = true, true
 
 function WT:receive(pattern, prefix)
 	local h = self.h
@@ -1232,7 +1239,7 @@ function WT:accept()
 	if not s then return nil, "closed" end
 	local c, err = s:accept(expires(h.rto))
 	if not c then return nil, errstr(err) end
-	return copas.wrap(native("tcp", "client", c))
+	return native("tcp", "client", c) -- a raw socket, as LuaSocket's accept
 end
 
 function WU:receive(size)
