@@ -114,6 +114,42 @@ CH.run(copas, "https with certificate checks", function()
 		sslparams = {mode = "client", verify = "none"}, sink = function() return 1 end})
 	is(c3, 200, "verify = none turns the check off")
 	is(failed, 1, "the server saw one failed handshake")
+
+	-- redirects across schemes: http -> https is followed, https -> http
+	-- only with redirect = "all"
+	local plain = assert(S.bind("127.0.0.1", 0))
+	local _, pport = plain:getsockname()
+	copas.addserver(plain, copas.handler(function(skt)
+		local line = skt:receive()
+		repeat local l = skt:receive() until not l or l == ""
+		if line:match("^GET /to%-https") then
+			skt:send("HTTP/1.1 302 Found\r\nLocation: " .. url .. "\r\nContent-Length: 0\r\n\r\n")
+		else
+			skt:send("HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nhttp")
+		end
+	end))
+	local tls_redirect = assert(S.bind("127.0.0.1", 0))
+	local _, rport = tls_redirect:getsockname()
+	copas.addserver(tls_redirect, copas.handler(function(skt)
+		repeat local l = skt:receive() until not l or l == ""
+		skt:send(("HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:%d/\r\nContent-Length: 0\r\n\r\n"):format(pport))
+	end, SERVER))
+	t = {}
+	local r4, c4 = copas.http.request({url = ("http://127.0.0.1:%d/to-https"):format(pport),
+		sslparams = CLIENT, sink = function(chunk) if chunk then t[#t + 1] = chunk end return 1 end})
+	is(c4, 200, "http -> https redirect followed")
+	is(table.concat(t), "https", "the https body")
+	local down = ("https://localhost:%d/"):format(rport)
+	local r5, e5 = copas.http.request({url = down, sslparams = CLIENT})
+	is(r5, nil, "https -> http refused by default")
+	like(tostring(e5), "insecure redirect", "says why")
+	t = {}
+	local r6, c6 = copas.http.request({url = down, sslparams = CLIENT, redirect = "all",
+		sink = function(chunk) if chunk then t[#t + 1] = chunk end return 1 end})
+	is(c6, 200, "with redirect = \"all\" it is followed")
+	is(table.concat(t), "http", "the http body")
+	copas.removeserver(plain)
+	copas.removeserver(tls_redirect)
 	copas.removeserver(srv)
 end)
 
