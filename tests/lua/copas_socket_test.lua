@@ -268,6 +268,63 @@ CH.run(copas, "one reader per socket: a second gets an error, not a stale wait",
 	copas.removeserver(srv)
 end)
 
+CH.run(copas, "send timeout returns the last byte sent", function()
+	local release = false
+	local srv, port = server(function(skt)
+		while not release do copas.pause(0.01) end
+	end)
+	local c = client(port)
+	c:settimeouts(nil, 0.1, nil)
+	local big = ("y"):rep(16 * 1024 * 1024)
+	local t0 = weft.clock()
+	local r, e, last = c:send(big)
+	is(r, nil, "not all sent")
+	is(e, "timeout", "timeout")
+	ok(last and last > 0 and last < #big, "the last byte sent: " .. tostring(last))
+	cmp_ok(weft.clock() - t0, "<", 3, "in bounded time")
+	release = true
+	c:close()
+	copas.removeserver(srv)
+end)
+
+if luasocket then
+	CH.run(copas, "connect timeout", function()
+		-- a listener nobody accepts from, its backlog filled
+		local l = luasocket.tcp()
+		assert(l:bind("127.0.0.1", 0))
+		assert(l:listen(0))
+		local _, port = l:getsockname()
+		local fill = {}
+		local timed_out, err
+		for i = 1, 8 do
+			local c = copas.wrap(S.tcp())
+			c:settimeouts(0.1, nil, nil)
+			local t0 = weft.clock()
+			local r, e = c:connect("127.0.0.1", port)
+			fill[#fill + 1] = c
+			if not r then
+				timed_out, err = weft.clock() - t0, e
+				break
+			end
+		end
+		if timed_out then
+			is(err, "timeout", "connect timed out")
+			cmp_ok(timed_out, "<", 2, "within the timeout, not the system's")
+			copas.usesockettimeouterrors(true)
+			local c = copas.wrap(S.tcp())
+			c:settimeouts(0.05, nil, nil)
+			local _, e2 = c:connect("127.0.0.1", port)
+			fill[#fill + 1] = c
+			is(e2, "Operation already in progress", "LuaSocket's error with usesockettimeouterrors")
+			copas.usesockettimeouterrors(false)
+		else
+			tap.skip("the system accepted every connection into the backlog", 3)
+		end
+		for _, c in ipairs(fill) do c:close() end
+		l:close()
+	end)
+end
+
 CH.run(copas, "one writer per socket", function()
 	local release = false
 	local srv, port = server(function(skt)
