@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <netinet/in.h>
+#include <stddef.h>
 #include <string.h>
 #include <sys/socket.h>
 
@@ -214,10 +215,13 @@ static int s_bound(lua_State *L)
 {
 	lsock_t *s = checksock(L, 1);
 	struct sockaddr_storage ss;
+	memset(&ss, 0, sizeof ss);
 	socklen_t len = sizeof ss;
 	int bound = 0;
+	/* A unix socket is bound once it has a name: more than the family. */
 	if (s->fd >= 0 && getsockname(s->fd, (struct sockaddr *)&ss, &len) == 0)
-		bound = weft_sa_port((struct sockaddr *)&ss) != 0 || ss.ss_family == AF_UNIX;
+		bound = ss.ss_family == AF_UNIX ? len > sizeof(sa_family_t)
+						: weft_sa_port((struct sockaddr *)&ss) != 0;
 	lua_pushboolean(L, bound);
 	return 1;
 }
@@ -847,21 +851,34 @@ static int s_index(lua_State *L)
 	int port = strcmp(what, "port") == 0;
 	if (!port && strcmp(what, "addr") != 0)
 		return 0;
-	struct sockaddr_storage ss;
-	socklen_t len = sizeof ss;
-	int rc = remote ? getpeername(s->fd, (struct sockaddr *)&ss, &len)
-			: getsockname(s->fd, (struct sockaddr *)&ss, &len);
-	if (rc < 0 || (ss.ss_family != AF_INET && ss.ss_family != AF_INET6 &&
-		       ss.ss_family != AF_UNIX))
+	/* Zeroed, with room for a terminating NUL after the longest unix
+	 * path, and only `len` bytes of it are the kernel's: an unnamed unix
+	 * socket (unbound, or a client accepted from one) reports just the
+	 * family. */
+	struct {
+		struct sockaddr_storage ss;
+		char nul;
+	} a;
+	memset(&a, 0, sizeof a);
+	struct sockaddr_storage *ssp = &a.ss;
+	socklen_t len = sizeof a.ss;
+	int rc = remote ? getpeername(s->fd, (struct sockaddr *)ssp, &len)
+			: getsockname(s->fd, (struct sockaddr *)ssp, &len);
+	if (rc < 0 || len <= offsetof(struct sockaddr, sa_data) ||
+	    (ssp->ss_family != AF_INET && ssp->ss_family != AF_INET6 &&
+	     ssp->ss_family != AF_UNIX))
 		return 0;
 	/* An unbound socket reports the wildcard address with port 0. */
-	if (!remote && ss.ss_family != AF_UNIX && weft_sa_port((struct sockaddr *)&ss) == 0)
+	if (!remote && ssp->ss_family != AF_UNIX && weft_sa_port((struct sockaddr *)ssp) == 0)
 		return 0;
 	if (port) {
-		lua_pushinteger(L, weft_sa_port((struct sockaddr *)&ss));
+		lua_pushinteger(L, weft_sa_port((struct sockaddr *)ssp));
 	} else {
 		char buf[128];
-		lua_pushstring(L, weft_sa_ip((struct sockaddr *)&ss, buf, sizeof buf));
+		const char *ip = weft_sa_ip((struct sockaddr *)ssp, buf, sizeof buf);
+		if (!ip)
+			return 0;
+		lua_pushstring(L, ip);
 	}
 	return 1;
 }
