@@ -62,4 +62,56 @@ H.test("unix sockets: listen binds an unbound socket", function()
 	os.remove(path)
 end)
 
+H.test("listen twice on one address in one worker is refused", function()
+	local l = assert(weft.tcp())
+	assert(l:listen("127.0.0.1", 0))
+	local s = assert(weft.tcp())
+	is_deeply({s:listen("127.0.0.1", l.local_port)}, {nil, "address_already_in_use"},
+		"the second listen says address_already_in_use")
+	-- The two sockets are apart: an option set on one is not the other's.
+	assert(s:setopt("so_keepalive", true))
+	is(l:getopt("so_keepalive"), false, "options stay apart")
+	is(s:getopt("so_acceptconn"), false, "the refused socket is not listening")
+	s:close()
+	is(l:getopt("so_acceptconn"), true, "the first listener still listens")
+	l:close()
+end)
+
+tap.test("workers share a listener only with the same backlog and options", function()
+	local out, okc = tap.run_workers(2, [[
+local weft = require "weft"
+local ch = weft.channel("port", 1)
+local done = weft.channel("done", 1)
+if weft.worker() == 1 then
+	local s = assert(weft.tcp())
+	assert(s:listen(16, "127.0.0.1", 0))
+	assert(ch:send(s.local_port, weft.clock() + 30))
+	assert(done:recv(weft.clock() + 30))
+	s:close()
+else
+	local port = assert(ch:recv(weft.clock() + 30))
+	local a = assert(weft.tcp())
+	print("other backlog: " .. tostring(select(2, a:listen(32, "127.0.0.1", port))))
+	local b = assert(weft.tcp())
+	assert(b:setopt("so_reuseport", true))
+	print("other options: " .. tostring(select(2, b:listen(16, "127.0.0.1", port))))
+	local c = assert(weft.tcp())
+	print("same: " .. tostring(c:listen(16, "127.0.0.1", port)))
+	local d = assert(weft.tcp())
+	print("twice: " .. tostring(select(2, d:listen(16, "127.0.0.1", port))))
+	a:close() b:close() c:close() d:close()
+	assert(done:send(true))
+end
+]])
+	if not out then
+		tap.skip("WEFT_BIN not set", 5)
+		return
+	end
+	ok(okc, "the program exited cleanly")
+	like(out, "other backlog: address_already_in_use", "a different backlog is refused")
+	like(out, "other options: address_already_in_use", "different options are refused")
+	like(out, "same: true", "the same backlog and options join")
+	like(out, "twice: address_already_in_use", "a second listen in that worker is refused")
+end)
+
 tap.done()
