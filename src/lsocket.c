@@ -185,7 +185,11 @@ static int s_listen(lua_State *L)
 {
 	lw_state_t *S = lw_S(L);
 	lsock_t *s = checktype(L, 1, SOCK_STREAM, "listen");
-	lua_Integer backlog = luaL_optinteger(L, 2, 0);
+	/* 0, nil or anything beyond INT_MAX (1/0 included) = the system
+	 * maximum: the kernel caps at somaxconn. */
+	lua_Number nb = luaL_optnumber(L, 2, 0);
+	luaL_argcheck(L, nb == nb, 1, "backlog is NaN");
+	int backlog = nb <= 0 || nb >= (lua_Number)INT_MAX ? INT_MAX : (int)nb;
 	CHECK_OPEN(L, s);
 	if (s->lst)
 		return lw_error(L, -EINVAL);
@@ -193,13 +197,10 @@ static int s_listen(lua_State *L)
 	const struct sockaddr *sa = NULL;
 	if (!lua_isnoneornil(L, 3))
 		sa = lw_checkaddr(L, 3, &len, NULL);
-	/* 0 (or nothing) = the system maximum: the kernel caps at somaxconn. */
-	if (backlog <= 0 || backlog > INT_MAX)
-		backlog = INT_MAX;
 	/* Workers listening on the same address share one socket (see
 	 * lib/listener.h); this socket's own fd is then closed. */
 	weft_listener_t *l;
-	int rc = weft_listener_listen(S->w, s->rec, sa, len, (int)backlog, &l);
+	int rc = weft_listener_listen(S->w, s->rec, sa, len, backlog, &l);
 	if (rc < 0)
 		return lw_error(L, rc);
 	s->lst = l;

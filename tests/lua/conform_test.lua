@@ -114,4 +114,15 @@ end
 	like(out, "twice: address_already_in_use", "a second listen in that worker is refused")
 end)
 
+H.test("listen(1/0, ...) is the maximum backlog", function()
+	local l = assert(weft.tcp())
+	local okc, r = try(l.listen, l, 1 / 0, "127.0.0.1", 0)
+	ok(okc, "listen(1/0, ...) does not raise")
+	is(r, true, "and listens")
+	l:close()
+	local l2 = assert(weft.tcp())
+	ok(not try(l2.listen, l2, 0 / 0, "127.0.0.1", 0), "a NaN backlog raises")
+	l2:close()
+end)
+
 tap.done()
