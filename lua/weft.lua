@@ -128,14 +128,21 @@ end
 
 local MW, MS, MT = core.markers.wait, core.markers.suspend, core.markers.transfer
 
--- Like coroutine.wrap, but the body may wait: a wait (or suspend or
+-- The sock API's cowrap (coro.safewrap): like coroutine.wrap, but the
+-- body is called as f(yield, ...) and may wait: a wait (or suspend or
 -- transfer) inside it is passed up to the weft thread running the
 -- wrapper, and what the scheduler resumes the thread with is passed back
--- down.  Plain yields (weft.yield) come back to the wrapper's caller.
+-- down.  Plain yields (the `yield` argument, or weft.yield) come back to
+-- the wrapper's caller.  Returns the wrapper and the coroutine.
 function weft.cowrap(f)
-	local co = coroutine.create(f)
-	core.cowrap_tag(co)
+	if type(f) ~= "function" then
+		error(("bad argument #1 to 'cowrap' (function expected, got %s)"):format(type(f)), 2)
+	end
 	local resume, yield, status = coroutine.resume, coroutine.yield, coroutine.status
+	local co = coroutine.create(function(...)
+		return f(yield, ...)
+	end)
+	core.cowrap_tag(co)
 	local function step(ok, first, ...)
 		if not ok then error(first, 0) end
 		if (first == MW or first == MS or first == MT) and status(co) == "suspended" then
@@ -145,7 +152,7 @@ function weft.cowrap(f)
 	end
 	return function(...)
 		return step(resume(co, ...))
-	end
+	end, co
 end
 
 function weft.run(f, ...)

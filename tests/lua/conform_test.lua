@@ -125,4 +125,32 @@ H.test("listen(1/0, ...) is the maximum backlog", function()
 	l2:close()
 end)
 
+H.test("cowrap is coro.safewrap: f(yield, ...), returns the wrapper and the thread", function()
+	local got
+	local wrapper, th = weft.cowrap(function(yield, a, b)
+		got = {a, b}
+		local c = yield(a + b)
+		weft.sleep(0.001) -- a wait inside the body
+		local d = yield(c * 2)
+		return "done", d
+	end)
+	is(type(wrapper), "function", "the first result is the wrapper")
+	is(type(th), "thread", "the second is the coroutine")
+	is(coroutine.status(th), "suspended", "not started yet")
+	is(wrapper(1, 2), 3, "the body got (yield, ...) and yield returns to the caller")
+	is_deeply(got, {1, 2}, "the arguments follow yield")
+	is(wrapper(5), 10, "yield returns the next call's arguments, across a wait")
+	is_deeply({wrapper("x")}, {"done", "x"}, "the body's results end it")
+	is(coroutine.status(th), "dead", "the thread is dead after")
+	ok(not pcall(weft.cowrap, 42), "a non-function raises at the call")
+	-- As an iterator
+	local out = {}
+	for v in weft.cowrap(function(yield)
+		for i = 1, 3 do yield(i) end
+	end) do
+		out[#out + 1] = v
+	end
+	is_deeply(out, {1, 2, 3}, "works as a for-loop iterator")
+end)
+
 tap.done()

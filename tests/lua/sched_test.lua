@@ -173,7 +173,7 @@ H.test("currentthread inside a thread", function()
 end)
 
 H.test("cowrap generator and weft.yield", function()
-	local gen = weft.cowrap(function(a)
+	local gen = weft.cowrap(function(_, a)
 		local b = weft.yield(a + 1)
 		local c = weft.yield(b .. "!")
 		return "ret", c
@@ -196,10 +196,10 @@ H.test("cowrap: a wait inside f suspends the weft thread, others run", function(
 			ticks = ticks + 1
 		end
 	end)
-	local gen = weft.cowrap(function(n)
+	local gen = weft.cowrap(function(yield, n)
 		for i = 1, n do
 			weft.sleep(0.02)
-			weft.yield(i)
+			yield(i)
 		end
 		return nil
 	end)
@@ -250,15 +250,15 @@ H.test("cowrap iterator doing I/O inside", function()
 		c:shutdown("w")
 	end)
 	local function chunks(sock)
-		return weft.cowrap(function()
+		return (weft.cowrap(function(yield)
 			local buf = weft.buffer(100)
 			while true do
 				local n, err = sock:recv(buf, 100, deadline())
 				assert(n, err)
 				if n == 0 then return end
-				weft.yield(buf:tostring(1, n))
+				yield(buf:tostring(1, n))
 			end
-		end)
+		end))
 	end
 	local got = {}
 	for piece in chunks(s) do
