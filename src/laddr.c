@@ -92,20 +92,57 @@ int lw_protocol_value(lua_State *L, int idx, int def)
 	return value_of(L, idx, def, "protocol", protocols);
 }
 
+/* One flag name: its AI_* bit; raises for an unknown name. */
+static int flag_bit(lua_State *L, int idx, const char *name, size_t len)
+{
+	for (int i = 0; flags[i].name; i++)
+		if (strlen(flags[i].name) == len && memcmp(flags[i].name, name, len) == 0)
+			return flags[i].value;
+	return luaL_argerror(L, idx, lua_pushfstring(L, "unknown flag '%s'",
+						       lua_pushlstring(L, name, len)));
+}
+
+/* Flags as glue.bor() takes them: a number, a string of names separated
+ * by spaces, a list of names, or a set {name = true}. */
 static int flags_value(lua_State *L, int idx)
 {
 	if (lua_isnoneornil(L, idx))
 		return 0;
 	if (lua_type(L, idx) == LUA_TNUMBER)
 		return (int)luaL_checkinteger(L, idx);
-	if (lua_type(L, idx) == LUA_TSTRING)
-		return value_of(L, idx, 0, "flag", flags);
+	if (lua_type(L, idx) == LUA_TSTRING) {
+		const char *s = lua_tostring(L, idx);
+		int f = 0;
+		for (;;) {
+			s += strspn(s, " \t");
+			size_t n = strcspn(s, " \t");
+			if (n == 0)
+				return f;
+			f |= flag_bit(L, idx, s, n);
+			s += n;
+		}
+	}
 	luaL_checktype(L, idx, LUA_TTABLE);
 	int f = 0;
-	lua_Integer n = luaL_len(L, idx);
-	for (lua_Integer i = 1; i <= n; i++) {
-		lua_rawgeti(L, idx, i);
-		f |= value_of(L, lua_gettop(L), 0, "flag", flags);
+	lua_pushnil(L);
+	while (lua_next(L, idx)) {
+		if (lua_type(L, -2) == LUA_TNUMBER) {
+			/* list form: {"passive", "numerichost"} */
+			size_t n;
+			const char *name = lua_tolstring(L, -1, &n);
+			if (!name || lua_type(L, -1) != LUA_TSTRING)
+				luaL_argerror(L, idx, "flags: list items must be names");
+			f |= flag_bit(L, idx, name, n);
+		} else if (lua_type(L, -2) == LUA_TSTRING) {
+			/* set form: {numerichost = true}; false leaves it out */
+			size_t n;
+			const char *name = lua_tolstring(L, -2, &n);
+			int bit = flag_bit(L, idx, name, n);
+			if (lua_toboolean(L, -1))
+				f |= bit;
+		} else {
+			luaL_argerror(L, idx, "flags: keys must be names or list indices");
+		}
 		lua_pop(L, 1);
 	}
 	return f;

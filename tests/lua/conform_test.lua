@@ -153,4 +153,22 @@ H.test("cowrap is coro.safewrap: f(yield, ...), returns the wrapper and the thre
 	is_deeply(out, {1, 2, 3}, "works as a for-loop iterator")
 end)
 
+H.test("lookup flags are a glue.bor() list: a string of names, a list or a set", function()
+	local function lookup(flags)
+		return weft.addr("localhost", 80, "tcp", "inet", nil, flags)
+	end
+	is_deeply({lookup("passive numerichost")}, {nil, "host_not_found"},
+		"'passive numerichost': a name is refused under numerichost")
+	is_deeply({lookup({numerichost = true})}, {nil, "host_not_found"},
+		"{numerichost = true} is honoured")
+	is_deeply({lookup({"passive", "numerichost"})}, {nil, "host_not_found"},
+		"the list form is honoured")
+	ok(lookup({numerichost = false}), "{numerichost = false} leaves the flag out")
+	ok(weft.addr("127.0.0.1", 80, "tcp", "inet", nil, "  numerichost   numericserv "),
+		"spaces around names are fine")
+	ok(not pcall(lookup, "passive bogus"), "an unknown name in a string raises")
+	ok(not pcall(lookup, {bogus = true}), "an unknown name in a set raises")
+	ok(not pcall(lookup, {[{}] = true}), "a key that is not a name raises")
+end)
+
 tap.done()
