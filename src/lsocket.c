@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stddef.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -764,11 +765,26 @@ static int s_setopt(lua_State *L)
 		return luaL_error(L, "weft: socket option '%s' is read-only", o->name);
 	int rc;
 	switch (o->kind) {
-	case WEFT_OPT_BOOL:
-		luaL_checkany(L, 3);
+	case WEFT_OPT_BOOL: {
+		/* A boolean, or a number as C has it: 0 is off. */
+		int v;
+		if (lua_type(L, 3) == LUA_TNUMBER)
+			v = lua_tonumber(L, 3) != 0;
+		else if (lua_type(L, 3) == LUA_TBOOLEAN)
+			v = lua_toboolean(L, 3);
+		else
+			return luaL_typeerror(L, 3, "boolean or number");
 		CHECK_OPEN(L, s);
-		rc = weft_sockopt_set_int(s->fd, o, lua_toboolean(L, 3));
+		rc = weft_sockopt_set_int(s->fd, o, v);
 		break;
+	}
+	case WEFT_OPT_TIME: {
+		lua_Number t = luaL_checknumber(L, 3);
+		luaL_argcheck(L, t >= 0 && t <= 1e9, 3, "seconds out of range");
+		CHECK_OPEN(L, s);
+		rc = weft_sockopt_set_time(s->fd, o, (double)t);
+		break;
+	}
 	case WEFT_OPT_LINGER: {
 		int v = -1;
 		if (lua_type(L, 3) == LUA_TNUMBER) {
@@ -800,6 +816,62 @@ static int s_setopt(lua_State *L)
 	return ok_or_error(L, rc);
 }
 
+#define FIELD(name, value)                                                                         \
+	(lua_pushinteger(L, (lua_Integer)(value)), lua_setfield(L, -2, name))
+
+/* The read-only structures, as tables. */
+static int getopt_struct(lua_State *L, lsock_t *s, const weft_sockopt_t *o)
+{
+	union {
+		struct ucred cred;
+		struct tcp_info ti;
+	} u;
+	memset(&u, 0, sizeof u);
+	socklen_t len = o->optname == SO_PEERCRED ? sizeof u.cred : sizeof u.ti;
+	int rc = weft_sockopt_get_raw(s->fd, o, &u, &len);
+	if (rc < 0)
+		return lw_error(L, rc);
+	lua_newtable(L);
+	if (o->optname == SO_PEERCRED && o->level == SOL_SOCKET) {
+		FIELD("pid", u.cred.pid);
+		FIELD("uid", u.cred.uid);
+		FIELD("gid", u.cred.gid);
+		return 1;
+	}
+	const struct tcp_info *t = &u.ti;
+	FIELD("state", t->tcpi_state);
+	FIELD("ca_state", t->tcpi_ca_state);
+	FIELD("retransmits", t->tcpi_retransmits);
+	FIELD("probes", t->tcpi_probes);
+	FIELD("backoff", t->tcpi_backoff);
+	FIELD("options", t->tcpi_options);
+	FIELD("snd_wscale", t->tcpi_snd_wscale);
+	FIELD("rcv_wscale", t->tcpi_rcv_wscale);
+	FIELD("rto", t->tcpi_rto);
+	FIELD("ato", t->tcpi_ato);
+	FIELD("snd_mss", t->tcpi_snd_mss);
+	FIELD("rcv_mss", t->tcpi_rcv_mss);
+	FIELD("unacked", t->tcpi_unacked);
+	FIELD("sacked", t->tcpi_sacked);
+	FIELD("lost", t->tcpi_lost);
+	FIELD("retrans", t->tcpi_retrans);
+	FIELD("last_data_sent", t->tcpi_last_data_sent);
+	FIELD("last_ack_recv", t->tcpi_last_ack_recv);
+	FIELD("last_data_recv", t->tcpi_last_data_recv);
+	FIELD("pmtu", t->tcpi_pmtu);
+	FIELD("rcv_ssthresh", t->tcpi_rcv_ssthresh);
+	FIELD("rtt", t->tcpi_rtt);
+	FIELD("rttvar", t->tcpi_rttvar);
+	FIELD("snd_ssthresh", t->tcpi_snd_ssthresh);
+	FIELD("snd_cwnd", t->tcpi_snd_cwnd);
+	FIELD("advmss", t->tcpi_advmss);
+	FIELD("reordering", t->tcpi_reordering);
+	FIELD("rcv_rtt", t->tcpi_rcv_rtt);
+	FIELD("rcv_space", t->tcpi_rcv_space);
+	FIELD("total_retrans", t->tcpi_total_retrans);
+	return 1;
+}
+
 /* s:getopt(name) -> value | nil, err */
 static int s_getopt(lua_State *L)
 {
@@ -814,6 +886,16 @@ static int s_getopt(lua_State *L)
 		lua_pushstring(L, buf);
 		return 1;
 	}
+	if (o->kind == WEFT_OPT_TIME) {
+		double t;
+		int rc = weft_sockopt_get_time(s->fd, o, &t);
+		if (rc < 0)
+			return lw_error(L, rc);
+		lua_pushnumber(L, (lua_Number)t);
+		return 1;
+	}
+	if (o->kind == WEFT_OPT_STRUCT)
+		return getopt_struct(L, s, o);
 	int v;
 	int rc = weft_sockopt_get_int(s->fd, o, &v);
 	if (rc < 0)

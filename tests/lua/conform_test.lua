@@ -171,4 +171,65 @@ H.test("lookup flags are a glue.bor() list: a string of names, a list or a set",
 	ok(not pcall(lookup, {[{}] = true}), "a key that is not a name raises")
 end)
 
+H.test("setopt: 0 turns a boolean option off; Linux's other options are known", function()
+	local s = assert(weft.tcp())
+	assert(s:setopt("tcp_nodelay", true))
+	is(s:getopt("tcp_nodelay"), true, "on with true")
+	assert(s:setopt("tcp_nodelay", 0))
+	is(s:getopt("tcp_nodelay"), false, "0 turns it off")
+	assert(s:setopt("tcp_nodelay", 1))
+	is(s:getopt("tcp_nodelay"), true, "1 turns it on")
+	assert(s:setopt("tcp_nodelay", false))
+	is(s:getopt("tcp_nodelay"), false, "false turns it off")
+	ok(not pcall(s.setopt, s, "tcp_nodelay", "yes"), "a string for a boolean raises")
+	-- Timeouts are seconds.
+	is(s:setopt("so_rcvtimeo", 1.5), true, "so_rcvtimeo")
+	is(s:getopt("so_rcvtimeo"), 1.5, "reads back in seconds")
+	is(s:setopt("so_sndtimeo", 0), true, "so_sndtimeo")
+	is(s:getopt("so_sndtimeo"), 0, "reads back 0")
+	ok(not pcall(s.setopt, s, "so_rcvtimeo", -1), "a negative timeout raises")
+	for _, name in ipairs({"so_timestamp", "so_keepalive", "tcp_thin_linear_timeouts"}) do
+		is(s:setopt(name, true), true, name .. " on")
+		is(s:getopt(name), true, name .. " reads on")
+	end
+	for _, name in ipairs({"so_busy_poll", "so_incoming_cpu", "tcp_window_clamp",
+		"tcp_keepalive", "tcp_mss", "ip_mtu_discover", "ip_minttl"}) do
+		local v = s:getopt(name)
+		is(math.type(v), "integer", name .. " reads an integer")
+	end
+	is(s:setopt("tcp_window_clamp", 65536), true, "tcp_window_clamp set")
+	ok(not pcall(s.setopt, s, "tcp_info", 1), "tcp_info is read-only")
+	ok(not pcall(s.setopt, s, "so_peercred", 1), "so_peercred is read-only")
+	ok(not pcall(s.getopt, s, "so_bogus"), "an unknown option still raises")
+	local c, a
+	local l = assert(weft.tcp())
+	assert(l:listen("127.0.0.1", 0))
+	weft.thread(function() a = l:accept(deadline()) end)
+	c = assert(weft.tcp())
+	assert(c:connect("127.0.0.1", l.local_port, deadline()))
+	while not a do weft.sleep(0.001) end
+	local ti = c:getopt("tcp_info")
+	is(type(ti), "table", "tcp_info is a table")
+	is(ti and ti.state, 1, "the connection is established (TCP_ESTABLISHED)")
+	is(math.type(ti and ti.rtt), "integer", "with the round-trip time")
+	local path = tmppath()
+	local ul = assert(weft.tcp("unix"))
+	assert(ul:listen(path))
+	local ua
+	weft.thread(function() ua = ul:accept(deadline()) end)
+	local uc = assert(weft.tcp("unix"))
+	assert(uc:connect(path, nil, deadline()))
+	while not ua do weft.sleep(0.001) end
+	local cred = ua:getopt("so_peercred")
+	is(type(cred), "table", "so_peercred is a table")
+	is(cred and cred.pid, tonumber(io.open("/proc/self/stat"):read("n")), "with the peer's pid")
+	ua:close() uc:close() ul:close()
+	os.remove(path)
+	a:close() c:close() l:close() s:close()
+	local u = assert(weft.udp())
+	is(u:setopt("udp_cork", 0), true, "udp_cork off")
+	is(u:getopt("udp_cork"), false, "reads off")
+	u:close()
+end)
+
 tap.done()
