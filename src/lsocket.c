@@ -582,6 +582,11 @@ static int s_recv(lua_State *L)
 	lsock_t *s = checksock(L, 1);
 	size_t maxlen;
 	recv_args(L, 2, &maxlen);
+	/* On TCP a 0 from recv means end of stream: asking for 0 bytes would
+	 * wait for data and then read as the peer having closed. */
+	if (maxlen == 0 && s->type == SOCK_STREAM)
+		return luaL_argerror(L, lua_isnoneornil(L, 3) ? 2 : 3,
+				     "tcp recv needs room for at least 1 byte");
 	CHECK_OPEN(L, s);
 	lua_settop(L, 4);
 	return recv_k(L, LUA_OK, 0);

@@ -232,4 +232,24 @@ H.test("setopt: 0 turns a boolean option off; Linux's other options are known", 
 	u:close()
 end)
 
+H.test("tcp recv of 0 bytes raises at once instead of reading as end of stream", function()
+	local l = assert(weft.tcp())
+	assert(l:listen("127.0.0.1", 0))
+	local a
+	weft.thread(function() a = l:accept(deadline()) end)
+	local c = assert(weft.tcp())
+	assert(c:connect("127.0.0.1", l.local_port, deadline()))
+	while not a do weft.sleep(0.001) end
+	local buf = weft.buffer(8)
+	local t0 = weft.clock()
+	local okc, err = pcall(a.recv, a, buf, 0, deadline(1))
+	ok(not okc, "recv(buf, 0) raises")
+	like(tostring(err), "at least 1 byte", "and says why")
+	ok(weft.clock() - t0 < 0.5, "at once, without waiting for data")
+	ok(not pcall(a.recv, a, weft.buffer(0)), "an empty buffer raises too")
+	assert(c:send("hi"))
+	is(a:recv(buf, 8, deadline()), 2, "the socket still works")
+	a:close() c:close() l:close()
+end)
+
 tap.done()
