@@ -192,6 +192,16 @@ int weft_runtime_stats(weft_runtime_t *rt, uint64_t sum[WEFT_NSTATS])
 	return n;
 }
 
+int weft_runtime_count(void)
+{
+	int n = 0;
+	pthread_mutex_lock(&registry_lock);
+	for (weft_runtime_t *rt = registry; rt; rt = rt->_next)
+		n++;
+	pthread_mutex_unlock(&registry_lock);
+	return n;
+}
+
 weft_runtime_t *weft_runtime_ref(weft_runtime_t *rt)
 {
 	pthread_mutex_lock(&rt->lock);

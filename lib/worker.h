@@ -153,6 +153,9 @@ void weft_runtime_exit_all(void);
  * Any thread. */
 int weft_runtime_stats(weft_runtime_t *rt, uint64_t sum[WEFT_NSTATS]);
 
+/* How many runtimes the process has now.  Any thread. */
+int weft_runtime_count(void);
+
 /* Take another reference to rt; returns rt. */
 weft_runtime_t *weft_runtime_ref(weft_runtime_t *rt);
 

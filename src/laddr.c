@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "alloc.h"
+#include "clock.h"
 #include "error.h"
 #include "lweft.h"
 #include "resolver.h"
@@ -436,13 +437,44 @@ static int ip_tostring(lua_State *L)
 /* ------------------------------------------------------------------ */
 /* weft.addr */
 
+/* Where resolver threads post completions for one state.  It outlives
+ * the state while lookups are in flight: closing the state only clears
+ * `w` (under the lock), so it never waits for a lookup, and a lookup that
+ * finishes later finds nobody to tell.  Each lookup and the state hold a
+ * reference. */
+struct lw_rtarget {
+	pthread_mutex_t lock;
+	weft_worker_t *w; /* NULL once the state is closed */
+	_Atomic long refs;
+};
+
+static void target_unref(lw_rtarget_t *t)
+{
+	if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) != 1)
+		return;
+	pthread_mutex_destroy(&t->lock);
+	weft_free(t);
+}
+
+void lw_close_addr(lw_state_t *S)
+{
+	lw_rtarget_t *t = S->rtarget;
+	if (!t)
+		return;
+	S->rtarget = NULL;
+	pthread_mutex_lock(&t->lock);
+	t->w = NULL;
+	pthread_mutex_unlock(&t->lock);
+	target_unref(t);
+}
+
 /* A pooled lookup.  Two parties hold it: the waiting thread (through a
  * holder userdata on its stack, so that a collected thread lets go too)
  * and the resolver thread; the last one frees it. */
 typedef struct lreq {
 	weft_resolve_t r;
 	_Atomic int refs;
-	lw_state_t *S;
+	lw_rtarget_t *t;
 	uint32_t slot, seq;
 } lreq_t;
 
@@ -469,21 +501,27 @@ static int holder_gc(lua_State *L)
 	return 0;
 }
 
-/* Runs on a resolver thread. */
+/* Runs on a resolver thread (or on the thread stopping the pool, for a
+ * cancelled lookup). */
 static void resolved(weft_resolve_t *r, void *arg)
 {
 	lreq_t *q = arg;
-	lw_state_t *S = q->S;
+	lw_rtarget_t *t = q->t;
 	weft_msg_t m = {WEFT_MSG_WAKE, q->slot, q->seq, 0, NULL};
 	/* This is a resolver thread: it can afford to wait for memory rather
 	 * than leave the waiter hanging (a lookup may have no deadline).  A
-	 * closed inbox (the state is going) or a long shortage gives up. */
-	for (int tries = 0; weft_worker_post(S->w, &m) == WEFT_ENOMEM && tries < 1000; tries++) {
+	 * closed state or inbox, or a long shortage, gives up.  The lock is
+	 * let go between tries, so closing the state never waits long. */
+	for (int tries = 0; tries < 1000; tries++) {
+		pthread_mutex_lock(&t->lock);
+		int rc = t->w ? weft_worker_post(t->w, &m) : WEFT_ECLOSED;
+		pthread_mutex_unlock(&t->lock);
+		if (rc != WEFT_ENOMEM)
+			break;
 		struct timespec ts = {0, 1000000};
 		nanosleep(&ts, NULL);
 	}
-	/* The last touch of S: the state's finaliser waits for this count. */
-	atomic_fetch_sub(&S->ext_pending, 1);
+	target_unref(t);
 	req_unref(q);
 }
 
@@ -514,6 +552,7 @@ static int addr_k(lua_State *L, int status, lua_KContext ctx)
 	int code = lw_wakecode(L);
 	lreq_t **h = lua_touserdata(L, -1);
 	lreq_t *q = *h;
+	/* A deadline that passed leaves the lookup to finish alone. */
 	int n = code < 0 ? lw_error(L, code) : push_result(L, &q->r);
 	*h = NULL;
 	req_unref(q);
@@ -541,7 +580,7 @@ static int unix_addr(lua_State *L, const char *path, int socktype)
 	return 1;
 }
 
-/* weft.addr(host, port, [type], [family], [protocol], [flags]) -> ai */
+/* weft.addr(host, port, [type], [family], [protocol], [flags], [expires]) -> ai */
 static int l_addr(lua_State *L)
 {
 	lw_state_t *S = lw_S(L);
@@ -565,6 +604,7 @@ static int l_addr(lua_State *L)
 	int family = lw_family_value(L, 4, AF_UNSPEC);
 	int protocol = lw_protocol_value(L, 5, 0);
 	int aiflags = flags_value(L, 6);
+	uint64_t deadline = lw_deadline(L, 7);
 	if (family == AF_UNIX) {
 		luaL_argcheck(L, host != NULL, 1, "a socket path is required");
 		return unix_addr(L, host, socktype);
@@ -598,6 +638,17 @@ static int l_addr(lua_State *L)
 		return push_result(L, &r);
 	}
 	uint32_t slot = lw_waiter(L, S);
+	if (deadline != UINT64_MAX && weft_clock_ns() >= deadline)
+		return lw_error(L, WEFT_ETIMEOUT);
+	if (!S->rtarget) {
+		lw_rtarget_t *t = weft_calloc(1, sizeof *t);
+		if (!t)
+			return lw_error(L, WEFT_ENOMEM);
+		pthread_mutex_init(&t->lock, NULL);
+		t->w = S->w;
+		atomic_init(&t->refs, 1);
+		S->rtarget = t;
+	}
 	lreq_t *q = weft_calloc(1, sizeof *q);
 	lreq_t **h = lua_newuserdatauv(L, sizeof *h, 0);
 	*h = NULL;
@@ -613,15 +664,15 @@ static int l_addr(lua_State *L)
 		req_unref(q);
 		return lw_error(L, WEFT_ENOMEM);
 	}
-	q->S = S;
+	q->t = S->rtarget;
 	q->slot = slot;
-	q->seq = weft_worker_wait_ext(S->w, slot);
+	q->seq = weft_worker_wait_ext_until(S->w, slot, deadline);
 	atomic_store(&q->refs, 2);
 	*h = q;
-	atomic_fetch_add(&S->ext_pending, 1);
+	atomic_fetch_add(&q->t->refs, 1);
 	rc = weft_resolver_submit(&q->r, resolved, q);
 	if (rc < 0) {
-		atomic_fetch_sub(&S->ext_pending, 1);
+		atomic_fetch_sub(&q->t->refs, 1);
 		atomic_fetch_sub(&q->refs, 1);
 		/* The wait is abandoned: make the thread runnable again. */
 		weft_worker_wake(S->w, slot, q->seq, rc);

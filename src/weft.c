@@ -417,6 +417,9 @@ static void *signal_main(void *arg)
 	return NULL;
 }
 
+static pthread_t signal_tid;
+static int signal_thread;
+
 static void handle_signals(void)
 {
 	static sigset_t set;
@@ -425,11 +428,23 @@ static void handle_signals(void)
 	sigaddset(&set, SIGTERM);
 	if (pthread_sigmask(SIG_BLOCK, &set, NULL) != 0)
 		return;
-	pthread_t tid;
-	if (pthread_create(&tid, NULL, signal_main, &set) == 0)
-		pthread_detach(tid);
+	if (pthread_create(&signal_tid, NULL, signal_main, &set) == 0)
+		signal_thread = 1;
 	else
 		pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+}
+
+/* The signal thread waits in sigwait(), a cancellation point: stop it on
+ * the way out, so that the process ends with no thread of weft's left
+ * (leak checkers count a running thread's stack as lost). */
+static int stop_signals(int status)
+{
+	if (signal_thread) {
+		pthread_cancel(signal_tid);
+		pthread_join(signal_tid, NULL);
+		signal_thread = 0;
+	}
+	return status;
 }
 
 int main(int argc, char **argv)
@@ -443,7 +458,7 @@ int main(int argc, char **argv)
 	if (n < 0)
 		return EXIT_FAILURE;
 	if (n == 1)
-		return run_state(argc, argv, NULL, 1, 1) ? EXIT_SUCCESS : EXIT_FAILURE;
+		return stop_signals(run_state(argc, argv, NULL, 1, 1) ? EXIT_SUCCESS : EXIT_FAILURE);
 
 	/* N workers: each thread runs the whole program in its own state,
 	 * all attached to one runtime (one poller). */
@@ -475,5 +490,5 @@ int main(int argc, char **argv)
 	weft_lua_runtime_free(rt);
 	free(args);
 	free(tids);
-	return ok ? EXIT_SUCCESS : EXIT_FAILURE;
+	return stop_signals(ok ? EXIT_SUCCESS : EXIT_FAILURE);
 }
