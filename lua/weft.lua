@@ -52,8 +52,10 @@ local M = core.socket_methods
 local addr = core.addr
 
 -- An address argument: an ai or sa passes through; host, port are looked
--- up for the socket's type and family.  `flags` are weft.addr's flags.
-local function resolve(s, host, port, flags, passive)
+-- up for the socket's type and family.  `flags` are weft.addr's flags;
+-- `expires` bounds the lookup (the caller's deadline covers all of its
+-- waiting).
+local function resolve(s, host, port, flags, passive, expires)
 	if type(host) == "userdata" then
 		return host
 	end
@@ -64,7 +66,7 @@ local function resolve(s, host, port, flags, passive)
 	end
 	local stype = s:type()
 	if stype == "raw" then stype = 0 end
-	return addr(host, port, stype, s:family(), nil, flags)
+	return addr(host, port, stype, s:family(), nil, flags, expires)
 end
 
 function M:bind(host, port, af)
@@ -89,13 +91,13 @@ function M:connect(host, port, expires, af)
 	if self:type() ~= "tcp" and host == "*" and (port == 0 or port == nil) then
 		return self:_disconnect()
 	end
-	local ai, err = resolve(self, host, port, af)
+	local ai, err = resolve(self, host, port, af, false, expires)
 	if not ai then return nil, err end
 	return self:_connect(ai, expires)
 end
 
 function M:sendto(host, port, data, len, expires, af)
-	local ai, err = resolve(self, host, port, af)
+	local ai, err = resolve(self, host, port, af, false, expires)
 	if not ai then return nil, err end
 	return self:_sendto(ai, data, len, expires)
 end

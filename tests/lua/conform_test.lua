@@ -252,4 +252,34 @@ H.test("tcp recv of 0 bytes raises at once instead of reading as end of stream",
 	a:close() c:close() l:close()
 end)
 
+H.test("a deadline covers the name lookup too (connect, sendto, addr)", function()
+	local core = weft.core
+	core._resolver_delay(300)
+	local l = assert(weft.tcp())
+	assert(l:listen("127.0.0.1", 0))
+	local c = assert(weft.tcp("inet"))
+	local t0 = weft.clock()
+	local r, err = c:connect("localhost", l.local_port, weft.clock() + 0.1)
+	local dt = weft.clock() - t0
+	is_deeply({r, err}, {nil, "timeout"}, "connect times out during the lookup")
+	ok(dt < 0.25, ("at its deadline (%.3f s), not after the 0.3 s lookup"):format(dt))
+	local u = assert(weft.udp())
+	t0 = weft.clock()
+	is_deeply({u:sendto("localhost", l.local_port, "x", nil, weft.clock() + 0.1)},
+		{nil, "timeout"}, "sendto times out during the lookup")
+	ok(weft.clock() - t0 < 0.25, "at its deadline")
+	t0 = weft.clock()
+	is_deeply({weft.addr("localhost", 80, "tcp", "inet", nil, nil, weft.clock() + 0.1)},
+		{nil, "timeout"}, "weft.addr takes a deadline too")
+	ok(weft.clock() - t0 < 0.25, "at its deadline")
+	is_deeply({weft.addr("localhost", 80, "tcp", "inet", nil, nil, weft.clock() - 1)},
+		{nil, "timeout"}, "a deadline already passed times out at once")
+	-- A lookup that beats its deadline succeeds.
+	local ai = weft.addr("localhost", 80, "tcp", "inet", nil, nil, weft.clock() + 5)
+	is(ai and ai:tostring(), "127.0.0.1:80", "a lookup within its deadline succeeds")
+	core._resolver_delay(0)
+	-- The abandoned lookups finish alone; the loop is not kept waiting.
+	c:close() u:close() l:close()
+end)
+
 tap.done()
