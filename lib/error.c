@@ -50,6 +50,12 @@ static const char *errno_message(int e)
 		return "no_buffer_space";
 	case EAFNOSUPPORT:
 		return "address_family_not_supported";
+	case EDESTADDRREQ:
+		return "destination_address_required";
+	case EMSGSIZE:
+		return "message_too_long";
+	case EBUSY:
+		return "busy";
 	}
 	/* strerror() may write into a shared buffer for unknown values, and
 	 * strerror_r() needs a buffer we could not return; glibc's
@@ -70,6 +76,7 @@ static const char *eai_message(int eai)
 	case EAI_SERVICE:
 		return "service_not_found";
 	case EAI_FAMILY:
+	case EAI_ADDRFAMILY:
 		return "address_family_not_supported";
 	case EAI_MEMORY:
 		return "out_of_memory";

@@ -34,11 +34,15 @@ static const struct {
     {-ENOMEM, "out_of_memory"},
     {-ENOBUFS, "no_buffer_space"},
     {-EAFNOSUPPORT, "address_family_not_supported"},
+    {-EDESTADDRREQ, "destination_address_required"},
+    {-EMSGSIZE, "message_too_long"},
+    {-EBUSY, "busy"},
     {WEFT_EAI(EAI_NONAME), "host_not_found"},
     {WEFT_EAI(EAI_NODATA), "host_not_found"},
     {WEFT_EAI(EAI_AGAIN), "try_again"},
     {WEFT_EAI(EAI_SERVICE), "service_not_found"},
     {WEFT_EAI(EAI_FAMILY), "address_family_not_supported"},
+    {WEFT_EAI(EAI_ADDRFAMILY), "address_family_not_supported"},
     {WEFT_EAI(EAI_MEMORY), "out_of_memory"},
 };
 #define NNORMALIZED (int)(sizeof normalized / sizeof normalized[0])
