@@ -589,6 +589,9 @@ static int l_addr(lua_State *L)
 		lua_settop(L, 1);
 		return 1;
 	}
+	/* Both missing is a mistake, not "any address, any port". */
+	if (lua_isnoneornil(L, 1) && lua_isnoneornil(L, 2))
+		return luaL_argerror(L, 1, "host (or '*') and port expected");
 	const char *host = lua_isnoneornil(L, 1) ? NULL : luaL_checkstring(L, 1);
 	char port[32];
 	const char *service = NULL;

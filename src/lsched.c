@@ -23,7 +23,7 @@
 #include "lweft.h"
 
 static char MARK_SUSPEND, MARK_TRANSFER;
-static char THREADS_KEY, NAMES_KEY, FINISH_KEY, ERRH_KEY;
+static char THREADS_KEY, NAMES_KEY, FINISH_KEY, ERRH_KEY, ENV_KEY;
 
 enum { DONE_WAIT, DONE_SUSPEND, DONE_FINISHED, DONE_ERROR };
 
@@ -261,6 +261,15 @@ static void finish(lua_State *L, lw_state_t *S, uint32_t slot, int ok, int err_i
 	}
 	lua_pop(L, 3); /* list or nil, thread, FINISH */
 
+	/* weft.threadenv forgets the thread now, not when it is collected. */
+	if (lua_rawgetp(L, LUA_REGISTRYINDEX, &ENV_KEY) == LUA_TTABLE) {
+		lua_pushthread(co);
+		lua_xmove(co, L, 1);
+		lua_pushnil(L);
+		lua_rawset(L, -3);
+	}
+	lua_pop(L, 1);
+
 	wh_retire(S, slot);
 	lw_set_slot(co, LW_NONE);
 	S->threads[slot] = NULL;
@@ -492,7 +501,7 @@ static uint64_t timeout_arg(lua_State *L, int idx)
 	return (uint64_t)(s * 1e9);
 }
 
-/* weft.poll([timeout]) -> ran.  Waits until some thread ran or the
+/* weft.poll([timeout]) -> ran | nil, "empty".  Waits until some thread ran or the
  * timeout passed: a poller wake-up that made nothing runnable (a timer of
  * an upper wheel level moving down, a stale event) does not count. */
 static int l_poll(lua_State *L)
@@ -502,6 +511,13 @@ static int l_poll(lua_State *L)
 	S->owner = pthread_self();
 	uint64_t timeout = timeout_arg(L, 1);
 	uint64_t deadline = timeout == UINT64_MAX ? UINT64_MAX : weft_clock_ns() + timeout;
+	/* Nothing waits for anything: as in the sock API, say so at once
+	 * rather than sleep through the timeout. */
+	if (!weft_worker_alive(S->w)) {
+		luaL_pushfail(L);
+		lua_pushliteral(L, "empty");
+		return 2;
+	}
 	S->looping = 1;
 	int ran = 0, rc = 0;
 	for (;;) {
@@ -705,6 +721,16 @@ static int l_seterrorhandler(lua_State *L)
 		luaL_checktype(L, 1, LUA_TFUNCTION);
 	lua_settop(L, 1);
 	lua_rawsetp(L, LUA_REGISTRYINDEX, &ERRH_KEY);
+	return 0;
+}
+
+/* weft.core.set_threadenv(t): the weft.threadenv table, whose entry for
+ * a thread is cleared when the thread finishes. */
+static int l_set_threadenv(lua_State *L)
+{
+	luaL_checktype(L, 1, LUA_TTABLE);
+	lua_settop(L, 1);
+	lua_rawsetp(L, LUA_REGISTRYINDEX, &ENV_KEY);
 	return 0;
 }
 
@@ -1160,6 +1186,7 @@ static const luaL_Reg sched_funcs[] = {
 	{"seterrorhandler", l_seterrorhandler},
 	{"inthread", l_inthread},
 	{"cowrap_tag", l_cowrap_tag},
+	{"set_threadenv", l_set_threadenv},
 	{"poll", l_poll},
 	{"start", l_start},
 	{"stop", l_stop},

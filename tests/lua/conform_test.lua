@@ -282,4 +282,110 @@ H.test("a deadline covers the name lookup too (connect, sendto, addr)", function
 	c:close() u:close() l:close()
 end)
 
+-- A connected pair, made inside a thread.
+local function tcp_pair()
+	local l = assert(weft.tcp())
+	assert(l:listen("127.0.0.1", 0))
+	local a
+	weft.thread(function() a = assert(l:accept(deadline())) end)
+	local c = assert(weft.tcp())
+	assert(c:connect("127.0.0.1", l.local_port, deadline()))
+	while not a do weft.sleep(0.001) end
+	l:close()
+	return c, a
+end
+
+H.test("recvall_read: nil, \"eof\" at the end; a reader over the partial data on error", function()
+	local c, a = tcp_pair()
+	assert(c:send("hello"))
+	c:close()
+	local read = assert(a:recvall_read(deadline()))
+	local buf = weft.buffer(16)
+	is(read(buf, 16), 5, "the data")
+	is_deeply({read(buf, 16)}, {nil, "eof"}, "then nil, \"eof\"")
+	a:close()
+	c, a = tcp_pair()
+	assert(c:send("part"))
+	local r, err, rd = a:recvall_read(weft.clock() + 0.1)
+	is(r, nil, "a deadline before the end fails")
+	is(err, "timeout", "with the message")
+	is(type(rd), "function", "and gives a reader over what arrived")
+	if type(rd) == "function" then
+		is(rd(buf, 16), 4, "which reads the partial data")
+		is(buf:tostring(1, 4), "part", "its bytes")
+		is_deeply({rd(buf, 16)}, {nil, "eof"}, "then eof")
+	end
+	a:close() c:close()
+end)
+
+H.test("connect binds to its bind arguments", function()
+	local l = assert(weft.tcp())
+	assert(l:listen("127.0.0.1", 0))
+	local a
+	weft.thread(function() a = l:accept(deadline()) end)
+	local c = assert(weft.tcp())
+	is(c:connect("127.0.0.1", l.local_port, deadline(), nil, "127.0.0.1", 0), true,
+		"connect(host, port, expires, af, bind_host, bind_port)")
+	while not a do weft.sleep(0.001) end
+	is(a.remote_port, c.local_port, "connected from the bound socket")
+	local u = assert(weft.udp())
+	local probe = assert(weft.udp())
+	assert(probe:bind("127.0.0.1", 0))
+	local port = probe.local_port
+	probe:close()
+	is(u:connect("127.0.0.1", l.local_port, nil, nil, "127.0.0.1", port), true, "udp too")
+	is(u.local_port, port, "bound to the port asked for")
+	local b = assert(weft.tcp())
+	local r, err = b:connect("127.0.0.1", l.local_port, deadline(), nil, "127.0.0.1", a.local_port)
+	is(r, nil, "a bind that fails fails the connect")
+	is(err, "address_already_in_use", "with the bind's message")
+	a:close() c:close() u:close() b:close() l:close()
+end)
+
+H.test("two threads receiving on one socket: the second gets nil, \"busy\"", function()
+	local c, a = tcp_pair()
+	local first, second
+	weft.thread(function() first = {a:recv(weft.buffer(8), 8, deadline())} end)
+	weft.thread(function() second = {a:recv(weft.buffer(8), 8, deadline())} end)
+	weft.sleep(0.01)
+	is_deeply(second, {nil, "busy"}, "the second reader is refused with a portable name")
+	assert(c:send("x"))
+	while not first do weft.sleep(0.001) end
+	is_deeply(first, {1}, "the first still gets its data")
+	a:close() c:close()
+end)
+
+H.test("mistakes raise at the call, naming the public function and its arguments", function()
+	local s = assert(weft.tcp())
+	local okc, err = pcall(s.connect, s, "127.0.0.1")
+	ok(not okc, "connect without a port raises")
+	like(tostring(err), "#2 to 'connect' %(port expected%)", "naming the port")
+	ok(not pcall(weft.addr), "weft.addr() without arguments raises")
+	okc, err = pcall(weft.runafter, 1, nil)
+	ok(not okc, "runafter(s, nil) raises")
+	like(tostring(err), "#2 to 'runafter'", "naming the function argument")
+	ok(not pcall(weft.runevery, nil, function() end), "runevery(nil, f) raises")
+	ok(not pcall(weft.runat, 0 / 0, function() end), "runat(NaN, f) raises")
+	local u = assert(weft.udp())
+	okc, err = pcall(u.sendto, u, "127.0.0.1", 9, {})
+	ok(not okc, "sendto with a table for data raises")
+	like(tostring(err), "#3 to 'sendto'", "as argument #3 of sendto, not of _sendto")
+	okc, err = pcall(u.sendto, u, "127.0.0.1", 9, "x", nil, "soon")
+	like(tostring(err), "#5 to 'sendto'", "expires is argument #5")
+	okc, err = pcall(s.connect, s, "127.0.0.1", 9, "soon")
+	like(tostring(err), "#3 to 'connect'", "connect's expires is argument #3")
+	okc, err = pcall(s.listen, s, 0 / 0, "127.0.0.1", 0)
+	like(tostring(err), "#1 to 'listen'", "listen's backlog is argument #1")
+	s:close() u:close()
+end)
+
+H.test("messages with a portable meaning have portable names", function()
+	local u = assert(weft.udp())
+	is_deeply({u:send("x")}, {nil, "destination_address_required"},
+		"send on an unconnected udp socket")
+	assert(u:connect("127.0.0.1", 9))
+	is_deeply({u:send(("x"):rep(70000))}, {nil, "message_too_long"}, "a datagram over 64 KiB")
+	u:close()
+end)
+
 tap.done()

@@ -18,11 +18,20 @@ end
 -- poll first, while nothing else is pending in the loop.
 test("poll", function()
 	local t0 = weft.clock()
-	local r = weft.poll(0.05)
+	local r, err = weft.poll(5)
 	local dt = weft.clock() - t0
-	is(r, false, "poll with nothing to do returns false on timeout")
+	is_deeply({r, err}, {nil, "empty"}, "poll with nothing to wait for returns nil, \"empty\"")
+	cmp_ok(dt, "<", 1, "at once, not at its timeout")
+	local sj = weft.sleep_job()
+	weft.thread(function() sj:sleep(0.5) end)
+	t0 = weft.clock()
+	r = weft.poll(0.05)
+	dt = weft.clock() - t0
+	is(r, false, "poll with a thread waiting returns false on timeout")
 	cmp_ok(dt, ">=", 0.045, "poll waited for its timeout")
-	cmp_ok(dt, "<", 0.5, "poll did not wait much longer")
+	cmp_ok(dt, "<", 0.45, "poll did not wait much longer")
+	sj:wakeup()
+	weft.poll(1)
 	local flag = false
 	weft.thread(function()
 		weft.sleep(0.02)
@@ -34,7 +43,7 @@ test("poll", function()
 	is(r2, true, "poll returns true when a thread ran")
 	is(flag, true, "the sleeping thread ran")
 	cmp_ok(dt, "<", 1, "poll returned when the timer fired, not at its timeout")
-	is(weft.poll(0), false, "poll(0) with nothing ready returns false")
+	is_deeply({weft.poll(0)}, {nil, "empty"}, "poll(0) with nothing left is empty")
 end)
 
 test("currentthread in the main thread", function()
@@ -316,11 +325,15 @@ H.test("threadenv", function()
 	local th = weft.newthread(function()
 		seen = weft.threadenv[weft.currentthread()]
 		weft.threadenv[weft.currentthread()] = "set inside"
+		weft.suspend()
 	end)
 	weft.threadenv[th] = { x = 1 }
 	weft.resume(th)
 	is(seen and seen.x, 1, "value set outside is seen inside")
 	is(weft.threadenv[th], "set inside", "value set inside is seen outside")
+	weft.resume(th)
+	is(coroutine.status(th), "dead", "the thread finished")
+	is(weft.threadenv[th], nil, "a finished thread's value is cleared at once")
 	is(weft.threadenv[weft.newthread(function() end)], nil, "unset is nil")
 	local me = weft.currentthread()
 	weft.threadenv[me] = 42

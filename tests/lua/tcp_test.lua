@@ -674,14 +674,14 @@ H.test("recvall_read", function()
 			while calls < 10000 do
 				calls = calls + 1
 				local n = read(buf, 333)
-				if n == 0 then break end
+				if not n then break end
 				parts[#parts + 1] = buf:tostring(1, n)
 			end
 			return "done"
 		end)
 		is(co(), "done", "read ran to the end without yielding")
 		is(table.concat(parts), expected, "read returned everything in order")
-		is(read(buf, 10), 0, "read returns 0 at the end again")
+		is_deeply({read(buf, 10)}, {nil, "eof"}, "read returns nil, \"eof\" at the end, again")
 		local small = parts[1] and #parts[1]
 		is(small, 333, "read fills maxlen when data is there")
 	end
