@@ -97,6 +97,8 @@ const char *weft_strerror(int err)
 		return "eof";
 	case WEFT_ENOMEM:
 		return "out_of_memory";
+	case WEFT_ETOOLARGE:
+		return "too_large";
 	}
 	if (err < 0 && err >= -ERRNO_MAX)
 		return errno_message(-err);

@@ -165,8 +165,8 @@ end
 
 -- Receive everything, then serve it through a reader.  On an error
 -- before the end: nil, message, and a reader over what had arrived.
-function M:recvall_read(expires)
-	local buf, len, ebuf, elen = self:recvall(expires)
+function M:recvall_read(expires, limit)
+	local buf, len, ebuf, elen = self:recvall(expires, limit)
 	if not buf then return nil, len, buffer_reader(ebuf, elen) end
 	return buffer_reader(buf, len)
 end

@@ -637,19 +637,38 @@ static int s_recvn(lua_State *L)
 	return recvn_k(L, LUA_OK, 0);
 }
 
-/* tcp:recvall([expires]) -> buf, len | nil, err, buf, len.  The growing
- * buffer sits at index 3. */
+/* The limit argument of recvall: bytes, or no limit. */
+static size_t recvall_limit(lua_State *L, int idx)
+{
+	if (lua_isnoneornil(L, idx))
+		return SIZE_MAX - 1;
+	lua_Integer n = luaL_checkinteger(L, idx);
+	luaL_argcheck(L, n >= 0, idx, "limit must be >= 0");
+	return (lua_Unsigned)n >= SIZE_MAX - 1 ? SIZE_MAX - 1 : (size_t)n;
+}
+
+/* tcp:recvall([expires], [limit]) -> buf, len | nil, err, buf, len.  The
+ * growing buffer sits at index 4.  It never grows past limit + 1 bytes:
+ * one byte beyond the limit tells that the peer sent too much. */
 static int recvall_k(lua_State *L, int status, lua_KContext ctx)
 {
 	lw_state_t *S = lw_S(L);
 	lsock_t *s = checksock(L, 1);
 	size_t got = (size_t)ctx;
-	lw_buffer_t *b = lua_touserdata(L, 3);
+	lw_buffer_t *b = lua_touserdata(L, 4);
 	int code = resumed(L, status, s);
 	uint64_t deadline = lw_deadline(L, 2);
+	size_t limit = recvall_limit(L, 3);
 	while (code >= 0) {
-		if (b->len - got < 16384) {
+		if (got > limit) {
+			got = limit;
+			code = WEFT_ETOOLARGE;
+			break;
+		}
+		if (b->len - got < 16384 && b->len <= limit) {
 			size_t want = b->len < 65536 ? 65536 : b->len * 2;
+			if (want > limit + 1)
+				want = limit + 1;
 			if (lw_buffer_resize(b, want) < 0) {
 				code = WEFT_ENOMEM;
 				break;
@@ -677,7 +696,7 @@ static int recvall_k(lua_State *L, int status, lua_KContext ctx)
 	}
 	lw_buffer_resize(b, got);
 	lw_error(L, code);
-	lua_pushvalue(L, 3);
+	lua_pushvalue(L, 4);
 	lua_pushinteger(L, (lua_Integer)got);
 	return 4;
 }
@@ -686,8 +705,9 @@ static int s_recvall(lua_State *L)
 {
 	lw_waiter(L, lw_S(L)); /* I/O runs inside weft threads only */
 	lsock_t *s = checktype(L, 1, SOCK_STREAM, "recvall");
+	recvall_limit(L, 3);
 	CHECK_OPEN(L, s);
-	lua_settop(L, 2);
+	lua_settop(L, 3);
 	lw_buffer_push(L, NULL, 0);
 	return recvall_k(L, LUA_OK, 0);
 }

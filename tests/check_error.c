@@ -16,6 +16,7 @@ static const struct {
     {WEFT_ECLOSED, "closed"},
     {WEFT_EEOF, "eof"},
     {WEFT_ENOMEM, "out_of_memory"},
+    {WEFT_ETOOLARGE, "too_large"},
     {-ETIMEDOUT, "timeout"},
     {-EACCES, "access_denied"},
     {-EPERM, "access_denied"},
@@ -95,7 +96,7 @@ static const int unknown[] = {
     -4095,
     -4096,
     -10000,
-    -10005,
+    -10006,
     WEFT_EAI_BASE, /* EAI code 0 is success, not an error */
     WEFT_EAI_BASE - 1000,
     -20000,
