@@ -23,6 +23,7 @@ local weft = {
 	currentthread = core.currentthread,
 	onthreadfinish = core.onthreadfinish,
 	seterrorhandler = core.seterrorhandler,
+	setbudget = core.setbudget,
 	poll = core.poll,
 	start = core.start,
 	stop = core.stop,

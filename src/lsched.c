@@ -11,6 +11,7 @@
  * run queue and the loop resumes the thread with the wake-up code. */
 #include "config.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -285,6 +286,25 @@ static void finish(lua_State *L, lw_state_t *S, uint32_t slot, int ok, int err_i
 	lua_pop(L, 1);
 }
 
+/* The count hook of weft.setbudget: a thread that runs its whole budget
+ * of instructions without waiting fails, rather than freeze its worker. */
+static void budget_hook(lua_State *co, lua_Debug *ar)
+{
+	(void)ar;
+	luaL_error(co, "weft: instruction budget exceeded (the thread ran too long without "
+		       "waiting; see weft.setbudget)");
+}
+
+/* Arm (or disarm) the budget on co for one resume: setting the hook
+ * restarts its count. */
+static void arm_budget(lw_state_t *S, lua_State *co)
+{
+	if (S->ibudget > 0)
+		lua_sethook(co, budget_hook, LUA_MASKCOUNT, S->ibudget);
+	else if (lua_gethook(co) == budget_hook)
+		lua_sethook(co, NULL, 0, 0);
+}
+
 /* Resume thread `slot` with nargs values already on its stack, following
  * transfers.  Returns a DONE_* code; *out is the thread whose stack holds
  * the *nres results (yielded values, return values or the error). */
@@ -312,6 +332,7 @@ static int dispatch(lua_State *L, lw_state_t *S, uint32_t slot, int nargs, uint3
 			abort();
 		}
 #endif
+		arm_budget(S, co);
 		int st = lua_resume(co, L, nargs, nres);
 		if (st == LUA_OK) {
 			done = DONE_FINISHED;
@@ -712,6 +733,22 @@ static int l_onthreadfinish(lua_State *L)
 	lua_pushvalue(L, 2);
 	lua_rawseti(L, -2, luaL_len(L, -2) + 1);
 	return 0;
+}
+
+/* weft.setbudget([n]) -> previous: each resume of a weft thread may run
+ * n VM instructions (nil or 0: no limit). */
+static int l_setbudget(lua_State *L)
+{
+	lw_state_t *S = lw_S(L);
+	int prev = S->ibudget;
+	lua_Integer n = luaL_optinteger(L, 1, 0);
+	luaL_argcheck(L, n >= 0 && n <= INT_MAX, 1, "budget out of range");
+	S->ibudget = (int)n;
+	if (prev > 0)
+		lua_pushinteger(L, prev);
+	else
+		lua_pushnil(L);
+	return 1;
 }
 
 /* weft.seterrorhandler(f | nil) */
@@ -1184,6 +1221,7 @@ static const luaL_Reg sched_funcs[] = {
 	{"currentthread", l_currentthread},
 	{"onthreadfinish", l_onthreadfinish},
 	{"seterrorhandler", l_seterrorhandler},
+	{"setbudget", l_setbudget},
 	{"inthread", l_inthread},
 	{"cowrap_tag", l_cowrap_tag},
 	{"set_threadenv", l_set_threadenv},

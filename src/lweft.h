@@ -40,6 +40,7 @@ typedef struct lw_state {
 	uint32_t cap;
 	uint32_t current; /* slot of the running weft thread, or LW_NONE */
 	int budget;       /* I/O calls left in this run (LW_IO_BUDGET) */
+	int ibudget;      /* instructions a thread may run per resume; 0 = no limit */
 	int stopping;     /* weft.stop() was called */
 	int looping;      /* inside weft.start/poll */
 	struct lw_rtarget *rtarget; /* where name lookups post completions */

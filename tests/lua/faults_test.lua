@@ -258,4 +258,38 @@ H.test("closing under load: no descriptor is leaked", function()
 	is(open_fds(), before, "as many descriptors open as before")
 end)
 
+H.test("instruction budget: a runaway thread fails, its worker goes on", function()
+	local seen = {}
+	weft.seterrorhandler(function(th, msg) seen[#seen + 1] = msg end)
+	is(weft.setbudget(1000000), nil, "no budget before")
+	local ticks = 0
+	local ticker = weft.thread(function()
+		for _ = 1, 10 do weft.sleep(0.005) ticks = ticks + 1 end
+	end)
+	local runaway = weft.thread(function()
+		weft.sleep(0.01)
+		while true do end
+	end)
+	-- A thread that does much work but waits in between is fine.
+	local worker_done = false
+	weft.thread(function()
+		for _ = 1, 20 do
+			local x = 0
+			for i = 1, 10000 do x = x + i end
+			weft.sleep(0)
+		end
+		worker_done = true
+	end)
+	while coroutine.status(ticker) ~= "dead" or coroutine.status(runaway) ~= "dead" do
+		weft.sleep(0.005)
+	end
+	is(weft.setbudget(), 1000000, "setbudget returns the previous budget")
+	H.restore_handler()
+	is(ticks, 10, "the other thread ran to the end")
+	ok(worker_done, "a busy thread that waits now and then is not stopped")
+	is(#seen, 1, "one thread failed")
+	like(seen[1] or "", "instruction budget exceeded", "the runaway one, saying why")
+	ok(not pcall(weft.setbudget, -1), "a negative budget raises")
+end)
+
 tap.done()
