@@ -26,7 +26,7 @@
 static char MARK_SUSPEND, MARK_TRANSFER;
 static char THREADS_KEY, NAMES_KEY, FINISH_KEY, ERRH_KEY, ENV_KEY;
 
-enum { DONE_WAIT, DONE_SUSPEND, DONE_FINISHED, DONE_ERROR };
+enum { DONE_WAIT, DONE_SUSPEND, DONE_FINISHED, DONE_ERROR, DONE_ERRMEM };
 
 /* Wake handles (weft.wakehandle): a handle names one thread of one worker
  * and may travel to any worker, whose wakeup(...) makes the thread's
@@ -340,7 +340,7 @@ static int dispatch(lua_State *L, lw_state_t *S, uint32_t slot, int nargs, uint3
 		}
 		if (st != LUA_YIELD) {
 			*nres = 1;
-			done = DONE_ERROR;
+			done = st == LUA_ERRMEM ? DONE_ERRMEM : DONE_ERROR;
 			break;
 		}
 		int base = lua_gettop(co) - *nres + 1;
@@ -390,11 +390,13 @@ static int dispatch(lua_State *L, lw_state_t *S, uint32_t slot, int nargs, uint3
 /* Report the error object at the top of L (left there) for thread slot:
  * through the handler set with weft.seterrorhandler(f) as f(th, message
  * with traceback), or by default on stderr. */
-static void report(lua_State *L, lw_state_t *S, uint32_t slot)
+static int preport(lua_State *L)
 {
+	lw_state_t *S = lua_touserdata(L, 1);
+	uint32_t slot = (uint32_t)lua_tointeger(L, 2);
 	lua_State *co = S->threads[slot];
-	/* error object at the top of L */
-	const char *msg = luaL_tolstring(L, -1, NULL);
+	/* error object at 3 */
+	const char *msg = luaL_tolstring(L, 3, NULL);
 	luaL_traceback(L, co, msg, 0);
 	lua_remove(L, -2);
 	if (lua_rawgetp(L, LUA_REGISTRYINDEX, &ERRH_KEY) == LUA_TFUNCTION) {
@@ -403,18 +405,49 @@ static void report(lua_State *L, lw_state_t *S, uint32_t slot)
 		lua_pushvalue(L, -3);
 		if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
 			fprintf(stderr, "weft: error in the error handler: %s\n",
-				luaL_tolstring(L, -1, NULL));
-			lua_pop(L, 2);
+				lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?");
+			fflush(stderr);
 		}
-		lua_pop(L, 1);
-		return;
+		return 0;
 	}
-	lua_pop(L, 1);
 	char name[64];
 	fprintf(stderr, "weft: error in thread %s: %s\n", thread_name(L, slot, name, sizeof name),
-		lua_tostring(L, -1));
+		lua_tostring(L, -2));
 	fflush(stderr);
-	lua_pop(L, 1);
+	return 0;
+}
+
+/* Reporting needs memory (the traceback, the handler's call): run it
+ * protected, so that a thread that failed for want of memory (weft -M)
+ * cannot take the loop down with it. */
+static void report(lua_State *L, lw_state_t *S, uint32_t slot)
+{
+	if (!lua_checkstack(L, 4)) {
+		fprintf(stderr, "weft: error in a thread (no stack left to report it)\n");
+		return;
+	}
+	lua_pushcfunction(L, preport);
+	lua_pushlightuserdata(L, S);
+	lua_pushinteger(L, (lua_Integer)slot);
+	lua_pushvalue(L, -4);
+	if (lua_pcall(L, 3, 0, 0) != LUA_OK) {
+		const char *why = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?";
+		const char *what = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
+		fprintf(stderr, "weft: error in a thread: %s (and reporting it failed: %s)\n", what,
+			why);
+		fflush(stderr);
+		lua_pop(L, 1);
+	}
+}
+
+static void reset_thread(lua_State *co, lua_State *from)
+{
+#if LUA_VERSION_RELEASE_NUM >= 50406
+	lua_closethread(co, from);
+#else
+	(void)from;
+	lua_resetthread(co);
+#endif
 }
 
 /* Handle a dispatch result in the loop: values are dropped, errors
@@ -431,6 +464,17 @@ static void settle(lua_State *L, lw_state_t *S, int done, uint32_t slot, int nre
 	case DONE_FINISHED:
 		lua_pop(co, nres);
 		finish(L, S, slot, 1, 0);
+		break;
+	case DONE_ERRMEM:
+		/* Out of memory (weft -M): what the thread holds is what is
+		 * lacking, so let go of its stack before reporting (the
+		 * traceback is lost, the worker is saved). */
+		lua_xmove(co, L, 1);
+		reset_thread(co, L);
+		lua_gc(L, LUA_GCCOLLECT);
+		report(L, S, slot);
+		finish(L, S, slot, 0, -1);
+		lua_pop(L, 1);
 		break;
 	case DONE_ERROR:
 		lua_xmove(co, L, 1);

@@ -292,4 +292,54 @@ H.test("instruction budget: a runaway thread fails, its worker goes on", functio
 	ok(not pcall(weft.setbudget, -1), "a negative budget raises")
 end)
 
+-- Runs source with the launcher and extra options: output, exit status.
+local function launch(opts, source)
+	local bin = os.getenv("WEFT_BIN")
+	if not bin then return nil end
+	local path = os.tmpname()
+	local f = assert(io.open(path, "w"))
+	f:write(source)
+	f:close()
+	local p = io.popen(("timeout -k 2 60 %s %s %s 2>&1; echo status=$?"):format(bin, opts, path))
+	local out = p:read("a")
+	p:close()
+	os.remove(path)
+	return out
+end
+
+tap.test("weft -M: an allocation over the limit fails that thread, not the process", function()
+	local out = launch("-t 2 -M 32m", [[
+local weft = require "weft"
+local seen
+weft.seterrorhandler(function(th, msg) seen = msg end)
+local ticks = 0
+local ticker = weft.thread(function()
+	for _ = 1, 20 do weft.sleep(0.005) ticks = ticks + 1 end
+end)
+if weft.worker() == 1 then
+	weft.thread(function()
+		weft.sleep(0.01)
+		local hog = {}
+		for i = 1, 1e9 do hog[i] = ("x"):rep(200) .. i end
+	end)
+end
+while coroutine.status(ticker) ~= "dead" do weft.sleep(0.01) end
+weft.sleep(0.05)
+local t = {}
+for i = 1, 10000 do t[i] = tostring(i) end
+print(("worker %d ticks %d error %s after %d"):format(weft.worker(), ticks,
+	seen and seen:match("not enough memory") or "none", #t))
+]])
+	if not out then
+		tap.skip("WEFT_BIN not set", 4)
+		return
+	end
+	like(out, "worker 1 ticks 20 error not enough memory after 10000",
+		"worker 1: the hog failed, the other thread and later allocations went on")
+	like(out, "worker 2 ticks 20 error none after 10000", "worker 2 was not disturbed")
+	like(out, "status=0", "the process exited normally")
+	like(launch("-M 12q", "print'x'") or "", "%-M wants a size.-status=1",
+		"a malformed size is refused")
+end)
+
 tap.done()
