@@ -43,6 +43,15 @@ local weft = {
 	core = core,
 }
 
+-- weft.tls loads on first use.
+setmetatable(weft, {__index = function(t, k)
+	if k == "tls" then
+		local m = require "weft.tls"
+		rawset(t, "tls", m)
+		return m
+	end
+end})
+
 -- Per-thread values, weakly keyed; the scheduler clears a thread's entry
 -- when it finishes.
 weft.threadenv = setmetatable({}, {__mode = "k"})
@@ -116,6 +125,13 @@ function M:listen(backlog, host, port, af)
 	return self:_listen(backlog, ai)
 end
 
+-- The host name (or address string) each socket connected to, for TLS:
+-- the name a client asks for (SNI) and checks the certificate against.
+local connhost = setmetatable({}, {__mode = "k"})
+function weft._connhost(s)
+	return connhost[s]
+end
+
 -- connect(host, port, [expires], [af], [bind_host], [bind_port], [bind_af]):
 -- the bind arguments bind the socket first (if it is not bound yet).
 function M:connect(host, port, expires, af, bind_host, bind_port, bind_af)
@@ -137,7 +153,10 @@ function M:connect(host, port, expires, af, bind_host, bind_port, bind_af)
 	end
 	local ai, err = resolve(self, host, port, af, false, expires)
 	if not ai then return nil, err end
-	return self:_connect(ai, expires)
+	local ok
+	ok, err = self:_connect(ai, expires)
+	if ok and type(host) == "string" then connhost[self] = host end
+	return ok, err
 end
 
 function M:sendto(host, port, data, len, expires, af)

@@ -253,6 +253,23 @@ static int resumed(lua_State *L, int status, lsock_t *s)
 	return code;
 }
 
+/* For ltls.c, which does its I/O on a TCP socket's fd and waits on it the
+ * same way. */
+lsock_t *lw_checktcp(lua_State *L, int idx)
+{
+	return checktype(L, idx, SOCK_STREAM, "this call");
+}
+
+int lw_sock_fd(const lsock_t *s)
+{
+	return s->rec ? s->fd : -1;
+}
+
+int lw_sock_wait(lua_State *L, lw_state_t *S, lsock_t *s, int dir, uint64_t deadline)
+{
+	return io_wait(L, S, s, dir, deadline);
+}
+
 static int fair(lua_State *L, lw_state_t *S)
 {
 	return lw_spend(S) && lua_isyieldable(L);

@@ -153,6 +153,17 @@ void lw_close_sched(lw_state_t *S);
 void lw_open_channel(lua_State *L, lw_state_t *S);
 void lw_open_spawn(lua_State *L, lw_state_t *S);
 
+/* TCP sockets as ltls.c sees them.  lw_checktcp raises unless idx is a
+ * weft TCP socket; lw_sock_fd is -1 when it is closed or listening;
+ * lw_sock_wait, after EAGAIN in direction dir (WEFT_READ or WEFT_WRITE),
+ * returns 1 to retry now, 0 when the caller must `return lw_await(...)`,
+ * or a negative error code. */
+typedef struct lsock lsock_t;
+lsock_t *lw_checktcp(lua_State *L, int idx);
+int lw_sock_fd(const lsock_t *s);
+int lw_sock_wait(lua_State *L, lw_state_t *S, lsock_t *s, int dir, uint64_t deadline);
+void lw_open_tls(lua_State *L, lw_state_t *S);
+
 /* Push a new addrinfo userdata owning list; for laddr.c and lsocket.c. */
 void lw_addrinfo_push(lua_State *L, struct addrinfo *list);
 /* Push a sockaddr object copied from sa. */
