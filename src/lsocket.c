@@ -123,6 +123,32 @@ static int s_close(lua_State *L)
 	return 1;
 }
 
+/* At most this much unread input is discarded by a graceful close. */
+#define DRAIN_MAX (256 * 1024)
+
+/* __gc: a socket the program let go of (or every socket, when the state
+ * closes at exit) is closed gracefully.  Closing a TCP connection with
+ * unread input makes the kernel send RST, which throws away what send()
+ * had already accepted and not yet delivered; so the unread input is
+ * read and dropped first (a bounded amount, without waiting), and the
+ * close sends FIN after the pending data.  An explicit close keeps the
+ * sock API's meaning (RST when input is unread). */
+static int s_gc(lua_State *L)
+{
+	lsock_t *s = checksock(L, 1);
+	if (s->fd >= 0 && !s->lst && s->type == SOCK_STREAM && s->connected) {
+		char scratch[4096];
+		size_t total = 0;
+		while (total < DRAIN_MAX) {
+			ssize_t n = weft_sock_recv(s->fd, scratch, sizeof scratch, 0);
+			if (n <= 0)
+				break;
+			total += (size_t)n;
+		}
+	}
+	return s_close(L);
+}
+
 static int s_type(lua_State *L)
 {
 	lua_pushstring(L, lw_type_name(checksock(L, 1)->type));
@@ -1043,7 +1069,7 @@ static const luaL_Reg methods[] = {
 };
 
 static const luaL_Reg meta[] = {
-	{"__gc", s_close},
+	{"__gc", s_gc},
 	{"__close", s_close},
 	{"__tostring", s_tostring},
 	{NULL, NULL},

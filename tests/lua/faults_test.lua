@@ -342,4 +342,48 @@ print(("worker %d ticks %d error %s after %d"):format(weft.worker(), ticks,
 		"a malformed size is refused")
 end)
 
+H.test("exiting with sends in flight and input unread: every accepted byte is delivered", function()
+	local bin = os.getenv("WEFT_BIN")
+	if not bin then
+		tap.skip("WEFT_BIN not set", 3)
+		return
+	end
+	local path = os.tmpname()
+	local f = assert(io.open(path, "w"))
+	f:write([[
+local weft = require "weft"
+local l = assert(weft.tcp())
+assert(l:listen("127.0.0.1", 0))
+io.stdout:write(l.local_port, "\n")
+io.stdout:flush()
+local s = assert(l:accept(weft.clock() + 10))
+weft.sleep(0.1) -- the client's request arrives, and is never read
+local chunk = ("D"):rep(65536)
+for _ = 1, 32 do assert(s:send(chunk, nil, weft.clock() + 10)) end
+print("sent")
+-- the program ends here: the state closes with the data in flight
+]])
+	f:close()
+	local p = io.popen(("timeout -k 2 30 %s %s"):format(bin, path))
+	local port = tonumber(p:read("l"))
+	ok(port, "the server listens")
+	local c = assert(weft.tcp())
+	assert(c:connect("127.0.0.1", port, deadline()))
+	assert(c:send(("r"):rep(1000)))
+	local buf = weft.buffer(65536)
+	local got, err = 0, nil
+	while true do
+		local n, e = c:recv(buf, #buf, deadline(10))
+		if not n then err = e break end
+		if n == 0 then break end
+		got = got + n
+		weft.sleep(0.002) -- a slow reader: data is still in flight at exit
+	end
+	p:close()
+	os.remove(path)
+	is(err, nil, "the connection ended with FIN, not RST")
+	is(got, 32 * 65536, "every byte the server's send accepted arrived")
+	c:close()
+end)
+
 tap.done()
