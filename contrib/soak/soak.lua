@@ -325,7 +325,9 @@ for w = 1, nw do
 		w, sent, w % nw + 1, got))
 end
 local rss1, fds1 = rss_kb(), fd_count()
-check(fds1 == fds_start, ("fds: %d at the start, %d at the end"):format(fds_start, fds1))
+-- At most as many: at the start the other worker may still be reading
+-- its script, an extra descriptor for a moment.
+check(fds1 <= fds_start, ("fds: %d at the start, %d at the end"):format(fds_start, fds1))
 check(rss_load <= rss0 * 1.05, ("rss: %d kB after warm-up, %d kB at the end (> 5 %%)"):format(rss0, rss_load))
 
 local sum = {}
