@@ -12,8 +12,6 @@
 
 #include "worker.h"
 
-#define WEFT_EXPORT __attribute__((visibility("default")))
-
 /* Metatable names. */
 #define LW_BUFFER "weft.buffer"
 #define LW_SOCKET "weft.socket"
@@ -45,7 +43,8 @@ typedef struct lw_state {
 	int looping;      /* inside weft.start/poll */
 	struct lw_rtarget *rtarget; /* where name lookups post completions */
 	int closed;       /* the state is being closed */
-	int worker_index, worker_count; /* weft.worker(), weft.workers() */
+	int worker_index; /* weft.worker(): its member number in rt */
+	int declared;     /* the number came from weft_lua_attach */
 	uint32_t nthreads; /* live weft threads */
 	pthread_t owner; /* the thread that loaded weft: the only one that may run it */
 } lw_state_t;
