@@ -13,6 +13,10 @@
 --   spawn     jobs that report to a named channel: each runs exactly once
 --   channels  a sequence sent from each worker to the other: all arrive, in
 --             order
+--   tls       TLS clients (verifying the server) connect to a shared TLS
+--             listener, exchange messages byte for byte, and leave, one in
+--             ten abruptly (no close_notify); certificates are made at start
+--             with tests/tls-certs.sh (skipped without the openssl command)
 -- Then: every check exact, the process RSS after warm-up grew by at most
 -- 5 %, and as many descriptors are open at the end as at the start.
 -- SOAK_ONLY="echo spawn" runs only the workloads named.
@@ -247,6 +251,102 @@ function workloads.channels(stop)
 	end
 end
 
+function workloads.tls(stop)
+	local tls = require "weft.tls"
+	local c = {exchanges = 0, bytes = 0, handshakes = 0, aborted = 0, errors = 0, skipped = 0}
+	local ch = weft.channel("soak.tls", 16)
+	local setup
+	if me == 1 then
+		local top = debug.getinfo(1, "S").source:match("^@(.*)/contrib/soak/[^/]*$") or "."
+		local tmp = os.tmpname()
+		os.remove(tmp)
+		local dir = tmp .. ".certs"
+		setup = {dir = dir, port = 0}
+		if os.execute(("sh %q/tests/tls-certs.sh %q >/dev/null 2>&1"):format(top, dir)) then
+			local l = assert(weft.tcp())
+			assert(l:listen(64, "127.0.0.1", 0))
+			setup.port, setup.listener = l.local_port, l
+		end
+		for _ = 2, nw do assert(ch:send({dir = setup.dir, port = setup.port}, weft.clock() + 10)) end
+	else
+		setup = assert(ch:recv(weft.clock() + 30))
+		if setup.port ~= 0 then
+			setup.listener = assert(weft.tcp())
+			assert(setup.listener:listen(64, "127.0.0.1", setup.port))
+		end
+	end
+	if setup.port == 0 then
+		log("tls: no certificates (is the openssl command there?): skipped")
+		c.skipped = 1
+		return function() return c end
+	end
+	local l = setup.listener
+	local sctx = assert(tls.context {mode = "server", certificate = setup.dir .. "/server.pem",
+		key = setup.dir .. "/server.key"})
+	local cctx = assert(tls.context {mode = "client", cafile = setup.dir .. "/ca.pem"})
+	weft.thread(function()
+		while true do
+			local a = l:accept(weft.clock() + 1)
+			if not a then
+				if stop() then return end
+			else
+				weft.thread(function()
+					local t = tls.wrap(a, sctx)
+					local buf = weft.buffer(16384)
+					while t do
+						local n = t:recv(buf, #buf, weft.clock() + 10)
+						if not n or n == 0 then break end
+						if not t:send(buf, n, weft.clock() + 10) then break end
+					end
+					if t then t:close() else a:close() end
+				end)
+			end
+		end
+	end)
+	local clients, done = 4, 0
+	for _ = 1, clients do
+		weft.thread(function()
+			local rbuf = weft.buffer(65536)
+			while not stop() do
+				local t, err = tls.connect("localhost", setup.port, cctx, weft.clock() + 10)
+				if not t then
+					c.errors = c.errors + 1
+					log("tls connect:", err)
+				else
+					c.handshakes = c.handshakes + 1
+					for _ = 1, rng(1, 10) do
+						local len = rng(1, 60000)
+						local msg = string.char(rng(0, 255)):rep(len)
+						if rng(10) == 1 then
+							t:send(msg:sub(1, rng(1, len)))
+							t:tcp():close() -- no close_notify
+							c.aborted = c.aborted + 1
+							break
+						end
+						local sent = t:send(msg, nil, weft.clock() + 10)
+						local got, gerr = t:recvn(rbuf, len, weft.clock() + 10)
+						if not sent or not got or rbuf:tostring(1, len) ~= msg then
+							c.errors = c.errors + 1
+							log("tls echo mismatch or error:", tostring(gerr))
+							break
+						end
+						c.exchanges = c.exchanges + 1
+						c.bytes = c.bytes + len
+					end
+					t:close()
+				end
+			end
+			done = done + 1
+		end)
+	end
+	return function()
+		while done < clients do weft.sleep(0.05) end
+		l:close()
+		if me == 1 then os.execute(("rm -rf %q"):format(setup.dir)) end
+		return c
+	end
+end
+
 ------------------------------------------------------------------------
 local fds_start = fd_count()
 setup_listener()
@@ -254,7 +354,7 @@ local stopping = false
 local function stop() return stopping or weft.clock() >= t_end end
 local finishers = {}
 local empty = function() return function() return {} end end
-for _, name in ipairs({"echo", "timers", "spawn", "channels"}) do
+for _, name in ipairs({"echo", "timers", "spawn", "channels", "tls"}) do
 	local only = os.getenv("SOAK_ONLY")
 	if only and not only:find(name, 1, true) then
 		finishers[name] = empty()
@@ -307,6 +407,11 @@ check(t.late_fire == 0, ("timers: %d fired twice or after cancel"):format(t.late
 check(s.results_ok == s.jobs, ("spawn: %d of %d results right"):format(s.results_ok, s.jobs))
 check(s.seen == s.jobs and s.dup == 0, ("spawn: %d jobs, %d ran, %d twice"):format(s.jobs, s.seen, s.dup))
 check(ch.out_of_order == 0, ("channels: %d out of order"):format(ch.out_of_order))
+local tl = counters.tls
+if tl.skipped == 0 then
+	check(tl.errors == 0, ("tls: %d errors"):format(tl.errors))
+	check(tl.handshakes > 0 and tl.exchanges > 0, "tls: no exchange completed")
+end
 
 if me ~= 1 then
 	-- worker 2 (and more) report to worker 1
