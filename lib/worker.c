@@ -321,6 +321,8 @@ int weft_worker_new(weft_runtime_t *rt, weft_worker_t **out)
 	weft_runq_init(&w->runq);
 	weft_jobq_init(&w->jobs);
 	weft_wheel_init(&w->wheel, weft_clock_ns() / NS_PER_TICK);
+	weft_wheel_init(&w->cbwheel, weft_clock_ns() / NS_PER_TICK);
+	w->_cbdue_tail = &w->_cbdue;
 	w->_free = UINT32_MAX;
 	atomic_init(&w->_park, PARK_EMPTY);
 	atomic_init(&w->_lost_posts, 0);
@@ -720,6 +722,33 @@ uint32_t weft_worker_wait_ext_until(weft_worker_t *w, uint32_t slot, uint64_t de
 	return co->seq;
 }
 
+void weft_worker_timer_arm(weft_worker_t *w, weft_timer_t *t, uint64_t deadline_ns)
+{
+	weft_wheel_add(&w->cbwheel, t, to_tick(deadline_ns));
+	w->nalive++;
+}
+
+int weft_worker_timer_disarm(weft_worker_t *w, weft_timer_t *t)
+{
+	if (!weft_timer_armed(t))
+		return 0;
+	weft_wheel_cancel(&w->cbwheel, t);
+	w->nalive--;
+	return 1;
+}
+
+weft_timer_t *weft_worker_timer_next(weft_worker_t *w)
+{
+	weft_timer_t *t = w->_cbdue;
+	if (!t)
+		return NULL;
+	if (!(w->_cbdue = t->_next))
+		w->_cbdue_tail = &w->_cbdue;
+	t->_next = NULL;
+	w->nalive--;
+	return t;
+}
+
 uint32_t weft_worker_yield(weft_worker_t *w, uint32_t slot)
 {
 	weft_co_t *co = weft_worker_co(w, slot);
@@ -1029,11 +1058,14 @@ int weft_worker_poll(weft_worker_t *w, uint64_t timeout_ns)
 	int timeout_ms = 0;
 	/* Jobs waiting anywhere: don't sleep, the binding takes or steals
 	 * them after this poll. */
-	if (before == 0 && !has_work(w)) {
+	if (before == 0 && !w->_cbdue && !has_work(w)) {
 		uint64_t deadline = timeout_ns == UINT64_MAX || timeout_ns > UINT64_MAX - now
 					    ? UINT64_MAX
 					    : now + timeout_ns;
 		uint64_t next = weft_wheel_next(&w->wheel);
+		uint64_t cbnext = weft_wheel_next(&w->cbwheel);
+		if (cbnext < next)
+			next = cbnext;
 		if (next != WEFT_TICK_NEVER && next * NS_PER_TICK < deadline)
 			deadline = next * NS_PER_TICK;
 		if (retry < deadline)
@@ -1076,15 +1108,33 @@ int weft_worker_poll(weft_worker_t *w, uint64_t timeout_ns)
 
 	/* Timers are checked on every step, busy or idle, so deadlines hold
 	 * under a saturating I/O load. */
+	uint64_t tick = 0;
 	if (weft_wheel_count(&w->wheel)) {
 		size_t nt;
-		weft_timer_t *t = weft_wheel_advance(&w->wheel, weft_clock_ns() / NS_PER_TICK, &nt);
+		tick = weft_clock_ns() / NS_PER_TICK;
+		weft_timer_t *t = weft_wheel_advance(&w->wheel, tick, &nt);
 		if (nt > 1)
 			t = sort_by_expiry(t);
 		while (t) {
 			weft_timer_t *next = t->_next;
 			on_timer(w, (weft_co_t *)((char *)t - offsetof(weft_co_t, _timer)));
 			t = next;
+		}
+	}
+	/* Callback timers are queued for the binding, in expiry order. */
+	if (weft_wheel_count(&w->cbwheel)) {
+		size_t nt;
+		if (!tick)
+			tick = weft_clock_ns() / NS_PER_TICK;
+		weft_timer_t *t = weft_wheel_advance(&w->cbwheel, tick, &nt);
+		if (nt) {
+			if (nt > 1)
+				t = sort_by_expiry(t);
+			*w->_cbdue_tail = t;
+			while (t->_next)
+				t = t->_next;
+			w->_cbdue_tail = &t->_next;
+			WEFT_STAT_ADD(w, timers, nt);
 		}
 	}
 

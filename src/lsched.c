@@ -472,6 +472,19 @@ void lw_thread_start(lua_State *L, lw_state_t *S, int nargs, const char *name)
 	settle(L, S, done, out, nres);
 }
 
+void lw_thread_resume(lua_State *L, lw_state_t *S, uint32_t slot, int nargs)
+{
+	uint32_t out;
+	int nres;
+	int done = dispatch(L, S, slot, nargs, &out, &nres);
+	settle(L, S, done, out, nres);
+}
+
+void *lw_mark_suspend(void)
+{
+	return &MARK_SUSPEND;
+}
+
 static void check_loop_entry(lua_State *L, lw_state_t *S, const char *what)
 {
 	if (S->current != LW_NONE)
@@ -515,7 +528,7 @@ static int l_poll(lua_State *L)
 		rc = weft_worker_poll(S->w, wait);
 		if (rc < 0)
 			break;
-		ran = run_ready(L, S) + lw_spawn_step(L, S);
+		ran = run_ready(L, S) + lw_timer_step(L, S) + lw_spawn_step(L, S);
 		if (ran || wait == 0 || !weft_worker_alive(S->w) || weft_runtime_exiting(S->rt))
 			break;
 	}
@@ -553,6 +566,7 @@ static int l_start(lua_State *L)
 			return luaL_error(L, "weft.start: %s", weft_strerror(rc));
 		}
 		run_ready(L, S);
+		lw_timer_step(L, S);
 		lw_spawn_step(L, S);
 	}
 	S->looping = 0;

@@ -350,6 +350,7 @@ int weft__open(lua_State *L)
 		S = lua_newuserdatauv(L, sizeof *S, 0);
 		memset(S, 0, sizeof *S);
 		S->current = LW_NONE;
+		S->tm_idle = LW_NONE;
 		S->budget = LW_IO_BUDGET;
 		S->L = L;
 		S->owner = pthread_self();
@@ -395,6 +396,7 @@ int weft__open(lua_State *L)
 	lw_open_serial(L, S);
 	lw_open_channel(L, S);
 	lw_open_spawn(L, S);
+	lw_open_timer(L, S);
 	lw_open_tls(L, S);
 	lua_pushliteral(L, PACKAGE_VERSION);
 	lua_setfield(L, -2, "_VERSION");

@@ -46,6 +46,7 @@ typedef struct lw_state {
 	int closed;       /* the state is being closed */
 	int worker_index, worker_count; /* weft.worker(), weft.workers() */
 	uint32_t nthreads; /* live weft threads */
+	uint32_t tm_idle;  /* the idle timer runner thread, or LW_NONE */
 	pthread_t owner; /* the thread that loaded weft: the only one that may run it */
 } lw_state_t;
 
@@ -129,6 +130,17 @@ const struct sockaddr *lw_checkaddr(lua_State *L, int idx, unsigned *salen, int 
  * error handler.  For lspawn.c. */
 void lw_thread_start(lua_State *L, lw_state_t *S, int nargs, const char *name);
 
+/* Resume thread `slot` (suspended) with the nargs values at the top of
+ * L's stack, as the loop does: errors go to the error handler. */
+void lw_thread_resume(lua_State *L, lw_state_t *S, uint32_t slot, int nargs);
+
+/* The marker weft.suspend yields. */
+void *lw_mark_suspend(void);
+
+/* Run the callbacks of the timers that are due (weft.runat and friends).
+ * Returns how many threads ran them. */
+int lw_timer_step(lua_State *L, lw_state_t *S);
+
 /* Run jobs from the job queue (stealing if idle): a few per loop step.
  * Returns how many were started. */
 int lw_spawn_step(lua_State *L, lw_state_t *S);
@@ -146,6 +158,7 @@ void lw_open_sched(lua_State *L, lw_state_t *S);
 void lw_close_sched(lw_state_t *S);
 void lw_open_channel(lua_State *L, lw_state_t *S);
 void lw_open_spawn(lua_State *L, lw_state_t *S);
+void lw_open_timer(lua_State *L, lw_state_t *S);
 
 /* TCP sockets as ltls.c sees them.  lw_checktcp raises unless idx is a
  * weft TCP socket; lw_sock_fd is -1 when it is closed or listening;

@@ -1,0 +1,241 @@
+/* Timers: weft.runat, weft.runafter, weft.runevery.
+ *
+ * A timer is a small userdata holding a wheel entry (in the worker's
+ * callback wheel) and, as its user value, the function to call.  While it
+ * is armed or due, a reference in a registry table keeps it alive, so a
+ * program may drop the handle.  No thread is made per timer: the loop
+ * hands the due timers to a runner thread, which calls their functions
+ * one after another.  Only when a function waits (sleeps, does I/O) does
+ * its runner stay with it, and the next due timer gets another runner;
+ * a runner that finds nothing to do becomes the idle one, or ends when
+ * there is one already.  So the functions run in weft threads, may wait,
+ * and cost no coroutine when they don't.
+ *
+ * An error in a function ends its runner as an error in a thread named
+ * "weft.timer" ends it (reported through weft.seterrorhandler's handler,
+ * or on stderr), and a repeating timer whose function failed stops. */
+#include "config.h"
+
+#include <math.h>
+
+#include "clock.h"
+#include "lweft.h"
+
+#define LW_TIMER "weft.timer"
+
+static char TIMERS_KEY, RUNNER_KEY;
+
+/* A timer the wheel has fired stays TM_ARMED until the runner takes it. */
+enum { TM_IDLE, TM_ARMED, TM_RUNNING };
+
+typedef struct lw_timer {
+	weft_timer_t t; /* first: the worker hands out &t */
+	uint64_t due;   /* ns: when it is (or was last) due */
+	uint64_t every; /* ns between runs; 0 = once */
+	int ref;        /* in the TIMERS table while armed or due */
+	uint8_t state;
+	uint8_t cancelled;
+} lw_timer_t;
+
+static void hold(lua_State *L, int idx, lw_timer_t *tm)
+{
+	idx = lua_absindex(L, idx);
+	lua_rawgetp(L, LUA_REGISTRYINDEX, &TIMERS_KEY);
+	lua_pushvalue(L, idx);
+	tm->ref = luaL_ref(L, -2);
+	lua_pop(L, 1);
+}
+
+static void unhold(lua_State *L, lw_timer_t *tm)
+{
+	lua_rawgetp(L, LUA_REGISTRYINDEX, &TIMERS_KEY);
+	luaL_unref(L, -1, tm->ref);
+	lua_pop(L, 1);
+	tm->ref = LUA_NOREF;
+}
+
+/* Arm the timer at idx for tm->due.  A due time of "never" is not armed
+ * (it would keep the loop alive for nothing). */
+static void arm(lua_State *L, lw_state_t *S, int idx, lw_timer_t *tm)
+{
+	if (tm->due == UINT64_MAX) {
+		tm->state = TM_IDLE;
+		return;
+	}
+	hold(L, idx, tm);
+	tm->state = TM_ARMED;
+	weft_worker_timer_arm(S->w, &tm->t, tm->due);
+}
+
+static int new_timer(lua_State *L, uint64_t due, uint64_t every)
+{
+	lw_state_t *S = lw_S(L);
+	luaL_checktype(L, 2, LUA_TFUNCTION);
+	lw_timer_t *tm = lua_newuserdatauv(L, sizeof *tm, 1);
+	weft_timer_init(&tm->t);
+	tm->due = due;
+	tm->every = every;
+	tm->ref = LUA_NOREF;
+	tm->cancelled = 0;
+	luaL_setmetatable(L, LW_TIMER);
+	lua_pushvalue(L, 2);
+	lua_setiuservalue(L, -2, 1);
+	arm(L, S, -1, tm);
+	return 1;
+}
+
+/* weft.runat(t, f) -> timer */
+static int l_runat(lua_State *L)
+{
+	return new_timer(L, weft_clock_s2ns(luaL_checknumber(L, 1)), 0);
+}
+
+static uint64_t after(lua_State *L, double s)
+{
+	if (s != s)
+		luaL_argerror(L, 1, "not a number");
+	if (!(s > 0))
+		return weft_clock_ns();
+	return weft_clock_s2ns(weft_clock() + s);
+}
+
+/* weft.runafter(s, f) -> timer */
+static int l_runafter(lua_State *L)
+{
+	return new_timer(L, after(L, luaL_checknumber(L, 1)), 0);
+}
+
+/* weft.runevery(s, f) -> timer */
+static int l_runevery(lua_State *L)
+{
+	double s = luaL_checknumber(L, 1);
+	luaL_argcheck(L, s > 0 && s < 1e9, 1, "the interval must be a positive number of seconds");
+	uint64_t every = (uint64_t)(s * 1e9);
+	return new_timer(L, after(L, s), every ? every : 1);
+}
+
+/* timer:cancel(): the function will not run (again); a run in progress
+ * completes.  Idempotent. */
+static int t_cancel(lua_State *L)
+{
+	lw_state_t *S = lw_S(L);
+	lw_timer_t *tm = luaL_checkudata(L, 1, LW_TIMER);
+	tm->cancelled = 1;
+	/* A due timer stays queued (still held); the runner drops it. */
+	if (tm->state == TM_ARMED && weft_worker_timer_disarm(S->w, &tm->t)) {
+		unhold(L, tm);
+		tm->state = TM_IDLE;
+	}
+	return 0;
+}
+
+static int t_tostring(lua_State *L)
+{
+	lua_pushfstring(L, "weft.timer: %p", lua_touserdata(L, 1));
+	return 1;
+}
+
+/* After the function of the timer at index 1 returned (its first result
+ * at index 2): run it again, or let it go. */
+static void ran(lua_State *L, lw_state_t *S)
+{
+	lw_timer_t *tm = lua_touserdata(L, 1);
+	int stop = lua_type(L, 2) == LUA_TBOOLEAN && !lua_toboolean(L, 2);
+	tm->state = TM_IDLE;
+	if (tm->every && !tm->cancelled && !stop) {
+		/* Keep the cadence, without a burst after a stall. */
+		uint64_t now = weft_clock_ns();
+		tm->due = tm->due > UINT64_MAX - tm->every ? UINT64_MAX : tm->due + tm->every;
+		if (tm->due < now)
+			tm->due = now;
+		arm(L, S, 1, tm);
+	}
+}
+
+enum { K_TOP, K_RAN };
+
+static int runner_k(lua_State *L, int status, lua_KContext ctx)
+{
+	lw_state_t *S = lw_S(L);
+	(void)status;
+	if (ctx == K_RAN)
+		ran(L, S);
+	/* Resumed from outside while idle: no longer the idle one. */
+	if (S->tm_idle == S->current)
+		S->tm_idle = LW_NONE;
+	for (;;) {
+		lua_settop(L, 0);
+		weft_timer_t *t = weft_worker_timer_next(S->w);
+		if (!t) {
+			if (S->tm_idle != LW_NONE)
+				return 0; /* another runner waits already */
+			S->tm_idle = S->current;
+			lua_pushlightuserdata(L, lw_mark_suspend());
+			return lua_yieldk(L, 1, K_TOP, runner_k);
+		}
+		lw_timer_t *tm = (lw_timer_t *)t;
+		lua_rawgetp(L, LUA_REGISTRYINDEX, &TIMERS_KEY);
+		lua_rawgeti(L, -1, tm->ref);
+		lua_replace(L, 1);
+		lua_settop(L, 1);
+		unhold(L, tm);
+		if (tm->cancelled) {
+			tm->state = TM_IDLE;
+			continue;
+		}
+		tm->state = TM_RUNNING;
+		lua_getiuservalue(L, 1, 1);
+		lua_callk(L, 0, 1, K_RAN, runner_k);
+		ran(L, S);
+	}
+}
+
+static int runner(lua_State *L)
+{
+	return runner_k(L, LUA_OK, K_TOP);
+}
+
+int lw_timer_step(lua_State *L, lw_state_t *S)
+{
+	int n = 0;
+	while (weft_worker_timers_due(S->w)) {
+		if (S->tm_idle != LW_NONE) {
+			uint32_t slot = S->tm_idle;
+			S->tm_idle = LW_NONE;
+			lw_thread_resume(L, S, slot, 0);
+		} else {
+			lua_rawgetp(L, LUA_REGISTRYINDEX, &RUNNER_KEY);
+			lw_thread_start(L, S, 0, "weft.timer");
+		}
+		n++;
+	}
+	return n;
+}
+
+static const luaL_Reg t_methods[] = {
+	{"cancel", t_cancel},
+	{NULL, NULL},
+};
+
+static const luaL_Reg t_meta[] = {
+	{"__tostring", t_tostring},
+	{NULL, NULL},
+};
+
+static const luaL_Reg funcs[] = {
+	{"runat", l_runat},
+	{"runafter", l_runafter},
+	{"runevery", l_runevery},
+	{NULL, NULL},
+};
+
+void lw_open_timer(lua_State *L, lw_state_t *S)
+{
+	lua_newtable(L);
+	lua_rawsetp(L, LUA_REGISTRYINDEX, &TIMERS_KEY);
+	lua_pushlightuserdata(L, S);
+	lua_pushcclosure(L, runner, 1);
+	lua_rawsetp(L, LUA_REGISTRYINDEX, &RUNNER_KEY);
+	lw_newclass(L, S, LW_TIMER, t_methods, t_meta);
+	lw_register(L, S, funcs);
+}
