@@ -1006,37 +1006,6 @@ static void on_message(weft_worker_t *w, const weft_msg_t *m)
 	}
 }
 
-/* The wheel hands out a step's expired timers in no particular order; a
- * late step (a busy loop) can hold timers several ticks apart, and threads
- * should still wake in deadline order.  Merge sort of the list, stable. */
-static weft_timer_t *sort_by_expiry(weft_timer_t *list)
-{
-	if (!list || !list->_next)
-		return list;
-	weft_timer_t *slow = list, *fast = list->_next;
-	while (fast && fast->_next) {
-		slow = slow->_next;
-		fast = fast->_next->_next;
-	}
-	weft_timer_t *b = slow->_next;
-	slow->_next = NULL;
-	weft_timer_t *a = sort_by_expiry(list);
-	b = sort_by_expiry(b);
-	weft_timer_t head, *tail = &head;
-	while (a && b) {
-		if (b->expires < a->expires) {
-			tail->_next = b;
-			b = b->_next;
-		} else {
-			tail->_next = a;
-			a = a->_next;
-		}
-		tail = tail->_next;
-	}
-	tail->_next = a ? a : b;
-	return head._next;
-}
-
 int weft_worker_poll(weft_worker_t *w, uint64_t timeout_ns)
 {
 	weft_runtime_t *rt = w->rt;
@@ -1112,9 +1081,9 @@ int weft_worker_poll(weft_worker_t *w, uint64_t timeout_ns)
 	if (weft_wheel_count(&w->wheel)) {
 		size_t nt;
 		tick = weft_clock_ns() / NS_PER_TICK;
+		/* In expiry order, so threads wake in deadline order even
+		 * after a late step. */
 		weft_timer_t *t = weft_wheel_advance(&w->wheel, tick, &nt);
-		if (nt > 1)
-			t = sort_by_expiry(t);
 		while (t) {
 			weft_timer_t *next = t->_next;
 			on_timer(w, (weft_co_t *)((char *)t - offsetof(weft_co_t, _timer)));
@@ -1128,8 +1097,6 @@ int weft_worker_poll(weft_worker_t *w, uint64_t timeout_ns)
 			tick = weft_clock_ns() / NS_PER_TICK;
 		weft_timer_t *t = weft_wheel_advance(&w->cbwheel, tick, &nt);
 		if (nt) {
-			if (nt > 1)
-				t = sort_by_expiry(t);
 			*w->_cbdue_tail = t;
 			while (t->_next)
 				t = t->_next;

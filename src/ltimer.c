@@ -18,6 +18,7 @@
 
 #include <math.h>
 
+#include "alloc.h"
 #include "clock.h"
 #include "lweft.h"
 
@@ -37,20 +38,45 @@ typedef struct lw_timer {
 	uint8_t cancelled;
 } lw_timer_t;
 
-static void hold(lua_State *L, int idx, lw_timer_t *tm)
+/* The table of held timers: upvalue 2 of the functions below, else from
+ * the registry.  Its slots are handed out from a free list kept in C,
+ * cheaper than luaL_ref's. */
+static void push_timers(lua_State *L)
 {
-	idx = lua_absindex(L, idx);
-	lua_rawgetp(L, LUA_REGISTRYINDEX, &TIMERS_KEY);
-	lua_pushvalue(L, idx);
-	tm->ref = luaL_ref(L, -2);
-	lua_pop(L, 1);
+	if (lua_type(L, lua_upvalueindex(2)) == LUA_TTABLE)
+		lua_pushvalue(L, lua_upvalueindex(2));
+	else
+		lua_rawgetp(L, LUA_REGISTRYINDEX, &TIMERS_KEY);
 }
 
-static void unhold(lua_State *L, lw_timer_t *tm)
+static void hold(lua_State *L, lw_state_t *S, int idx, lw_timer_t *tm)
 {
-	lua_rawgetp(L, LUA_REGISTRYINDEX, &TIMERS_KEY);
-	luaL_unref(L, -1, tm->ref);
+	idx = lua_absindex(L, idx);
+	int ref = S->tm_nfree ? S->tm_free[--S->tm_nfree] : ++S->tm_top;
+	push_timers(L);
+	lua_pushvalue(L, idx);
+	lua_rawseti(L, -2, ref);
 	lua_pop(L, 1);
+	tm->ref = ref;
+}
+
+static void unhold(lua_State *L, lw_state_t *S, lw_timer_t *tm)
+{
+	push_timers(L);
+	lua_pushnil(L);
+	lua_rawseti(L, -2, tm->ref);
+	lua_pop(L, 1);
+	if (S->tm_nfree == S->tm_capfree) {
+		uint32_t cap = S->tm_capfree ? 2 * S->tm_capfree : 256;
+		int *v = weft_realloc(S->tm_free, cap * sizeof *v);
+		if (!v) {
+			tm->ref = LUA_NOREF; /* the slot is not reused: no harm */
+			return;
+		}
+		S->tm_free = v;
+		S->tm_capfree = cap;
+	}
+	S->tm_free[S->tm_nfree++] = tm->ref;
 	tm->ref = LUA_NOREF;
 }
 
@@ -62,7 +88,7 @@ static void arm(lua_State *L, lw_state_t *S, int idx, lw_timer_t *tm)
 		tm->state = TM_IDLE;
 		return;
 	}
-	hold(L, idx, tm);
+	hold(L, S, idx, tm);
 	tm->state = TM_ARMED;
 	weft_worker_timer_arm(S->w, &tm->t, tm->due);
 }
@@ -77,7 +103,8 @@ static int new_timer(lua_State *L, uint64_t due, uint64_t every)
 	tm->every = every;
 	tm->ref = LUA_NOREF;
 	tm->cancelled = 0;
-	luaL_setmetatable(L, LW_TIMER);
+	lua_pushvalue(L, lua_upvalueindex(3));
+	lua_setmetatable(L, -2);
 	lua_pushvalue(L, 2);
 	lua_setiuservalue(L, -2, 1);
 	arm(L, S, -1, tm);
@@ -123,7 +150,7 @@ static int t_cancel(lua_State *L)
 	tm->cancelled = 1;
 	/* A due timer stays queued (still held); the runner drops it. */
 	if (tm->state == TM_ARMED && weft_worker_timer_disarm(S->w, &tm->t)) {
-		unhold(L, tm);
+		unhold(L, S, tm);
 		tm->state = TM_IDLE;
 	}
 	return 0;
@@ -174,11 +201,8 @@ static int runner_k(lua_State *L, int status, lua_KContext ctx)
 			return lua_yieldk(L, 1, K_TOP, runner_k);
 		}
 		lw_timer_t *tm = (lw_timer_t *)t;
-		lua_rawgetp(L, LUA_REGISTRYINDEX, &TIMERS_KEY);
-		lua_rawgeti(L, -1, tm->ref);
-		lua_replace(L, 1);
-		lua_settop(L, 1);
-		unhold(L, tm);
+		lua_rawgeti(L, lua_upvalueindex(2), tm->ref);
+		unhold(L, S, tm);
 		if (tm->cancelled) {
 			tm->state = TM_IDLE;
 			continue;
@@ -232,10 +256,24 @@ static const luaL_Reg funcs[] = {
 void lw_open_timer(lua_State *L, lw_state_t *S)
 {
 	lua_newtable(L);
+	lua_pushvalue(L, -1);
 	lua_rawsetp(L, LUA_REGISTRYINDEX, &TIMERS_KEY);
+	int timers = lua_gettop(L);
 	lua_pushlightuserdata(L, S);
-	lua_pushcclosure(L, runner, 1);
+	lua_pushvalue(L, timers);
+	lua_pushcclosure(L, runner, 2);
 	lua_rawsetp(L, LUA_REGISTRYINDEX, &RUNNER_KEY);
 	lw_newclass(L, S, LW_TIMER, t_methods, t_meta);
-	lw_register(L, S, funcs);
+	luaL_getmetatable(L, LW_TIMER);
+	int mt = lua_gettop(L);
+	/* The functions take the state, the timers table and the metatable
+	 * as upvalues. */
+	for (const luaL_Reg *f = funcs; f->name; f++) {
+		lua_pushlightuserdata(L, S);
+		lua_pushvalue(L, timers);
+		lua_pushvalue(L, mt);
+		lua_pushcclosure(L, f->func, 3);
+		lua_setfield(L, timers - 1, f->name);
+	}
+	lua_pop(L, 2);
 }

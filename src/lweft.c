@@ -269,6 +269,8 @@ static int state_gc(lua_State *L)
 	weft_worker_free(S->w);
 	weft_runtime_free(S->rt);
 	weft_free(S->threads);
+	weft_free(S->tm_free);
+	S->tm_free = NULL;
 	S->w = NULL;
 	S->rt = NULL;
 	S->threads = NULL;

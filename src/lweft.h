@@ -47,6 +47,9 @@ typedef struct lw_state {
 	int worker_index, worker_count; /* weft.worker(), weft.workers() */
 	uint32_t nthreads; /* live weft threads */
 	uint32_t tm_idle;  /* the idle timer runner thread, or LW_NONE */
+	int *tm_free;      /* free slots of the held timers table (ltimer.c) */
+	uint32_t tm_nfree, tm_capfree;
+	int tm_top;        /* slots of that table used so far */
 	pthread_t owner; /* the thread that loaded weft: the only one that may run it */
 } lw_state_t;
 
