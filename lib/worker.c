@@ -975,9 +975,11 @@ static void on_event(weft_worker_t *w, const weft_poll_event_t *ev)
 		return;
 	}
 	uint32_t gen = (uint32_t)(ev->token >> 32);
+	if (ev->events & (WEFT_POLL_HUP | WEFT_POLL_ERR | WEFT_POLL_PRI))
+		weft_fd_sticky(r);
 	/* Hang-ups and errors wake both directions: the retried call reports
 	 * the condition (0 bytes, or the pending error). */
-	if (ev->events & (WEFT_POLL_IN | WEFT_POLL_HUP | WEFT_POLL_ERR))
+	if (ev->events & (WEFT_POLL_IN | WEFT_POLL_HUP | WEFT_POLL_ERR | WEFT_POLL_PRI))
 		deliver(w, weft_fd_ready(r, WEFT_READ, gen), 0);
 	if (ev->events & (WEFT_POLL_OUT | WEFT_POLL_HUP | WEFT_POLL_ERR))
 		deliver(w, weft_fd_ready(r, WEFT_WRITE, gen), 0);

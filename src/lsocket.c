@@ -264,6 +264,31 @@ int lw_sock_wait(lua_State *L, lw_state_t *S, lsock_t *s, int dir, uint64_t dead
 	return io_wait(L, S, s, dir, deadline);
 }
 
+/* Whether a short read of s shows that the kernel's buffer is empty: on
+ * TCP it does (one stops early only at an urgent mark, which the poller
+ * reports: see lib/fdtab.h), not on datagram or Unix sockets. */
+static int drains(const lsock_t *s)
+{
+	return s->type == SOCK_STREAM && (s->family == AF_INET || s->family == AF_INET6);
+}
+
+/* Try an I/O call in direction dir unless it is known to fail (lib/fdtab.h:
+ * readiness tracking); *edges gets the edge count to pass to
+ * weft_fd_drained if it found nothing. */
+static int worth_trying(lsock_t *s, int dir, uint32_t *edges)
+{
+	if (!s->rec)
+		return 1;
+	*edges = weft_fd_edges(s->rec, dir);
+	return !weft_fd_idle(s->rec, dir);
+}
+
+static void drained(lsock_t *s, int dir, uint32_t edges)
+{
+	if (s->rec)
+		weft_fd_drained(s->rec, dir, edges);
+}
+
 static int fair(lua_State *L, lw_state_t *S)
 {
 	return lw_spend(S) && lua_isyieldable(L);
@@ -327,6 +352,8 @@ static int connect_k(lua_State *L, int status, lua_KContext ctx)
 		}
 		if (rc == 0) {
 			s->connected = s->type == SOCK_STREAM;
+			if (s->rec)
+				weft_fd_connected(s->rec);
 			lua_pushboolean(L, 1);
 			return 1;
 		}
@@ -450,13 +477,23 @@ static int tcp_send_k(lua_State *L, int status, lua_KContext ctx)
 	const char *p = send_args(L, 2, &len);
 	uint64_t deadline = lw_deadline(L, 4);
 	while (sent < len) {
-		ssize_t n = weft_sock_send(s->fd, p + sent, len - sent, 0);
+		uint32_t edges = 0;
+		ssize_t n = -EAGAIN;
+		if (worth_trying(s, WEFT_WRITE, &edges))
+			n = weft_sock_send(s->fd, p + sent, len - sent, 0);
 		if (n >= 0) {
 			sent += (size_t)n;
-			continue;
-		}
-		if (n != -EAGAIN)
+			if (sent == len) {
+				if (s->rec)
+					weft_fd_undrain(s->rec, WEFT_WRITE);
+				break;
+			}
+			/* A short write filled the buffer: wait for room rather
+			 * than try again at once. */
+		} else if (n != -EAGAIN) {
 			return lw_error_partial(L, (int)n, (lua_Integer)sent);
+		}
+		drained(s, WEFT_WRITE, edges);
 		int rc = io_wait(L, S, s, WEFT_WRITE, deadline);
 		if (rc < 0)
 			return lw_error_partial(L, rc, (lua_Integer)sent);
@@ -472,7 +509,7 @@ static int tcp_send_k(lua_State *L, int status, lua_KContext ctx)
 /* Calls that return a count in one go (recv, datagram send and sendto):
  * try, on EAGAIN wait for direction dir until the deadline at argument
  * expires_idx, then try again from the continuation `self`. */
-typedef ssize_t (*count_fn)(lua_State *L, lsock_t *s);
+typedef ssize_t (*count_fn)(lua_State *L, lsock_t *s, size_t *want);
 
 static int count_op(lua_State *L, int status, int dir, int expires_idx, count_fn fn,
 		    lua_KFunction self)
@@ -484,8 +521,16 @@ static int count_op(lua_State *L, int status, int dir, int expires_idx, count_fn
 		return lw_error(L, code);
 	uint64_t deadline = lw_deadline(L, expires_idx);
 	for (;;) {
-		ssize_t n = fn(L, s);
+		uint32_t edges = 0;
+		size_t want = 0;
+		ssize_t n = worth_trying(s, dir, &edges) ? fn(L, s, &want) : -EAGAIN;
 		if (n >= 0) {
+			if (s->rec && dir == WEFT_READ && drains(s)) {
+				if (n > 0 && (size_t)n < want)
+					weft_fd_drained(s->rec, dir, edges);
+				else
+					weft_fd_undrain(s->rec, dir);
+			}
 			if (fair(L, S))
 				return lw_fair_yield(L, S, (lua_KContext)n, return_ctx_k);
 			lua_pushinteger(L, (lua_Integer)n);
@@ -493,6 +538,7 @@ static int count_op(lua_State *L, int status, int dir, int expires_idx, count_fn
 		}
 		if (n != -EAGAIN)
 			return lw_error(L, (int)n);
+		drained(s, dir, edges);
 		int rc = io_wait(L, S, s, dir, deadline);
 		if (rc < 0)
 			return lw_error(L, rc);
@@ -502,10 +548,11 @@ static int count_op(lua_State *L, int status, int dir, int expires_idx, count_fn
 }
 
 /* udp/raw:send(data, [len], [expires]) -> len */
-static ssize_t dgram_send(lua_State *L, lsock_t *s)
+static ssize_t dgram_send(lua_State *L, lsock_t *s, size_t *want)
 {
 	size_t len;
 	const char *p = send_args(L, 2, &len);
+	*want = len;
 	return weft_sock_send(s->fd, p, len, 0);
 }
 
@@ -528,12 +575,13 @@ static int s_send(lua_State *L)
 }
 
 /* udp:_sendto(addr, data, [len], [expires]) -> len */
-static ssize_t dgram_sendto(lua_State *L, lsock_t *s)
+static ssize_t dgram_sendto(lua_State *L, lsock_t *s, size_t *want)
 {
 	unsigned salen;
 	const struct sockaddr *sa = lw_checkaddr(L, 2, &salen, NULL);
 	size_t len;
 	const char *p = send_args(L, 3, &len);
+	*want = len;
 	return weft_sock_sendto(s->fd, p, len, 0, sa, salen);
 }
 
@@ -575,10 +623,11 @@ static char *recv_args(lua_State *L, int idx, size_t *maxlen)
 }
 
 /* s:recv(buf, [maxlen], [expires]) -> n */
-static ssize_t do_recv(lua_State *L, lsock_t *s)
+static ssize_t do_recv(lua_State *L, lsock_t *s, size_t *want)
 {
 	size_t maxlen;
 	char *p = recv_args(L, 2, &maxlen);
+	*want = maxlen;
 	return weft_sock_recv(s->fd, p, maxlen, 0);
 }
 
@@ -611,15 +660,23 @@ static int recvn_k(lua_State *L, int status, lua_KContext ctx)
 	char *p = recv_args(L, 2, &len);
 	uint64_t deadline = lw_deadline(L, 4);
 	while (got < len) {
-		ssize_t n = weft_sock_recv(s->fd, p + got, len - got, 0);
+		uint32_t edges = 0;
+		ssize_t n = -EAGAIN;
+		if (worth_trying(s, WEFT_READ, &edges))
+			n = weft_sock_recv(s->fd, p + got, len - got, 0);
 		if (n > 0) {
 			got += (size_t)n;
+			if (got < len && drains(s))
+				drained(s, WEFT_READ, edges); /* the next try waits first */
+			else if (s->rec)
+				weft_fd_undrain(s->rec, WEFT_READ);
 			continue;
 		}
 		if (n == 0)
 			return lw_error_partial(L, WEFT_EEOF, (lua_Integer)got);
 		if (n != -EAGAIN)
 			return lw_error_partial(L, (int)n, (lua_Integer)got);
+		drained(s, WEFT_READ, edges);
 		int rc = io_wait(L, S, s, WEFT_READ, deadline);
 		if (rc < 0)
 			return lw_error_partial(L, rc, (lua_Integer)got);
@@ -661,9 +718,17 @@ static int recvall_k(lua_State *L, int status, lua_KContext ctx)
 				break;
 			}
 		}
-		ssize_t n = weft_sock_recv(s->fd, b->data + got, b->len - got, 0);
+		uint32_t edges = 0;
+		size_t want = b->len - got;
+		ssize_t n = -EAGAIN;
+		if (worth_trying(s, WEFT_READ, &edges))
+			n = weft_sock_recv(s->fd, b->data + got, want, 0);
 		if (n > 0) {
 			got += (size_t)n;
+			if ((size_t)n < want && drains(s))
+				drained(s, WEFT_READ, edges);
+			else if (s->rec)
+				weft_fd_undrain(s->rec, WEFT_READ);
 			continue;
 		}
 		if (n == 0) {
@@ -675,6 +740,7 @@ static int recvall_k(lua_State *L, int status, lua_KContext ctx)
 			code = (int)n;
 			break;
 		}
+		drained(s, WEFT_READ, edges);
 		int rc = io_wait(L, S, s, WEFT_READ, deadline);
 		if (rc == 0)
 			return lw_await(L, (lua_KContext)got, recvall_k);
@@ -713,7 +779,11 @@ static int recvnext_k(lua_State *L, int status, lua_KContext ctx)
 	for (;;) {
 		struct sockaddr_storage ss;
 		socklen_t salen = sizeof ss;
-		ssize_t n = weft_sock_recvfrom(s->fd, p, maxlen, flags, (struct sockaddr *)&ss,
+		uint32_t edges = 0;
+		ssize_t n = -EAGAIN;
+		/* MSG_PEEK and friends: always asked of the kernel. */
+		if (flags != 0 || worth_trying(s, WEFT_READ, &edges))
+			n = weft_sock_recvfrom(s->fd, p, maxlen, flags, (struct sockaddr *)&ss,
 					       &salen);
 		if (n >= 0) {
 			lua_pushinteger(L, (lua_Integer)n);
@@ -722,6 +792,8 @@ static int recvnext_k(lua_State *L, int status, lua_KContext ctx)
 		}
 		if (n != -EAGAIN)
 			return lw_error(L, (int)n);
+		if (flags == 0)
+			drained(s, WEFT_READ, edges);
 		int rc = io_wait(L, S, s, WEFT_READ, deadline);
 		if (rc < 0)
 			return lw_error(L, rc);
@@ -752,6 +824,10 @@ static int s_shutdown(lua_State *L)
 	static const int hows[] = {SHUT_RD, SHUT_WR, SHUT_RDWR};
 	int how = hows[luaL_checkoption(L, 2, "rw", names)];
 	CHECK_OPEN(L, s);
+	if (s->rec) {
+		weft_fd_undrain(s->rec, WEFT_READ);
+		weft_fd_undrain(s->rec, WEFT_WRITE);
+	}
 	return ok_or_error(L, weft_sock_shutdown(s->fd, how));
 }
 
