@@ -65,6 +65,13 @@ struct weft_runtime {
 	void *channels;
 	_Atomic uint64_t lretry; /* listener.c: earliest accept retry, 0 = none */
 	weft_worker_t *graveyard; /* freed workers, kept until the runtime goes */
+	/* Under lock: the counters of workers that have left (freed or moved
+	 * away), so that totals never go down; member numbers (weft.worker()):
+	 * a bit per number taken, the count the claims declared and how many
+	 * claims that declared it are held. */
+	uint64_t retired[WEFT_NSTATS];
+	uint64_t members[WEFT_MAX_WORKERS / 64];
+	int declared, ndeclared;
 	/* Written by every worker: one line each. */
 	alignas(64) _Atomic long jobs; /* jobs queued in all workers */
 	alignas(64) _Atomic int nworkers; /* attached workers */
@@ -174,19 +181,101 @@ int weft_runtime_new(int epfd, weft_runtime_t **out)
 	return 0;
 }
 
+/* A worker's counters as an array (relaxed loads: any thread). */
+static void counters(weft_worker_t *w, uint64_t out[WEFT_NSTATS])
+{
+	_Atomic uint64_t *c = (_Atomic uint64_t *)&w->stats;
+	for (int k = 0; k < WEFT_NSTATS; k++)
+		out[k] = atomic_load_explicit(&c[k], memory_order_relaxed);
+}
+
 int weft_runtime_stats(weft_runtime_t *rt, uint64_t sum[WEFT_NSTATS])
 {
 	int n = 0;
-	memset(sum, 0, WEFT_NSTATS * sizeof *sum);
 	pthread_mutex_lock(&rt->lock);
+	memcpy(sum, rt->retired, WEFT_NSTATS * sizeof *sum);
 	for (uint32_t i = 0; i < worker_slots(rt); i++) {
 		weft_worker_t *w = worker_at(rt, i);
 		if (!w)
 			continue;
 		n++;
-		_Atomic uint64_t *c = (_Atomic uint64_t *)&w->stats;
+		uint64_t c[WEFT_NSTATS];
+		counters(w, c);
 		for (int k = 0; k < WEFT_NSTATS; k++)
-			sum[k] += atomic_load_explicit(&c[k], memory_order_relaxed);
+			sum[k] += c[k] - w->_base[k];
+	}
+	pthread_mutex_unlock(&rt->lock);
+	return n;
+}
+
+static int member_taken(const weft_runtime_t *rt, int i)
+{
+	return (rt->members[(i - 1) / 64] >> ((i - 1) % 64)) & 1;
+}
+
+static void member_set(weft_runtime_t *rt, int i, int on)
+{
+	uint64_t bit = (uint64_t)1 << ((i - 1) % 64);
+	if (on)
+		rt->members[(i - 1) / 64] |= bit;
+	else
+		rt->members[(i - 1) / 64] &= ~bit;
+}
+
+int weft_runtime_claim(weft_runtime_t *rt, int index, int count)
+{
+	if (count < 1 || count > WEFT_MAX_WORKERS || index < 1 || index > count)
+		return -ERANGE;
+	int rc = 0;
+	pthread_mutex_lock(&rt->lock);
+	if (rt->ndeclared && rt->declared != count)
+		rc = -EINVAL;
+	else if (member_taken(rt, index))
+		rc = -EEXIST;
+	else {
+		member_set(rt, index, 1);
+		rt->declared = count;
+		rt->ndeclared++;
+	}
+	pthread_mutex_unlock(&rt->lock);
+	return rc;
+}
+
+int weft_runtime_claim_any(weft_runtime_t *rt)
+{
+	int rc = -EUSERS;
+	pthread_mutex_lock(&rt->lock);
+	for (int i = rt->declared + 1; i <= WEFT_MAX_WORKERS; i++) {
+		if (!member_taken(rt, i)) {
+			member_set(rt, i, 1);
+			rc = i;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&rt->lock);
+	return rc;
+}
+
+void weft_runtime_release(weft_runtime_t *rt, int index, int declared)
+{
+	if (index < 1 || index > WEFT_MAX_WORKERS)
+		return;
+	pthread_mutex_lock(&rt->lock);
+	member_set(rt, index, 0);
+	if (declared && --rt->ndeclared == 0)
+		rt->declared = 0;
+	pthread_mutex_unlock(&rt->lock);
+}
+
+int weft_runtime_members(weft_runtime_t *rt)
+{
+	pthread_mutex_lock(&rt->lock);
+	int n = rt->declared;
+	for (int i = WEFT_MAX_WORKERS; i > n; i--) {
+		if (member_taken(rt, i)) {
+			n = i;
+			break;
+		}
 	}
 	pthread_mutex_unlock(&rt->lock);
 	return n;
@@ -279,6 +368,7 @@ static int attach(weft_worker_t *w, weft_runtime_t *rt)
 	if (id < WEFT_MAX_WORKERS) {
 		w->rt = rt;
 		w->id = id;
+		counters(w, w->_base); /* what it did elsewhere counts there */
 		atomic_store_explicit(&rt->workers[id], w, memory_order_release);
 		if (id >= worker_slots(rt))
 			atomic_store_explicit(&rt->nslots, id + 1, memory_order_release);
@@ -287,7 +377,7 @@ static int attach(weft_worker_t *w, weft_runtime_t *rt)
 	pthread_mutex_unlock(&rt->lock);
 	if (id == WEFT_MAX_WORKERS) {
 		weft_poller_delete(w->poller, weft_poller_fd(rt->poller));
-		return -EMFILE;
+		return -EUSERS;
 	}
 	return 0;
 }
@@ -295,7 +385,11 @@ static int attach(weft_worker_t *w, weft_runtime_t *rt)
 static void detach(weft_worker_t *w)
 {
 	weft_runtime_t *rt = w->rt;
+	uint64_t c[WEFT_NSTATS];
+	counters(w, c); /* the owner calls: they are final */
 	pthread_mutex_lock(&rt->lock);
+	for (int k = 0; k < WEFT_NSTATS; k++)
+		rt->retired[k] += c[k] - w->_base[k];
 	atomic_store_explicit(&rt->workers[w->id], NULL, memory_order_release);
 	atomic_fetch_sub_explicit(&rt->nworkers, 1, memory_order_seq_cst);
 	pthread_mutex_unlock(&rt->lock);

@@ -122,6 +122,7 @@ typedef struct weft_worker {
 	 * (set by the binding; NULL = the data is not owned). */
 	void (*drop_data)(void *);
 	struct weft_worker *_grave; /* the runtime's freed workers */
+	uint64_t _base[WEFT_NSTATS]; /* counters when it joined its runtime */
 	/* Written by the owner, read by anyone (weft.stats). */
 	weft_worker_stats_t stats;
 	/* Written by other threads: each group on a line of its own. */
@@ -153,8 +154,24 @@ int weft_runtime_exiting(const weft_runtime_t *rt);
 void weft_runtime_exit_all(void);
 
 /* The counters of rt's workers added up, and how many workers there are.
- * Any thread. */
+ * Workers that have been freed or moved away still count with what they
+ * did while attached to rt, so totals never go down.  Any thread. */
 int weft_runtime_stats(weft_runtime_t *rt, uint64_t sum[WEFT_NSTATS]);
+
+/* Member numbers: the 1-based numbers a runtime's Lua states report as
+ * weft.worker(), kept here so that no two states of a runtime share one.
+ * weft_runtime_claim takes number `index` of `count` (the count every
+ * claim of this kind must agree on while any is held): 0, -ERANGE (not
+ * 1 <= index <= count <= WEFT_MAX_WORKERS), -EINVAL (another count was
+ * declared) or -EEXIST (taken).  weft_runtime_claim_any takes the lowest
+ * free number above the declared count: the number, or -EUSERS when none
+ * is left.  weft_runtime_release gives a number back (`declared`: it was
+ * taken by weft_runtime_claim).  weft_runtime_members is the declared
+ * count or the highest number taken, whichever is larger.  Any thread. */
+int weft_runtime_claim(weft_runtime_t *rt, int index, int count);
+int weft_runtime_claim_any(weft_runtime_t *rt);
+void weft_runtime_release(weft_runtime_t *rt, int index, int declared);
+int weft_runtime_members(weft_runtime_t *rt);
 
 /* Take another reference to rt; returns rt. */
 weft_runtime_t *weft_runtime_ref(weft_runtime_t *rt);
@@ -167,7 +184,8 @@ int weft_runtime_join(int pollfd, weft_runtime_t **out);
 weft_poller_t *weft_runtime_poller(weft_runtime_t *rt);
 weft_fdtab_t *weft_runtime_fdtab(weft_runtime_t *rt);
 
-/* Attach a new worker to rt.  0 or a negative code. */
+/* Attach a new worker to rt.  0 or a negative code (-EUSERS: rt has
+ * WEFT_MAX_WORKERS workers already). */
 int weft_worker_new(weft_runtime_t *rt, weft_worker_t **out);
 
 /* Detach and free a worker: it must have no coroutine waiting on an fd,
@@ -180,7 +198,8 @@ int weft_worker_new(weft_runtime_t *rt, weft_worker_t **out);
 void weft_worker_free(weft_worker_t *w);
 
 /* Move w to runtime rt (sharing rt's poller from now on).  Only a worker
- * with no open fd records and no queued jobs can move: -EBUSY otherwise.
+ * with no open fd records and no queued jobs can move: -EBUSY otherwise
+ * (-EUSERS: rt has WEFT_MAX_WORKERS workers).
  * The caller keeps its references to both runtimes right. */
 int weft_worker_move(weft_worker_t *w, weft_runtime_t *rt);
 

@@ -1117,6 +1117,11 @@ static int l_wrap(lua_State *L)
 	lua_pushvalue(L, 2);
 	lua_setiuservalue(L, -2, 2);
 
+	/* TLS writes several small records in a row (a server's session
+	 * tickets, then its first reply): with Nagle's algorithm the later
+	 * ones wait for the peer's delayed ACK, some 40 ms.  Like nginx, send
+	 * at once; setopt("tcp_nodelay", false) turns it back. */
+	weft_sockopt_set_int(lw_sock_fd(s), weft_sockopt_find("tcp_nodelay"), 1);
 	ERR_clear_error();
 	SSL *ssl = SSL_new(x->e->ctx);
 	BIO *bio = ssl ? BIO_new(bio_method) : NULL;

@@ -17,14 +17,49 @@
 #include "poller.h"
 #include "resolver.h"
 
+/* weft.h's limit is the runtime's worker table. */
+_Static_assert(WEFT_LUA_MAX_STATES == WEFT_MAX_WORKERS, "weft.h and worker.h disagree");
+
 static const char STATE_KEY = 'S';
 static const char ATTACH_KEY = 'A';
 
-/* What weft_lua_attach leaves in the registry for weft__open. */
+/* Which copy of weft a state belongs to.  The keys above are addresses in
+ * this copy, invisible to another one: a program that linked the runtime
+ * statically and attached a state, whose `require "weft"` then loads
+ * weft/core.so with a second copy of the runtime, would run that state
+ * alone without a word.  So the first copy to attach or load a state
+ * writes the address of COPY under a name every copy knows, and the
+ * others refuse the state. */
+static const char COPY = 'C';
+#define COPY_FIELD "weft.copy"
+
+/* What weft_lua_attach leaves in the registry for weft__open: the
+ * runtime reference and the member number claimed (rt NULL: none). */
 typedef struct attach {
 	weft_runtime_t *rt;
 	int index, count;
 } attach_t;
+
+/* Whether L is this copy's or nobody's (then it becomes this copy's). */
+static int own_copy(lua_State *L)
+{
+	int t = lua_getfield(L, LUA_REGISTRYINDEX, COPY_FIELD);
+	const void *p = lua_touserdata(L, -1);
+	lua_pop(L, 1);
+	if (t == LUA_TLIGHTUSERDATA)
+		return p == &COPY;
+	if (t != LUA_TNIL)
+		return 0;
+	lua_pushlightuserdata(L, (void *)&COPY);
+	lua_setfield(L, LUA_REGISTRYINDEX, COPY_FIELD);
+	return 1;
+}
+
+#define OTHER_COPY_MSG                                                                   \
+	"weft: this Lua state belongs to another copy of the weft runtime in this "      \
+	"process (a program linked with the static libweft, whose state then loaded "    \
+	"the module weft/core.so?): link the program with the shared libweft, or give "  \
+	"its states weft.core from the program (package.preload with luaopen_weft_core)"
 
 void lw_register(lua_State *L, lw_state_t *S, const luaL_Reg *funcs)
 {
@@ -172,18 +207,34 @@ static int l_epoll_fd(lua_State *L)
 	weft_runtime_t *rt;
 	if (fd < 0 || fd > INT_MAX || weft_runtime_join((int)fd, &rt) < 0) {
 		luaL_pushfail(L);
-		lua_pushliteral(L, "not the poller of a weft runtime in this process");
+		lua_pushliteral(L, "not the poller of a weft runtime in this process "
+				   "(or of one run by another copy of weft)");
 		return 2;
 	}
-	int rc = weft_worker_move(S->w, rt);
+	/* A number of its own in the new runtime, above those attached
+	 * states declared. */
+	int index = weft_runtime_claim_any(rt);
+	int rc = index < 0 ? index : weft_worker_move(S->w, rt);
 	if (rc < 0) {
+		if (index > 0)
+			weft_runtime_release(rt, index, 0);
 		weft_runtime_free(rt);
 		luaL_pushfail(L);
-		lua_pushliteral(L, "this state has open sockets or queued jobs: join before creating any");
+		if (rc == -EBUSY)
+			lua_pushliteral(L, "this state has open sockets or queued jobs: "
+					   "join before creating any");
+		else if (rc == -EUSERS)
+			lua_pushfstring(L, "that runtime has %d states already",
+					WEFT_LUA_MAX_STATES);
+		else
+			lua_pushstring(L, weft_strerror(rc));
 		return 2;
 	}
+	weft_runtime_release(S->rt, S->worker_index, S->declared);
 	weft_runtime_free(S->rt);
 	S->rt = rt;
+	S->worker_index = index;
+	S->declared = 0;
 	lua_pushinteger(L, fd);
 	return 1;
 }
@@ -267,6 +318,7 @@ static int state_gc(lua_State *L)
 	lw_close_sched(S);
 	lw_spawn_close(L, S);
 	weft_worker_free(S->w);
+	weft_runtime_release(S->rt, S->worker_index, S->declared);
 	weft_runtime_free(S->rt);
 	weft_free(S->threads);
 	weft_free(S->tm_free);
@@ -284,10 +336,12 @@ static int l_worker(lua_State *L)
 	return 1;
 }
 
-/* weft.workers() -> how many workers the launcher (or embedder) runs */
+/* weft.workers() -> how many workers the launcher (or embedder) runs:
+ * the count declared by weft_lua_attach, or the highest number a state
+ * of the runtime has, whichever is larger. */
 static int l_workers(lua_State *L)
 {
-	lua_pushinteger(L, lw_S(L)->worker_count);
+	lua_pushinteger(L, weft_runtime_members(lw_S(L)->rt));
 	return 1;
 }
 
@@ -304,6 +358,8 @@ static const luaL_Reg core_funcs[] = {
 
 int weft_lua_runtime_new(weft_runtime_t **out)
 {
+	if (!out)
+		return -EINVAL;
 	return weft_runtime_new(-1, out);
 }
 
@@ -312,38 +368,126 @@ void weft_lua_runtime_free(weft_runtime_t *rt)
 	weft_runtime_free(rt);
 }
 
+void weft_lua_runtime_exit(weft_runtime_t *rt)
+{
+	if (rt)
+		weft_runtime_exit(rt);
+	else
+		weft_runtime_exit_all();
+}
+
+const char *weft_lua_strerror(int code)
+{
+	switch (code) {
+	case 0:
+		return "success";
+	case WEFT_LUA_ELOADED:
+		return "the Lua state has loaded weft already: attach it before it requires weft";
+	case WEFT_LUA_EATTACHED:
+		return "the Lua state is attached to a runtime already";
+	case WEFT_LUA_EINDEX:
+		return "the index is not within 1..count";
+	case WEFT_LUA_ECOUNT:
+		return "the count is not within 1..WEFT_LUA_MAX_STATES (256)";
+	case WEFT_LUA_ECOUNTS:
+		return "the count differs from the one other states of the runtime declared";
+	case WEFT_LUA_ETAKEN:
+		return "another open state of the runtime has this index";
+	case WEFT_LUA_ECOPY:
+		return "the Lua state belongs to another copy of the weft runtime in this "
+		       "process (it loaded weft/core.so over another libweft)";
+	case WEFT_LUA_EARG:
+		return "no Lua state or no runtime given";
+	case WEFT_LUA_ENOMEM:
+		return "the Lua state ran out of memory";
+	}
+	return weft_strerror(code);
+}
+
 static int attach_gc(lua_State *L)
 {
 	attach_t *a = lua_touserdata(L, 1);
-	if (a->rt)
-		weft_runtime_free(a->rt); /* attached but never loaded */
+	if (a->rt) { /* attached but never loaded */
+		weft_runtime_release(a->rt, a->index, 1);
+		weft_runtime_free(a->rt);
+	}
 	a->rt = NULL;
 	return 0;
 }
 
+/* The part of weft_lua_attach that may run out of memory, protected:
+ * returns a WEFT_LUA_E* code (or 0) and the empty attach record. */
+static int attach_prepare(lua_State *L)
+{
+	int code = 0;
+	if (!own_copy(L))
+		code = WEFT_LUA_ECOPY;
+	else if (lua_rawgetp(L, LUA_REGISTRYINDEX, &STATE_KEY) != LUA_TNIL)
+		code = WEFT_LUA_ELOADED;
+	else if (lua_rawgetp(L, LUA_REGISTRYINDEX, &ATTACH_KEY) == LUA_TUSERDATA &&
+		 ((attach_t *)lua_touserdata(L, -1))->rt)
+		code = WEFT_LUA_EATTACHED;
+	if (code) {
+		lua_pushinteger(L, code);
+		lua_pushnil(L);
+		return 2;
+	}
+	if (!lua_isuserdata(L, -1)) {
+		attach_t *a = lua_newuserdatauv(L, sizeof *a, 0);
+		*a = (attach_t){NULL, 0, 0};
+		lua_newtable(L);
+		lua_pushcfunction(L, attach_gc);
+		lua_setfield(L, -2, "__gc");
+		lua_setmetatable(L, -2);
+		lua_pushvalue(L, -1);
+		lua_rawsetp(L, LUA_REGISTRYINDEX, &ATTACH_KEY);
+	}
+	lua_pushinteger(L, 0);
+	lua_insert(L, -2);
+	return 2;
+}
+
 int weft_lua_attach(lua_State *L, weft_runtime_t *rt, int index, int count)
 {
-	if (lua_rawgetp(L, LUA_REGISTRYINDEX, &STATE_KEY) != LUA_TNIL) {
+	if (!L || !rt)
+		return WEFT_LUA_EARG;
+	if (count < 1 || count > WEFT_LUA_MAX_STATES)
+		return WEFT_LUA_ECOUNT;
+	if (index < 1 || index > count)
+		return WEFT_LUA_EINDEX;
+	if (!lua_checkstack(L, 4))
+		return WEFT_LUA_ENOMEM;
+	lua_pushcfunction(L, attach_prepare);
+	if (lua_pcall(L, 0, 2, 0) != LUA_OK) {
 		lua_pop(L, 1);
-		return -1;
+		return WEFT_LUA_ENOMEM;
 	}
-	lua_pop(L, 1);
-	attach_t *a = lua_newuserdatauv(L, sizeof *a, 0);
+	int code = (int)lua_tointeger(L, -2);
+	attach_t *a = lua_touserdata(L, -1);
+	lua_pop(L, 2);
+	if (code)
+		return code;
+	int rc = weft_runtime_claim(rt, index, count);
+	if (rc < 0)
+		return rc == -EEXIST ? WEFT_LUA_ETAKEN : rc == -EINVAL ? WEFT_LUA_ECOUNTS
+								 : WEFT_LUA_EINDEX;
 	a->rt = weft_runtime_ref(rt);
 	a->index = index;
 	a->count = count;
-	lua_newtable(L);
-	lua_pushcfunction(L, attach_gc);
-	lua_setfield(L, -2, "__gc");
-	lua_setmetatable(L, -2);
-	lua_rawsetp(L, LUA_REGISTRYINDEX, &ATTACH_KEY);
 	return 0;
+}
+
+int luaopen_weft_core(lua_State *L)
+{
+	return weft__open(L);
 }
 
 int weft__open(lua_State *L)
 {
 	/* One record per lua_State: a second require of the module reuses it. */
 	lw_state_t *S;
+	if (!own_copy(L))
+		return luaL_error(L, OTHER_COPY_MSG);
 	if (lua_rawgetp(L, LUA_REGISTRYINDEX, &STATE_KEY) == LUA_TUSERDATA) {
 		S = lua_touserdata(L, -1);
 		lua_pop(L, 1);
@@ -361,26 +505,35 @@ int weft__open(lua_State *L)
 		lua_setfield(L, -2, "__gc");
 		lua_setmetatable(L, -2);
 		lua_rawsetp(L, LUA_REGISTRYINDEX, &STATE_KEY);
-		S->worker_index = 1;
-		S->worker_count = 1;
 		int err;
-		if (lua_rawgetp(L, LUA_REGISTRYINDEX, &ATTACH_KEY) == LUA_TUSERDATA) {
-			attach_t *a = lua_touserdata(L, -1);
-			S->rt = a->rt; /* the attach reference passes to the state */
+		attach_t *a = NULL;
+		if (lua_rawgetp(L, LUA_REGISTRYINDEX, &ATTACH_KEY) == LUA_TUSERDATA)
+			a = lua_touserdata(L, -1);
+		if (a && a->rt) {
+			/* The attach reference and number pass to the state. */
+			S->rt = a->rt;
 			S->worker_index = a->index;
-			S->worker_count = a->count;
+			S->declared = 1;
 			a->rt = NULL;
 			err = 0;
 		} else {
 			err = weft_runtime_new(-1, &S->rt);
+			if (err == 0)
+				S->worker_index = weft_runtime_claim_any(S->rt); /* 1 */
 		}
 		lua_pop(L, 1);
 		if (err == 0) {
 			err = weft_worker_new(S->rt, &S->w);
 			if (err < 0) {
+				weft_runtime_release(S->rt, S->worker_index, S->declared);
 				weft_runtime_free(S->rt);
 				S->rt = NULL;
 			}
+		}
+		if (err == -EUSERS) {
+			S->closed = 1;
+			return luaL_error(L, "weft: cannot start: the runtime has %d states already",
+					  WEFT_LUA_MAX_STATES);
 		}
 		if (err < 0) {
 			S->closed = 1;

@@ -12,8 +12,6 @@
 
 #include "worker.h"
 
-#define WEFT_EXPORT __attribute__((visibility("default")))
-
 /* Metatable names. */
 #define LW_BUFFER "weft.buffer"
 #define LW_SOCKET "weft.socket"
@@ -44,7 +42,8 @@ typedef struct lw_state {
 	int looping;      /* inside weft.start/poll */
 	_Atomic int ext_pending; /* resolver requests in flight */
 	int closed;       /* the state is being closed */
-	int worker_index, worker_count; /* weft.worker(), weft.workers() */
+	int worker_index; /* weft.worker(): its member number in rt */
+	int declared;     /* the number came from weft_lua_attach */
 	uint32_t nthreads; /* live weft threads */
 	uint32_t tm_idle;  /* the idle timer runner thread, or LW_NONE */
 	int *tm_free;      /* free slots of the held timers table (ltimer.c) */

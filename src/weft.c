@@ -17,22 +17,17 @@
 #include <lua.h>
 #include <lualib.h>
 
-#include "lweft.h"
 #include "weft.h"
-#include "worker.h"
 
 #include <pthread.h>
 #include <unistd.h>
 
 static const char *progname = "weft";
 
-static void usage(const char *badoption)
+/* The options, as weft(1) lists them. */
+static void print_usage(FILE *f)
 {
-	if (badoption[1] == 'e' || badoption[1] == 'l')
-		fprintf(stderr, "%s: '%s' needs argument\n", progname, badoption);
-	else
-		fprintf(stderr, "%s: unrecognized option '%s'\n", progname, badoption);
-	fprintf(stderr,
+	fprintf(f,
 		"usage: %s [options] [script [args]]\n"
 		"Available options are:\n"
 		"  -e stat   execute string 'stat'\n"
@@ -40,13 +35,23 @@ static void usage(const char *badoption)
 		"  -l g=mod  require library 'mod' into global 'g'\n"
 		"  -m        run the script in the main thread (no implicit loop)\n"
 		"  -t N      run N workers (threads, each with its own Lua state)\n"
-		"            sharing one poller; 0 = one per CPU (default 1)\n"
+		"            sharing one runtime; 0 = one per CPU (default 1, at most %d)\n"
 		"  -v        show version information\n"
 		"  -E        ignore environment variables\n"
 		"  -W        turn warnings on\n"
+		"  --help    show this help and exit\n"
 		"  --        stop handling options\n"
 		"  -         stop handling options and execute stdin\n",
-		progname);
+		progname, WEFT_LUA_MAX_STATES);
+}
+
+static void usage(const char *badoption)
+{
+	if (badoption[1] == 'e' || badoption[1] == 'l')
+		fprintf(stderr, "%s: '%s' needs argument\n", progname, badoption);
+	else
+		fprintf(stderr, "%s: unrecognized option '%s'\n", progname, badoption);
+	print_usage(stderr);
 }
 
 static void message(const char *msg)
@@ -242,7 +247,7 @@ static int handle_luainit(lua_State *L)
 static void setup_paths(lua_State *L)
 {
 	luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-	lua_pushcfunction(L, weft__open);
+	lua_pushcfunction(L, luaopen_weft_core);
 	lua_setfield(L, -2, "weft.core");
 	lua_pop(L, 1);
 	lua_getglobal(L, "package");
@@ -339,8 +344,13 @@ static int run_state(int argc, char **argv, weft_runtime_t *rt, int index, int c
 		message("cannot create state: not enough memory");
 		return 0;
 	}
-	if (rt)
-		weft_lua_attach(L, rt, index, count);
+	int rc = rt ? weft_lua_attach(L, rt, index, count) : 0;
+	if (rc < 0) {
+		fprintf(stderr, "%s: cannot attach worker %d: %s\n", progname, index,
+			weft_lua_strerror(rc));
+		lua_close(L);
+		return 0;
+	}
 	lua_gc(L, LUA_GCSTOP);
 	lua_pushcfunction(L, pmain);
 	lua_pushinteger(L, argc);
@@ -366,6 +376,20 @@ static void *worker_main(void *p)
 	return NULL;
 }
 
+/* --help among the options (before the script). */
+static int wants_help(char **argv)
+{
+	for (int i = 1; argv[i] && argv[i][0] == '-'; i++) {
+		if (strcmp(argv[i], "--help") == 0)
+			return 1;
+		if (strcmp(argv[i], "--") == 0 || strcmp(argv[i], "-") == 0)
+			break;
+		if (strchr("elt", argv[i][1]) && argv[i][1] && argv[i][2] == '\0' && argv[i + 1])
+			i++;
+	}
+	return 0;
+}
+
 /* -t N (or -tN) before the script: the number of workers; 0 = CPUs. */
 static int thread_count(char **argv)
 {
@@ -382,14 +406,14 @@ static int thread_count(char **argv)
 		const char *v = argv[i][2] ? argv[i] + 2 : argv[i + 1];
 		char *end;
 		long n = v ? strtol(v, &end, 10) : -1;
-		if (!v || *end || n < 0 || n > WEFT_MAX_WORKERS) {
+		if (!v || *end || n < 0 || n > WEFT_LUA_MAX_STATES) {
 			fprintf(stderr, "%s: -t wants a number of workers from 0 to %d\n", progname,
-				WEFT_MAX_WORKERS);
+				WEFT_LUA_MAX_STATES);
 			return -1;
 		}
 		if (n == 0) {
 			long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-			n = cpus < 1 ? 1 : cpus > WEFT_MAX_WORKERS ? WEFT_MAX_WORKERS : cpus;
+			n = cpus < 1 ? 1 : cpus > WEFT_LUA_MAX_STATES ? WEFT_LUA_MAX_STATES : cpus;
 		}
 		return (int)n;
 	}
@@ -412,7 +436,7 @@ static void *signal_main(void *arg)
 			(void)rc;
 			_exit(1);
 		}
-		weft_runtime_exit_all();
+		weft_lua_runtime_exit(NULL);
 	}
 	return NULL;
 }
@@ -436,6 +460,10 @@ int main(int argc, char **argv)
 {
 	if (argv[0] && argv[0][0])
 		progname = argv[0];
+	if (wants_help(argv)) {
+		print_usage(stdout);
+		return EXIT_SUCCESS;
+	}
 	signal(SIGPIPE, SIG_IGN);
 	raise_nofile();
 	handle_signals();

@@ -1320,6 +1320,117 @@ START_TEST(test_stress)
 }
 END_TEST
 
+/* Member numbers: a claim names its number and the runtime's count; every
+ * claim agrees on the count while one is held; numbers are unique; states
+ * without a number get the lowest free one above the count. */
+START_TEST(test_member_numbers)
+{
+	weft_runtime_t *rt;
+	ck_assert_int_eq(weft_runtime_new(-1, &rt), 0);
+	ck_assert_int_eq(weft_runtime_members(rt), 0);
+	ck_assert_int_eq(weft_runtime_claim(rt, 0, 2), -ERANGE);
+	ck_assert_int_eq(weft_runtime_claim(rt, -1, 2), -ERANGE);
+	ck_assert_int_eq(weft_runtime_claim(rt, 3, 2), -ERANGE);
+	ck_assert_int_eq(weft_runtime_claim(rt, 1, 0), -ERANGE);
+	ck_assert_int_eq(weft_runtime_claim(rt, 1, WEFT_MAX_WORKERS + 1), -ERANGE);
+	ck_assert_int_eq(weft_runtime_claim(rt, 2, 2), 0);
+	ck_assert_int_eq(weft_runtime_members(rt), 2);
+	ck_assert_int_eq(weft_runtime_claim(rt, 2, 2), -EEXIST);
+	ck_assert_int_eq(weft_runtime_claim(rt, 1, 3), -EINVAL);
+	ck_assert_int_eq(weft_runtime_claim_any(rt), 3); /* above the count */
+	ck_assert_int_eq(weft_runtime_members(rt), 3);
+	ck_assert_int_eq(weft_runtime_claim(rt, 1, 2), 0);
+	ck_assert_int_eq(weft_runtime_claim_any(rt), 4);
+	weft_runtime_release(rt, 3, 0);
+	ck_assert_int_eq(weft_runtime_members(rt), 4);
+	ck_assert_int_eq(weft_runtime_claim_any(rt), 3);
+	weft_runtime_release(rt, 1, 1);
+	weft_runtime_release(rt, 2, 1);
+	weft_runtime_release(rt, 3, 0);
+	weft_runtime_release(rt, 4, 0);
+	/* no claim holds a count any more: another count may be declared */
+	ck_assert_int_eq(weft_runtime_members(rt), 0);
+	ck_assert_int_eq(weft_runtime_claim_any(rt), 1);
+	ck_assert_int_eq(weft_runtime_claim(rt, 1, 5), -EEXIST);
+	ck_assert_int_eq(weft_runtime_claim(rt, 5, 5), 0);
+	ck_assert_int_eq(weft_runtime_members(rt), 5);
+	weft_runtime_release(rt, 5, 1);
+	weft_runtime_release(rt, 1, 0);
+	/* every number taken: none is left for a claim without one */
+	for (int i = 1; i <= WEFT_MAX_WORKERS; i++)
+		ck_assert_int_eq(weft_runtime_claim_any(rt), i);
+	ck_assert_int_eq(weft_runtime_claim_any(rt), -EUSERS);
+	ck_assert_int_eq(weft_runtime_members(rt), WEFT_MAX_WORKERS);
+	weft_runtime_free(rt);
+}
+END_TEST
+
+/* A runtime takes WEFT_MAX_WORKERS workers; the next is refused with
+ * -EUSERS (not an error about descriptors). */
+START_TEST(test_worker_cap)
+{
+	struct rlimit rl;
+	ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+	if (rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+	weft_runtime_t *rt;
+	ck_assert_int_eq(weft_runtime_new(-1, &rt), 0);
+	static weft_worker_t *ws[WEFT_MAX_WORKERS];
+	for (int i = 0; i < WEFT_MAX_WORKERS; i++)
+		ck_assert_int_eq(weft_worker_new(rt, &ws[i]), 0);
+	weft_worker_t *extra;
+	ck_assert_int_eq(weft_worker_new(rt, &extra), -EUSERS);
+	weft_runtime_t *other;
+	ck_assert_int_eq(weft_runtime_new(-1, &other), 0);
+	ck_assert_int_eq(weft_worker_new(other, &extra), 0);
+	ck_assert_int_eq(weft_worker_move(extra, rt), -EUSERS);
+	ck_assert_ptr_eq(extra->rt, other); /* still where it was */
+	weft_worker_free(extra);
+	for (int i = 0; i < WEFT_MAX_WORKERS; i++)
+		weft_worker_free(ws[i]);
+	weft_runtime_free(other);
+	weft_runtime_free(rt);
+}
+END_TEST
+
+/* Totals keep what freed workers did, and a worker that moves counts in
+ * each runtime for what it did there. */
+START_TEST(test_totals_keep_freed)
+{
+	weft_runtime_t *rt, *rt2;
+	ck_assert_int_eq(weft_runtime_new(-1, &rt), 0);
+	ck_assert_int_eq(weft_runtime_new(-1, &rt2), 0);
+	weft_worker_t *a, *b, *c;
+	ck_assert_int_eq(weft_worker_new(rt, &a), 0);
+	ck_assert_int_eq(weft_worker_new(rt, &b), 0);
+	ck_assert_int_eq(weft_worker_new(rt2, &c), 0);
+	WEFT_STAT_ADD(a, jobs_run, 20);
+	WEFT_STAT_ADD(b, jobs_run, 30);
+	WEFT_STAT_ADD(c, jobs_run, 7);
+	uint64_t sum[WEFT_NSTATS];
+	ck_assert_int_eq(weft_runtime_stats(rt, sum), 2);
+	ck_assert_uint_eq(sum[10], 50); /* jobs_run */
+	weft_worker_free(b);
+	ck_assert_int_eq(weft_runtime_stats(rt, sum), 1);
+	ck_assert_uint_eq(sum[10], 50);
+	ck_assert_int_eq(weft_worker_move(c, rt), 0);
+	WEFT_STAT_ADD(c, jobs_run, 1);
+	ck_assert_int_eq(weft_runtime_stats(rt, sum), 2);
+	ck_assert_uint_eq(sum[10], 51);
+	ck_assert_int_eq(weft_runtime_stats(rt2, sum), 0);
+	ck_assert_uint_eq(sum[10], 7);
+	ck_assert_uint_eq(WEFT_STAT(c, jobs_run), 8); /* its own counter goes on */
+	weft_worker_free(c);
+	weft_worker_free(a);
+	ck_assert_int_eq(weft_runtime_stats(rt, sum), 0);
+	ck_assert_uint_eq(sum[10], 51);
+	weft_runtime_free(rt2);
+	weft_runtime_free(rt);
+}
+END_TEST
+
 static Suite *worker_suite(void)
 {
 	Suite *s = suite_create("worker");
@@ -1344,6 +1455,9 @@ static Suite *worker_suite(void)
 	tcase_add_test(tc, test_spin_rule);
 	tcase_add_test(tc, test_post_failures);
 	tcase_add_test(tc, test_timers_under_io_load);
+	tcase_add_test(tc, test_member_numbers);
+	tcase_add_test(tc, test_worker_cap);
+	tcase_add_test(tc, test_totals_keep_freed);
 	suite_add_tcase(s, tc);
 	/* Explicit, so the runs fit even under Check's 4 s default with
 	 * sanitizers; a lost interruption or wake-up fails here, not hangs. */
