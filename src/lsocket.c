@@ -30,7 +30,8 @@ typedef struct lsock {
 
 static lsock_t *checksock(lua_State *L, int idx)
 {
-	return luaL_checkudata(L, idx, LW_SOCKET);
+	lsock_t *s = lw_testclass(L, idx, &lw_tag_socket);
+	return s ? s : luaL_checkudata(L, idx, LW_SOCKET);
 }
 
 static lsock_t *checktype(lua_State *L, int idx, int type, const char *what)
@@ -1012,6 +1013,7 @@ void lw_open_socket(lua_State *L, lw_state_t *S)
 	/* Methods are found through a C __index so that the address fields
 	 * (local_addr, ...) can be computed on demand from the socket. */
 	luaL_newmetatable(L, LW_SOCKET);
+	lw_settag(L, &lw_tag_socket);
 	lw_register(L, S, meta);
 	lua_newtable(L);
 	lw_register(L, S, methods);

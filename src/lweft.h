@@ -55,6 +55,15 @@ typedef struct lw_state {
 /* The record, from the first upvalue. */
 #define lw_S(L) ((lw_state_t *)lua_touserdata((L), lua_upvalueindex(1)))
 
+/* Fast type checks for the classes on the I/O paths (sockets, buffers):
+ * their metatables hold a tag, a light userdata, at key 1, which is
+ * cheaper to compare than luaL_checkudata's registry lookup by name.
+ * lw_testclass returns the userdata at idx if its metatable has the tag,
+ * else NULL; lw_settag tags the metatable at the top of the stack. */
+extern char lw_tag_socket, lw_tag_buffer;
+void *lw_testclass(lua_State *L, int idx, const void *tag);
+void lw_settag(lua_State *L, const void *tag);
+
 /* Register funcs into the table at the top, each with the state record as
  * upvalue. */
 void lw_register(lua_State *L, lw_state_t *S, const luaL_Reg *funcs);
