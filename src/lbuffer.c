@@ -37,6 +37,20 @@ char *lw_buffer_bytes(lua_State *L, int idx, size_t *len)
 	return resolve(L, idx, b);
 }
 
+char *lw_buffer_bytes_known(lua_State *L, int idx, size_t *len)
+{
+	lw_buffer_t *b = lua_touserdata(L, idx);
+	*len = b->len;
+	return resolve(L, idx, b);
+}
+
+const char *lw_bytes_known(lua_State *L, int idx, size_t *len)
+{
+	if (lua_type(L, idx) == LUA_TSTRING)
+		return lua_tolstring(L, idx, len);
+	return lw_buffer_bytes_known(L, idx, len);
+}
+
 const char *lw_checkbytes(lua_State *L, int idx, size_t *len)
 {
 	if (lua_type(L, idx) == LUA_TSTRING)

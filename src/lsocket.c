@@ -42,6 +42,21 @@ static lsock_t *checktype(lua_State *L, int idx, int type, const char *what)
 	return s;
 }
 
+/* In a continuation (on its first call too, from the method that checked
+ * its arguments) the socket and the data arguments are known to be what
+ * the method checked: a waiting C function's stack slots cannot be
+ * changed.  Only a buffer's length may have changed meanwhile, and the
+ * lengths are checked again. */
+static lsock_t *known_sock(lua_State *L)
+{
+	return lua_touserdata(L, 1);
+}
+
+#define send_args(L, idx, len) send_args_((L), (idx), (len), 0)
+#define recv_args(L, idx, len) recv_args_((L), (idx), (len), 0)
+#define send_args_known(L, idx, len) send_args_((L), (idx), (len), 1)
+#define recv_args_known(L, idx, len) recv_args_((L), (idx), (len), 1)
+
 /* Push a new socket object around fd (already open), registering it with
  * the poller.  Returns 1, or 2 (nil, message) after closing fd. */
 static int push_sock(lua_State *L, lw_state_t *S, int fd, int family, int type, int protocol)
@@ -324,7 +339,7 @@ static int return_top_k(lua_State *L, int status, lua_KContext ctx)
 static int connect_k(lua_State *L, int status, lua_KContext ctx)
 {
 	lw_state_t *S = lw_S(L);
-	lsock_t *s = checksock(L, 1);
+	lsock_t *s = known_sock(L);
 	int code = resumed(L, status, s);
 	if (code < 0)
 		return lw_error(L, code);
@@ -400,7 +415,7 @@ static int s_disconnect(lua_State *L)
 static int accept_k(lua_State *L, int status, lua_KContext ctx)
 {
 	lw_state_t *S = lw_S(L);
-	lsock_t *s = checksock(L, 1);
+	lsock_t *s = known_sock(L);
 	int code = status == LUA_YIELD ? lw_wakecode(L) : 0;
 	if (code == WEFT_ETIMEOUT && s->lst)
 		weft_listener_cancel(s->lst, S->w, lw_waiter(L, S), (uint32_t)ctx);
@@ -450,11 +465,12 @@ static int s_accept(lua_State *L)
 /* ------------------------------------------------------------------ */
 /* send */
 
-/* The bytes to send: data at idx, optional len at idx+1. */
-static const char *send_args(lua_State *L, int idx, size_t *len)
+/* The bytes to send: data at idx, optional len at idx+1.  `known`: the
+ * data's type was checked already (see known_sock). */
+static const char *send_args_(lua_State *L, int idx, size_t *len, int known)
 {
 	size_t n;
-	const char *p = lw_checkbytes(L, idx, &n);
+	const char *p = known ? lw_bytes_known(L, idx, &n) : lw_checkbytes(L, idx, &n);
 	if (!lua_isnoneornil(L, idx + 1)) {
 		lua_Integer l = luaL_checkinteger(L, idx + 1);
 		luaL_argcheck(L, l >= 0 && (lua_Unsigned)l <= n, idx + 1,
@@ -469,13 +485,13 @@ static const char *send_args(lua_State *L, int idx, size_t *len)
 static int tcp_send_k(lua_State *L, int status, lua_KContext ctx)
 {
 	lw_state_t *S = lw_S(L);
-	lsock_t *s = checksock(L, 1);
+	lsock_t *s = known_sock(L);
 	size_t sent = (size_t)ctx;
 	int code = resumed(L, status, s);
 	if (code < 0)
 		return lw_error_partial(L, code, (lua_Integer)sent);
 	size_t len;
-	const char *p = send_args(L, 2, &len);
+	const char *p = send_args_known(L, 2, &len);
 	uint64_t deadline = lw_deadline(L, 4);
 	while (sent < len) {
 		uint32_t edges = 0;
@@ -516,7 +532,7 @@ static int count_op(lua_State *L, int status, int dir, int expires_idx, count_fn
 		    lua_KFunction self)
 {
 	lw_state_t *S = lw_S(L);
-	lsock_t *s = checksock(L, 1);
+	lsock_t *s = known_sock(L);
 	int code = resumed(L, status, s);
 	if (code < 0)
 		return lw_error(L, code);
@@ -552,7 +568,7 @@ static int count_op(lua_State *L, int status, int dir, int expires_idx, count_fn
 static ssize_t dgram_send(lua_State *L, lsock_t *s, size_t *want)
 {
 	size_t len;
-	const char *p = send_args(L, 2, &len);
+	const char *p = send_args_known(L, 2, &len);
 	*want = len;
 	return weft_sock_send(s->fd, p, len, 0);
 }
@@ -581,7 +597,7 @@ static ssize_t dgram_sendto(lua_State *L, lsock_t *s, size_t *want)
 	unsigned salen;
 	const struct sockaddr *sa = lw_checkaddr(L, 2, &salen, NULL);
 	size_t len;
-	const char *p = send_args(L, 3, &len);
+	const char *p = send_args_known(L, 3, &len);
 	*want = len;
 	return weft_sock_sendto(s->fd, p, len, 0, sa, salen);
 }
@@ -609,10 +625,10 @@ static int s_sendto(lua_State *L)
 /* recv */
 
 /* The buffer target at idx with maxlen at idx+1 (default: all of it). */
-static char *recv_args(lua_State *L, int idx, size_t *maxlen)
+static char *recv_args_(lua_State *L, int idx, size_t *maxlen, int known)
 {
 	size_t n;
-	char *p = lw_buffer_bytes(L, idx, &n);
+	char *p = known ? lw_buffer_bytes_known(L, idx, &n) : lw_buffer_bytes(L, idx, &n);
 	if (!lua_isnoneornil(L, idx + 1)) {
 		lua_Integer m = luaL_checkinteger(L, idx + 1);
 		luaL_argcheck(L, m >= 0 && (lua_Unsigned)m <= n, idx + 1,
@@ -627,7 +643,7 @@ static char *recv_args(lua_State *L, int idx, size_t *maxlen)
 static ssize_t do_recv(lua_State *L, lsock_t *s, size_t *want)
 {
 	size_t maxlen;
-	char *p = recv_args(L, 2, &maxlen);
+	char *p = recv_args_known(L, 2, &maxlen);
 	*want = maxlen;
 	return weft_sock_recv(s->fd, p, maxlen, 0);
 }
@@ -652,13 +668,13 @@ static int s_recv(lua_State *L)
 static int recvn_k(lua_State *L, int status, lua_KContext ctx)
 {
 	lw_state_t *S = lw_S(L);
-	lsock_t *s = checksock(L, 1);
+	lsock_t *s = known_sock(L);
 	size_t got = (size_t)ctx;
 	int code = resumed(L, status, s);
 	if (code < 0)
 		return lw_error_partial(L, code, (lua_Integer)got);
 	size_t len;
-	char *p = recv_args(L, 2, &len);
+	char *p = recv_args_known(L, 2, &len);
 	uint64_t deadline = lw_deadline(L, 4);
 	while (got < len) {
 		uint32_t edges = 0;
@@ -706,7 +722,7 @@ static int s_recvn(lua_State *L)
 static int recvall_k(lua_State *L, int status, lua_KContext ctx)
 {
 	lw_state_t *S = lw_S(L);
-	lsock_t *s = checksock(L, 1);
+	lsock_t *s = known_sock(L);
 	size_t got = (size_t)ctx;
 	lw_buffer_t *b = lua_touserdata(L, 3);
 	int code = resumed(L, status, s);
@@ -769,12 +785,12 @@ static int s_recvall(lua_State *L)
 static int recvnext_k(lua_State *L, int status, lua_KContext ctx)
 {
 	lw_state_t *S = lw_S(L);
-	lsock_t *s = checksock(L, 1);
+	lsock_t *s = known_sock(L);
 	int code = resumed(L, status, s);
 	if (code < 0)
 		return lw_error(L, code);
 	size_t maxlen;
-	char *p = recv_args(L, 2, &maxlen);
+	char *p = recv_args_known(L, 2, &maxlen);
 	uint64_t deadline = lw_deadline(L, 4);
 	int flags = (int)luaL_optinteger(L, 5, 0);
 	for (;;) {

@@ -125,6 +125,10 @@ typedef struct lw_buffer {
 
 /* The bytes of a buffer at idx, checking a view still fits its parent. */
 char *lw_buffer_bytes(lua_State *L, int idx, size_t *len);
+/* The same for an argument already checked (a continuation's stack holds
+ * what its method checked: only the length may have changed since). */
+char *lw_buffer_bytes_known(lua_State *L, int idx, size_t *len);
+const char *lw_bytes_known(lua_State *L, int idx, size_t *len);
 /* A string or buffer argument as bytes. */
 const char *lw_checkbytes(lua_State *L, int idx, size_t *len);
 /* Push a new buffer of len bytes (zeroed unless data is given). */
