@@ -178,6 +178,12 @@ static weft_timer_t *sort_by_expiry(weft_timer_t *list)
 
 weft_timer_t *weft_wheel_advance(weft_wheel_t *wh, uint64_t now, size_t *n)
 {
+	return weft_wheel_advance_tail(wh, now, n, NULL);
+}
+
+weft_timer_t *weft_wheel_advance_tail(weft_wheel_t *wh, uint64_t now, size_t *n,
+				      weft_timer_t ***tailp)
+{
 	weft_timer_t *fired = NULL, **tail = &fired;
 	size_t nfired = 0;
 
@@ -240,6 +246,8 @@ weft_timer_t *weft_wheel_advance(weft_wheel_t *wh, uint64_t now, size_t *n)
 		}
 	}
 	*tail = NULL;
+	if (tailp != NULL)
+		*tailp = nfired ? tail : NULL;
 
 	/* No event lies in (_now, now], so every remaining timer keeps the
 	 * same slot and event tick relative to the new current tick. */

@@ -57,6 +57,11 @@ static inline int weft_timer_armed(const weft_timer_t *t)
  * The caller may re-add them. */
 weft_timer_t *weft_wheel_advance(weft_wheel_t *wh, uint64_t now, size_t *n);
 
+/* The same, and *tail gets the address of the last fired timer's _next
+ * (NULL when none fired), for appending the list to another. */
+weft_timer_t *weft_wheel_advance_tail(weft_wheel_t *wh, uint64_t now, size_t *n,
+				      weft_timer_t ***tail);
+
 /* A tick at or before the earliest armed expiry (exact for timers in level
  * 0, a lower bound otherwise), or WEFT_TICK_NEVER when the wheel is empty.
  * Sleeping until this tick and advancing never fires a timer late. */

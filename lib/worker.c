@@ -1191,12 +1191,11 @@ int weft_worker_poll(weft_worker_t *w, uint64_t timeout_ns)
 		size_t nt;
 		if (!tick)
 			tick = weft_clock_ns() / NS_PER_TICK;
-		weft_timer_t *t = weft_wheel_advance(&w->cbwheel, tick, &nt);
+		weft_timer_t **tail;
+		weft_timer_t *t = weft_wheel_advance_tail(&w->cbwheel, tick, &nt, &tail);
 		if (nt) {
 			*w->_cbdue_tail = t;
-			while (t->_next)
-				t = t->_next;
-			w->_cbdue_tail = &t->_next;
+			w->_cbdue_tail = tail;
 			WEFT_STAT_ADD(w, timers, nt);
 		}
 	}
