@@ -17,6 +17,7 @@
 #include "config.h"
 
 #include <math.h>
+#include <string.h>
 
 #include "alloc.h"
 #include "clock.h"
@@ -141,19 +142,37 @@ static int l_runevery(lua_State *L)
 	return new_timer(L, after(L, s), every ? every : 1);
 }
 
-/* timer:cancel(): the function will not run (again); a run in progress
- * completes.  Idempotent. */
-static int t_cancel(lua_State *L)
+static void cancel(lua_State *L, lw_state_t *S, lw_timer_t *tm)
 {
-	lw_state_t *S = lw_S(L);
-	lw_timer_t *tm = luaL_checkudata(L, 1, LW_TIMER);
 	tm->cancelled = 1;
 	/* A due timer stays queued (still held); the runner drops it. */
 	if (tm->state == TM_ARMED && weft_worker_timer_disarm(S->w, &tm->t)) {
 		unhold(L, S, tm);
 		tm->state = TM_IDLE;
 	}
+}
+
+/* timer.cancel, bound to its timer (upvalue 2), so that both timer:cancel()
+ * and timer.cancel() work: the function will not run (again); a run in
+ * progress completes.  Idempotent. */
+static int t_cancel(lua_State *L)
+{
+	cancel(L, lw_S(L), lua_touserdata(L, lua_upvalueindex(2)));
 	return 0;
+}
+
+/* __index: "cancel" is the one field. */
+static int t_index(lua_State *L)
+{
+	lw_timer_t *tm = luaL_checkudata(L, 1, LW_TIMER);
+	const char *k = lua_tostring(L, 2);
+	if (!k || strcmp(k, "cancel") != 0)
+		return 0;
+	(void)tm;
+	lua_pushvalue(L, lua_upvalueindex(1));
+	lua_pushvalue(L, 1);
+	lua_pushcclosure(L, t_cancel, 2);
+	return 1;
 }
 
 static int t_tostring(lua_State *L)
@@ -236,12 +255,8 @@ int lw_timer_step(lua_State *L, lw_state_t *S)
 	return n;
 }
 
-static const luaL_Reg t_methods[] = {
-	{"cancel", t_cancel},
-	{NULL, NULL},
-};
-
 static const luaL_Reg t_meta[] = {
+	{"__index", t_index},
 	{"__tostring", t_tostring},
 	{NULL, NULL},
 };
@@ -263,7 +278,7 @@ void lw_open_timer(lua_State *L, lw_state_t *S)
 	lua_pushvalue(L, timers);
 	lua_pushcclosure(L, runner, 2);
 	lua_rawsetp(L, LUA_REGISTRYINDEX, &RUNNER_KEY);
-	lw_newclass(L, S, LW_TIMER, t_methods, t_meta);
+	lw_newclass(L, S, LW_TIMER, NULL, t_meta);
 	luaL_getmetatable(L, LW_TIMER);
 	int mt = lua_gettop(L);
 	/* The functions take the state, the timers table and the metatable

@@ -18,8 +18,18 @@ test("bad arguments raise", function()
 	ok(not pcall(weft.runevery, -1, print), "runevery(-1)")
 	ok(not pcall(weft.runevery, 0 / 0, print), "runevery(NaN)")
 	local t = weft.runafter(3600, print)
-	ok(not pcall(t.cancel), "cancel without the timer")
+	is(t.nothing, nil, "cancel is the only field")
 	t:cancel()
+end)
+
+H.test("timer.cancel() works without self, as timer:cancel() does", function()
+	local fired = false
+	local t = weft.runafter(0.01, function() fired = true end)
+	local c = t.cancel
+	c()
+	c()
+	weft.sleep(0.03)
+	is(fired, false, "cancelled through the field")
 end)
 
 H.test("20 000 timers: each fires exactly once, cancelled ones never", function()
