@@ -139,11 +139,7 @@ end
 ------------------------------------------------------------------------
 -- Threads
 
-function weft.thread(f, ...)
-	local th = core.newthread(f)
-	core.resume(th, ...)
-	return th
-end
+weft.thread = core.thread
 
 local MW, MS, MT = core.markers.wait, core.markers.suspend, core.markers.transfer
 

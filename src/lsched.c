@@ -694,6 +694,56 @@ static int l_resume(lua_State *L)
 	}
 }
 
+/* weft.thread(f, ...) -> th: a new thread started at once with the
+ * values (weft.newthread and weft.resume in one call).  Its first results
+ * are dropped; an error before its first wait is raised here, as
+ * weft.resume raises it. */
+static int l_thread(lua_State *L)
+{
+	lw_state_t *S = lw_S(L);
+	luaL_checktype(L, 1, LUA_TFUNCTION);
+	int nargs = lua_gettop(L) - 1;
+	int64_t slot = weft_worker_co_new(S->w);
+	if (slot < 0 || grow_threads(S, (uint32_t)slot) < 0) {
+		if (slot >= 0)
+			weft_worker_co_free(S->w, (uint32_t)slot);
+		return luaL_error(L, "weft: out of memory");
+	}
+	lua_State *co = lua_newthread(L);
+	lua_rotate(L, 1, 1); /* th, f, args */
+	luaL_checkstack(co, nargs + 1, "too many arguments");
+	lua_xmove(L, co, nargs + 1);
+	S->threads[slot] = co;
+	S->nthreads++;
+	lw_set_slot(co, (uint32_t)slot);
+	weft_worker_suspend(S->w, (uint32_t)slot);
+	lua_rawgetp(L, LUA_REGISTRYINDEX, &THREADS_KEY);
+	lua_pushvalue(L, 1);
+	lua_rawseti(L, -2, slot + 1);
+	lua_pop(L, 1);
+	uint32_t out;
+	int nres;
+	int done = dispatch(L, S, (uint32_t)slot, nargs, &out, &nres);
+	lua_State *oc = S->threads[out];
+	switch (done) {
+	case DONE_WAIT:
+		break;
+	case DONE_SUSPEND:
+		lua_pop(oc, nres);
+		break;
+	case DONE_FINISHED:
+		lua_pop(oc, nres);
+		finish(L, S, out, 1, 0);
+		break;
+	default:
+		lua_xmove(oc, L, 1);
+		finish(L, S, out, 0, -1);
+		return lua_error(L);
+	}
+	lua_settop(L, 1);
+	return 1;
+}
+
 /* weft.suspend(...) -> values given by the next resume/transfer */
 static int l_suspend(lua_State *L)
 {
@@ -1229,6 +1279,7 @@ static const luaL_Reg sj_meta[] = {
 
 static const luaL_Reg sched_funcs[] = {
 	{"newthread", l_newthread},
+	{"thread", l_thread},
 	{"resume", l_resume},
 	{"suspend", l_suspend},
 	{"transfer", l_transfer},
