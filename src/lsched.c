@@ -185,11 +185,15 @@ static int grow_threads(lw_state_t *S, uint32_t slot)
 		return WEFT_ENOMEM;
 	memset(t + S->cap, 0, (size_t)(cap - S->cap) * sizeof *t);
 	S->threads = t;
-	struct lw_whshared **wh = weft_realloc(S->wh, (size_t)cap * sizeof *wh);
-	if (!wh)
-		return WEFT_ENOMEM; /* threads grew alone: harmless, cap unchanged */
-	memset(wh + S->cap, 0, (size_t)(cap - S->cap) * sizeof *wh);
-	S->wh = wh;
+	/* The wake handle table exists once a handle was made (most programs
+	 * make none: a thread costs 8 bytes less). */
+	if (S->wh) {
+		struct lw_whshared **wh = weft_realloc(S->wh, (size_t)cap * sizeof *wh);
+		if (!wh)
+			return WEFT_ENOMEM; /* threads grew alone: harmless, cap unchanged */
+		memset(wh + S->cap, 0, (size_t)(cap - S->cap) * sizeof *wh);
+		S->wh = wh;
+	}
 	S->cap = cap;
 	return 0;
 }
@@ -1144,6 +1148,8 @@ static int l_wakehandle(lua_State *L)
 		if (slot == LW_NONE)
 			return luaL_error(L, "weft.wakehandle: not a live weft thread of this worker");
 	}
+	if (!S->wh && !(S->wh = weft_calloc(S->cap, sizeof *S->wh)))
+		return luaL_error(L, "weft.wakehandle: out of memory");
 	whshared_t *sh = wh_of(S, slot);
 	if (!sh) {
 		if (!(sh = weft_calloc(1, sizeof *sh)))

@@ -34,7 +34,8 @@ typedef struct lw_state {
 	weft_worker_t *w;
 	lua_State *L;        /* the main thread */
 	lua_State **threads; /* slot -> coroutine (strong ref in the registry) */
-	struct lw_whshared **wh; /* slot -> its wake handles' shared part, or NULL */
+	struct lw_whshared **wh; /* slot -> its wake handles' shared part, or NULL;
+				  * the table itself NULL until a handle is made */
 	uint32_t cap;
 	uint32_t current; /* slot of the running weft thread, or LW_NONE */
 	int budget;       /* I/O calls left in this run (LW_IO_BUDGET) */
