@@ -15,7 +15,17 @@
 #include <stddef.h>
 #include <time.h>
 
+#include "alloc.h"
 #include "error.h"
+
+/* A pool thread.  weft_resolver_stop() leaves a thread that is busy with
+ * a lookup behind (`orphan`): it finishes that lookup, detaches itself and
+ * frees this record, instead of being joined. */
+typedef struct pthr {
+	pthread_t id;
+	int busy;   /* in a lookup (pool lock) */
+	int orphan; /* left behind by a stop: exit after the lookup */
+} pthr_t;
 
 static struct {
 	pthread_mutex_t lock;
@@ -26,7 +36,7 @@ static struct {
 	int nthreads; /* started and not yet joined */
 	int idle;     /* waiting on `work` */
 	int stopping; /* a shutdown is joining the threads */
-	pthread_t threads[WEFT_RESOLVER_THREADS];
+	pthr_t *threads[WEFT_RESOLVER_THREADS];
 } pool = {
     .lock = PTHREAD_MUTEX_INITIALIZER,
     .work = PTHREAD_COND_INITIALIZER,
@@ -120,9 +130,9 @@ static void sleep_ms(unsigned ms)
 	}
 }
 
-static void *pool_thread(void *unused)
+static void *pool_thread(void *arg)
 {
-	(void)unused;
+	pthr_t *self = arg;
 	on_pool_thread = 1;
 	pthread_mutex_lock(&pool.lock);
 	for (;;) {
@@ -138,6 +148,7 @@ static void *pool_thread(void *unused)
 		if (pool.head == NULL)
 			pool.tail = NULL;
 		pool.queued--;
+		self->busy = 1;
 		pthread_mutex_unlock(&pool.lock);
 
 		unsigned ms = atomic_load_explicit(&delay_ms, memory_order_relaxed);
@@ -145,11 +156,19 @@ static void *pool_thread(void *unused)
 			sleep_ms(ms);
 		/* The callback may free or reuse req: read it first. */
 		weft_resolve_cb cb = req->_cb;
-		void *arg = req->_arg;
+		void *arg2 = req->_arg;
 		weft_resolve_now(req);
-		cb(req, arg);
+		cb(req, arg2);
 
 		pthread_mutex_lock(&pool.lock);
+		self->busy = 0;
+		if (self->orphan) {
+			/* A stop left this thread behind: nobody will join it. */
+			pthread_mutex_unlock(&pool.lock);
+			pthread_detach(pthread_self());
+			weft_free(self);
+			return NULL;
+		}
 	}
 	pthread_mutex_unlock(&pool.lock);
 	return NULL;
@@ -163,14 +182,20 @@ static int start_thread(void)
 	 * expects.  A new thread inherits its creator's mask, so block
 	 * everything around pthread_create(): unlike blocking from inside the
 	 * new thread, this leaves no window where a signal could land there. */
+	pthr_t *t = weft_calloc(1, sizeof *t);
+	if (!t)
+		return ENOMEM;
 	sigset_t all, old;
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
-	int rc = pthread_create(&pool.threads[pool.nthreads], NULL, pool_thread, NULL);
+	int rc = pthread_create(&t->id, NULL, pool_thread, t);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	if (rc == 0)
-		pool.nthreads++;
-	return rc;
+	if (rc != 0) {
+		weft_free(t);
+		return rc;
+	}
+	pool.threads[pool.nthreads++] = t;
+	return 0;
 }
 
 int weft_resolver_submit(weft_resolve_t *req, weft_resolve_cb cb, void *arg)
@@ -240,11 +265,63 @@ void weft_resolver_shutdown(void)
 
 	/* threads[] cannot change meanwhile: submit starts none while
 	 * stopping is set. */
-	for (int i = 0; i < n; i++)
-		pthread_join(pool.threads[i], NULL);
+	for (int i = 0; i < n; i++) {
+		pthread_join(pool.threads[i]->id, NULL);
+		weft_free(pool.threads[i]);
+	}
 
 	pthread_mutex_lock(&pool.lock);
 	pool.nthreads = 0;
+	pool.stopping = 0;
+	pthread_cond_broadcast(&pool.stopped);
+	pthread_mutex_unlock(&pool.lock);
+}
+
+void weft_resolver_stop(void)
+{
+	if (on_pool_thread)
+		return;
+
+	pthread_mutex_lock(&pool.lock);
+	while (pool.stopping)
+		pthread_cond_wait(&pool.stopped, &pool.lock);
+	if (pool.nthreads == 0) {
+		pthread_mutex_unlock(&pool.lock);
+		return;
+	}
+	pool.stopping = 1;
+	/* Queued lookups are cancelled rather than run: a dead DNS server
+	 * would otherwise hold the caller for its timeout. */
+	weft_resolve_t *cancelled = pool.head;
+	pool.head = pool.tail = NULL;
+	pool.queued = 0;
+	/* Threads in a lookup are left to finish it and go by themselves;
+	 * the idle ones are joined. */
+	pthr_t *join[WEFT_RESOLVER_THREADS];
+	int n = 0;
+	for (int i = 0; i < pool.nthreads; i++) {
+		if (pool.threads[i]->busy)
+			pool.threads[i]->orphan = 1;
+		else
+			join[n++] = pool.threads[i];
+	}
+	pool.nthreads = 0;
+	pthread_cond_broadcast(&pool.work);
+	pthread_mutex_unlock(&pool.lock);
+
+	while (cancelled) {
+		weft_resolve_t *req = cancelled;
+		cancelled = req->_next;
+		req->result = NULL;
+		req->err = -ECANCELED;
+		req->_cb(req, req->_arg);
+	}
+	for (int i = 0; i < n; i++) {
+		pthread_join(join[i]->id, NULL);
+		weft_free(join[i]);
+	}
+
+	pthread_mutex_lock(&pool.lock);
 	pool.stopping = 0;
 	pthread_cond_broadcast(&pool.stopped);
 	pthread_mutex_unlock(&pool.lock);

@@ -94,10 +94,28 @@ static void arm(lua_State *L, lw_state_t *S, int idx, lw_timer_t *tm)
 	weft_worker_timer_arm(S->w, &tm->t, tm->due);
 }
 
+/* Arguments are checked here with the public names (the functions are
+ * reached through weft.*, whose names luaL_argerror would not give). */
+static double check_args(lua_State *L, const char *name)
+{
+	if (lua_type(L, 1) != LUA_TNUMBER || lua_tonumber(L, 1) != lua_tonumber(L, 1))
+		luaL_error(L, "bad argument #1 to '%s' (number expected, got %s)", name,
+			   lua_type(L, 1) == LUA_TNUMBER ? "NaN" : luaL_typename(L, 1));
+	/* A function, or anything callable. */
+	if (lua_type(L, 2) != LUA_TFUNCTION) {
+		int callable = luaL_getmetafield(L, 2, "__call") != LUA_TNIL;
+		if (callable)
+			lua_pop(L, 1);
+		else
+			luaL_error(L, "bad argument #2 to '%s' (function expected, got %s)", name,
+				   luaL_typename(L, 2));
+	}
+	return lua_tonumber(L, 1);
+}
+
 static int new_timer(lua_State *L, uint64_t due, uint64_t every)
 {
 	lw_state_t *S = lw_S(L);
-	luaL_checktype(L, 2, LUA_TFUNCTION);
 	lw_timer_t *tm = lua_newuserdatauv(L, sizeof *tm, 1);
 	weft_timer_init(&tm->t);
 	tm->due = due;
@@ -115,7 +133,7 @@ static int new_timer(lua_State *L, uint64_t due, uint64_t every)
 /* weft.runat(t, f) -> timer */
 static int l_runat(lua_State *L)
 {
-	return new_timer(L, weft_clock_s2ns(luaL_checknumber(L, 1)), 0);
+	return new_timer(L, weft_clock_s2ns(check_args(L, "runat")), 0);
 }
 
 static uint64_t after(lua_State *L, double s)
@@ -130,14 +148,16 @@ static uint64_t after(lua_State *L, double s)
 /* weft.runafter(s, f) -> timer */
 static int l_runafter(lua_State *L)
 {
-	return new_timer(L, after(L, luaL_checknumber(L, 1)), 0);
+	return new_timer(L, after(L, check_args(L, "runafter")), 0);
 }
 
 /* weft.runevery(s, f) -> timer */
 static int l_runevery(lua_State *L)
 {
-	double s = luaL_checknumber(L, 1);
-	luaL_argcheck(L, s > 0 && s < 1e9, 1, "the interval must be a positive number of seconds");
+	double s = check_args(L, "runevery");
+	if (!(s > 0 && s < 1e9))
+		return luaL_error(L, "bad argument #1 to 'runevery' (the interval must be a "
+				     "positive number of seconds)");
 	uint64_t every = (uint64_t)(s * 1e9);
 	return new_timer(L, after(L, s), every ? every : 1);
 }
@@ -228,6 +248,8 @@ static int runner_k(lua_State *L, int status, lua_KContext ctx)
 		}
 		tm->state = TM_RUNNING;
 		lua_getiuservalue(L, 1, 1);
+		/* Each function is a resume of its own for weft.setbudget. */
+		lw_budget_restart(S, L);
 		lua_callk(L, 0, 1, K_RAN, runner_k);
 		ran(L, S);
 	}

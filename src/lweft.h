@@ -39,9 +39,10 @@ typedef struct lw_state {
 	uint32_t cap;
 	uint32_t current; /* slot of the running weft thread, or LW_NONE */
 	int budget;       /* I/O calls left in this run (LW_IO_BUDGET) */
+	int ibudget;      /* instructions a thread may run per resume; 0 = no limit */
 	int stopping;     /* weft.stop() was called */
 	int looping;      /* inside weft.start/poll */
-	_Atomic int ext_pending; /* resolver requests in flight */
+	struct lw_rtarget *rtarget; /* where name lookups post completions */
 	int closed;       /* the state is being closed */
 	int worker_index; /* weft.worker(): its member number in rt */
 	int declared;     /* the number came from weft_lua_attach */
@@ -150,6 +151,10 @@ void lw_thread_start(lua_State *L, lw_state_t *S, int nargs, const char *name);
  * L's stack, as the loop does: errors go to the error handler. */
 void lw_thread_resume(lua_State *L, lw_state_t *S, uint32_t slot, int nargs);
 
+/* Restart the instruction budget (weft.setbudget) of co, which is
+ * running: the timer runner gives each function a budget of its own. */
+void lw_budget_restart(lw_state_t *S, lua_State *co);
+
 /* The marker weft.suspend yields. */
 void *lw_mark_suspend(void);
 
@@ -163,6 +168,11 @@ int lw_spawn_step(lua_State *L, lw_state_t *S);
 /* The state is closing: hand its queued jobs to another worker, or fail
  * their futures when there is none. */
 void lw_spawn_close(lua_State *L, lw_state_t *S);
+
+/* Where resolver threads post completions for a state (laddr.c). */
+typedef struct lw_rtarget lw_rtarget_t;
+/* The state is closing: lookups in flight finish without it, unwaited. */
+void lw_close_addr(lw_state_t *S);
 
 /* Module parts. */
 void lw_open_buffer(lua_State *L, lw_state_t *S);
@@ -187,6 +197,8 @@ lsock_t *lw_checktcp(lua_State *L, int idx);
 int lw_sock_fd(const lsock_t *s);
 int lw_sock_wait(lua_State *L, lw_state_t *S, lsock_t *s, int dir, uint64_t deadline);
 void lw_open_tls(lua_State *L, lw_state_t *S);
+/* recvall's limit argument at idx: bytes, or SIZE_MAX - 1 for none. */
+size_t lw_recvall_limit(lua_State *L, int idx);
 
 /* Push a new addrinfo userdata owning list; for laddr.c and lsocket.c. */
 void lw_addrinfo_push(lua_State *L, struct addrinfo *list);

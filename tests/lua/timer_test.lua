@@ -148,6 +148,33 @@ H.test("errors are reported and stop only their timer", function()
 	ok(pcall(t.cancel, t), "cancel after it ran is harmless")
 end)
 
+H.test("weft.setbudget counts each function apart, not their sum", function()
+	local prev = weft.setbudget(20000)
+	local n, spin = 0, 0
+	for _ = 1, 50 do
+		weft.runafter(0.01, function()
+			for _ = 1, 1000 do spin = spin + 1 end -- well under the budget
+			n = n + 1
+		end)
+	end
+	weft.sleep(0.05)
+	weft.setbudget(prev or 0)
+	is(n, 50, "all ran in the same step, none failed on the budget")
+end)
+
+H.test("callable tables as functions; bad arguments name the public function", function()
+	local hit = false
+	local t = weft.runafter(0.005, setmetatable({}, {__call = function() hit = true end}))
+	weft.sleep(0.03)
+	is(hit, true, "a table with __call ran")
+	local okc, err = pcall(weft.runafter, 1, nil)
+	ok(not okc and tostring(err):find("#2 to 'runafter'", 1, true), tostring(err))
+	okc, err = pcall(weft.runat, 0 / 0, print)
+	ok(not okc and tostring(err):find("#1 to 'runat' (number expected, got NaN)", 1, true), tostring(err))
+	okc, err = pcall(weft.runevery, 0, print)
+	ok(not okc and tostring(err):find("#1 to 'runevery'", 1, true), tostring(err))
+end)
+
 H.test("runevery: cancel from its own function; false stops it", function()
 	local n = 0
 	local t
