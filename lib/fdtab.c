@@ -170,6 +170,8 @@ weft_fd_t *weft_fdtab_open(weft_fdtab_t *t, int fd, uint32_t owner)
 	atomic_store_explicit(&r->fd, fd, memory_order_relaxed);
 	atomic_store_explicit(&r->owner, owner, memory_order_relaxed);
 	atomic_store_explicit(&r->udata, NULL, memory_order_relaxed);
+	atomic_store_explicit(&r->_sticky, 0, memory_order_relaxed);
+	r->_known = 0;
 	atomic_store_explicit(&r->_wait[WEFT_READ], WORD(gen, WEFT_WAIT_EMPTY),
 	                      memory_order_release);
 	atomic_store_explicit(&r->_wait[WEFT_WRITE], WORD(gen, WEFT_WAIT_EMPTY),
@@ -227,8 +229,16 @@ int weft_fd_wait(weft_fd_t *r, int dir, uint32_t waiter)
 			rc = 0;
 			break;
 		case WEFT_WAIT_READY:
-			new = WORD(GEN_OF(old), WEFT_WAIT_EMPTY);
-			rc = 1;
+			/* The word is read before the edge count: an edge that
+			 * set this READY after the owner's call began was
+			 * counted first, so it shows. */
+			if (weft_fd_idle(r, dir)) {
+				new = WORD(GEN_OF(old), waiter + WEFT_WAIT_BASE);
+				rc = 0;
+			} else {
+				new = WORD(GEN_OF(old), WEFT_WAIT_EMPTY);
+				rc = 1;
+			}
 			break;
 		case WEFT_WAIT_CLOSED:
 			return WEFT_ECLOSED;
@@ -241,11 +251,21 @@ int weft_fd_wait(weft_fd_t *r, int dir, uint32_t waiter)
 	}
 }
 
+void weft_fd_connected(weft_fd_t *r)
+{
+	atomic_store_explicit(&r->_sticky, 0, memory_order_relaxed);
+	r->_known = 0;
+}
+
 uint64_t weft_fd_ready(weft_fd_t *r, int dir, uint32_t gen)
 {
 	_Atomic uint64_t *w = &r->_wait[dir];
-	uint64_t old = atomic_load_explicit(w, memory_order_acquire);
 	uint64_t new, ret;
+
+	/* Counted before the word changes (the CAS below releases it): an
+	 * owner that sees this READY sees the new count too. */
+	atomic_fetch_add_explicit(&r->_edges[dir], 1, memory_order_relaxed);
+	uint64_t old = atomic_load_explicit(w, memory_order_acquire);
 
 	for (;;) {
 		uint32_t state = STATE_OF(old);

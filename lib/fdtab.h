@@ -15,6 +15,16 @@
  * hands the waiter to the caller to wake.  Exactly one party wins each
  * transition, so no readiness edge is lost and no waiter is woken twice.
  *
+ * Readiness tracking, to skip system calls bound to fail.  Each event
+ * counts an edge in its direction (_edges).  When a call finds a direction
+ * empty (EAGAIN; a short TCP read; a short write), the owner records the
+ * edge count it saw before the call (weft_fd_drained): until a later edge
+ * arrives, the next call in that direction is skipped (weft_fd_idle) and
+ * a READY left in the word is stale, so waiting does not consume it for a
+ * retry that would fail.  A hang-up, error or urgent data seen once turns
+ * this off for the record (_sticky): then every call is tried, so data
+ * and FIN arriving in one edge never leave a reader waiting.
+ *
  * Thread safety: open/close/lookup and the wait-word functions may be called
  * from any thread. */
 #ifndef WEFT_FDTAB_H
@@ -47,7 +57,11 @@ typedef struct weft_fd {
 	_Atomic uint32_t owner;    /* worker whose coroutines wait here, or
 				    * WEFT_OWNER_SHARED (a shared listener) */
 	uint32_t _next_free;
-	char _pad[64 - 3 * 8 - 5 * 4];
+	_Atomic uint32_t _edges[2]; /* readiness events seen, per direction */
+	uint32_t _drained[2];       /* owner: _edges when found empty */
+	_Atomic uint8_t _sticky;    /* hang-up, error or urgent data seen */
+	uint8_t _known;             /* owner: bit dir set = _drained[dir] valid */
+	char _pad[64 - 3 * 8 - 9 * 4 - 2];
 } weft_fd_t;
 
 typedef struct weft_fdtab weft_fdtab_t;
@@ -74,7 +88,8 @@ weft_fd_t *weft_fdtab_get(weft_fdtab_t *t, uint32_t slot);
 
 /* After an I/O call returned EAGAIN in direction dir: try to register
  * `waiter`.  Returns
- *   0              now waiting: the caller suspends until woken;
+ *   0              now waiting: the caller suspends until woken (a READY
+ *                  known to be stale, see weft_fd_idle, is replaced);
  *   1              a readiness edge was pending (READY consumed): retry the
  *                  I/O call at once;
  *   WEFT_ECLOSED   the record is closed.
@@ -83,7 +98,7 @@ weft_fd_t *weft_fdtab_get(weft_fdtab_t *t, uint32_t slot);
 int weft_fd_wait(weft_fd_t *r, int dir, uint32_t waiter);
 
 /* A readiness event for direction dir of the record named by `token`'s
- * generation.  Returns the waiter id + 1 to wake (the word went
+ * generation (counted as an edge).  Returns the waiter id + 1 to wake (the word went
  * WAIT -> EMPTY), or 0 if nobody waited (the word is now READY) or the
  * generation is stale.  Any thread. */
 uint64_t weft_fd_ready(weft_fd_t *r, int dir, uint32_t gen);
@@ -100,6 +115,48 @@ int weft_fd_cancel(weft_fd_t *r, int dir, uint32_t gen, uint32_t waiter);
 static inline uint32_t weft_fd_gen(const weft_fd_t *r)
 {
 	return atomic_load_explicit(&((weft_fd_t *)r)->gen, memory_order_acquire);
+}
+
+/* Readiness tracking (see the top).  The owner's side: */
+
+/* The edge count of direction dir, to take before an I/O call. */
+static inline uint32_t weft_fd_edges(const weft_fd_t *r, int dir)
+{
+	return atomic_load_explicit(&((weft_fd_t *)r)->_edges[dir], memory_order_acquire);
+}
+
+/* The call in direction dir found nothing (EAGAIN, a short TCP read, a
+ * short write); `edges` is weft_fd_edges() taken before the call. */
+static inline void weft_fd_drained(weft_fd_t *r, int dir, uint32_t edges)
+{
+	r->_drained[dir] = edges;
+	r->_known |= (uint8_t)(1u << dir);
+}
+
+/* Forget what is known of dir (a call did all it was asked: there may be
+ * more; a shutdown or connect changed the socket). */
+static inline void weft_fd_undrain(weft_fd_t *r, int dir)
+{
+	r->_known &= (uint8_t)~(1u << dir);
+}
+
+/* Whether dir is known empty with no edge since: a call would fail with
+ * EAGAIN, so wait instead. */
+static inline int weft_fd_idle(const weft_fd_t *r, int dir)
+{
+	return (r->_known >> dir & 1) && r->_drained[dir] == weft_fd_edges(r, dir) &&
+	       !atomic_load_explicit(&((weft_fd_t *)r)->_sticky, memory_order_relaxed);
+}
+
+/* After a connect completed: the hang-up an unconnected socket reports is
+ * forgotten. */
+void weft_fd_connected(weft_fd_t *r);
+
+/* The event side (any thread, before weft_fd_ready): a hang-up, error or
+ * urgent data was seen. */
+static inline void weft_fd_sticky(weft_fd_t *r)
+{
+	atomic_store_explicit(&r->_sticky, 1, memory_order_relaxed);
 }
 
 /* Mark both directions CLOSED and bump the generation so that stale events

@@ -38,9 +38,10 @@ static uint32_t to_epoll(unsigned events)
 	uint32_t e = 0;
 
 	/* RDHUP comes with IN so that a half-closed peer wakes a reader even
-	 * when no bytes arrive with the FIN. */
+	 * when no bytes arrive with the FIN; PRI, so that a reader knows a
+	 * short read may have stopped at an urgent mark. */
 	if (events & WEFT_POLL_IN)
-		e |= EPOLLIN | EPOLLRDHUP;
+		e |= EPOLLIN | EPOLLRDHUP | EPOLLPRI;
 	if (events & WEFT_POLL_OUT)
 		e |= EPOLLOUT;
 	if (events & WEFT_POLL_EDGE)
@@ -62,6 +63,8 @@ static unsigned from_epoll(uint32_t e)
 		events |= WEFT_POLL_HUP;
 	if (e & EPOLLERR)
 		events |= WEFT_POLL_ERR;
+	if (e & EPOLLPRI)
+		events |= WEFT_POLL_PRI;
 	return events;
 }
 

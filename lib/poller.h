@@ -19,7 +19,8 @@ enum {
 	WEFT_POLL_HUP = 4,       /* peer hung up / read side shut */
 	WEFT_POLL_ERR = 8,       /* error pending on the socket */
 	WEFT_POLL_ONESHOT = 16,  /* interest: disarm after one event */
-	WEFT_POLL_EDGE = 32      /* interest: edge-triggered */
+	WEFT_POLL_EDGE = 32,     /* interest: edge-triggered */
+	WEFT_POLL_PRI = 64       /* urgent data pending (reported with IN interest) */
 };
 
 /* Token 0 is reserved for the poller's own wake-up channel and is never

@@ -145,9 +145,46 @@ void weft_wheel_cancel(weft_wheel_t *wh, weft_timer_t *t)
 	wh->_count--;
 }
 
+/* Merge sort of a list linked through _next, by expiry, stable.  Only the
+ * due list needs it, which is short (timers added in the past since the
+ * last advance). */
+static weft_timer_t *sort_by_expiry(weft_timer_t *list)
+{
+	if (!list || !list->_next)
+		return list;
+	weft_timer_t *slow = list, *fast = list->_next;
+	while (fast && fast->_next) {
+		slow = slow->_next;
+		fast = fast->_next->_next;
+	}
+	weft_timer_t *b = slow->_next;
+	slow->_next = NULL;
+	weft_timer_t *a = sort_by_expiry(list);
+	b = sort_by_expiry(b);
+	weft_timer_t head, *tail = &head;
+	while (a && b) {
+		if (b->expires < a->expires) {
+			tail->_next = b;
+			b = b->_next;
+		} else {
+			tail->_next = a;
+			a = a->_next;
+		}
+		tail = tail->_next;
+	}
+	tail->_next = a ? a : b;
+	return head._next;
+}
+
 weft_timer_t *weft_wheel_advance(weft_wheel_t *wh, uint64_t now, size_t *n)
 {
-	weft_timer_t *fired = NULL;
+	return weft_wheel_advance_tail(wh, now, n, NULL);
+}
+
+weft_timer_t *weft_wheel_advance_tail(weft_wheel_t *wh, uint64_t now, size_t *n,
+				      weft_timer_t ***tailp)
+{
+	weft_timer_t *fired = NULL, **tail = &fired;
 	size_t nfired = 0;
 
 	/* Going backwards would break the placement invariant, so an earlier
@@ -155,15 +192,21 @@ weft_timer_t *weft_wheel_advance(weft_wheel_t *wh, uint64_t now, size_t *n)
 	if (now < wh->_now)
 		now = wh->_now;
 
-	/* The due list is already linked through _next; only the back links
-	 * need clearing to mark its timers disarmed. */
-	fired = wh->_due;
+	/* The due list expires at or before _now, so before every event: it
+	 * comes first, sorted.  Only the back links need clearing to mark
+	 * its timers disarmed. */
+	fired = sort_by_expiry(wh->_due);
 	wh->_due = NULL;
 	for (weft_timer_t *t = fired; t != NULL; t = t->_next) {
 		t->_pprev = NULL;
+		tail = &t->_next;
 		nfired++;
 	}
 
+	/* Events are taken in tick order, and every timer fired at an event
+	 * expires exactly at its tick (a level-0 slot spans one tick; a
+	 * cascaded slot fires only what expires at its first tick), so
+	 * appending keeps the list in expiry order without sorting. */
 	while (!is_empty(wh)) {
 		uint64_t tick = next_event(wh);
 		if (tick > now)
@@ -192,9 +235,9 @@ weft_timer_t *weft_wheel_advance(weft_wheel_t *wh, uint64_t now, size_t *n)
 			for (weft_timer_t *t = list[level]; t != NULL; t = next) {
 				next = t->_next;
 				if (t->expires <= tick) {
-					t->_next = fired;
 					t->_pprev = NULL;
-					fired = t;
+					*tail = t;
+					tail = &t->_next;
 					nfired++;
 				} else {
 					place(wh, t);
@@ -202,6 +245,9 @@ weft_timer_t *weft_wheel_advance(weft_wheel_t *wh, uint64_t now, size_t *n)
 			}
 		}
 	}
+	*tail = NULL;
+	if (tailp != NULL)
+		*tailp = nfired ? tail : NULL;
 
 	/* No event lies in (_now, now], so every remaining timer keeps the
 	 * same slot and event tick relative to the new current tick. */

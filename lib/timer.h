@@ -52,10 +52,15 @@ static inline int weft_timer_armed(const weft_timer_t *t)
 }
 
 /* Move the wheel to tick `now` (never backwards) and detach every timer with
- * expires <= now.  They are returned as a list linked through _next, in no
- * particular order, each disarmed; the count goes to *n if n is not NULL.
+ * expires <= now.  They are returned as a list linked through _next, in
+ * expiry order (stable for timers added in the past), each disarmed; the count goes to *n if n is not NULL.
  * The caller may re-add them. */
 weft_timer_t *weft_wheel_advance(weft_wheel_t *wh, uint64_t now, size_t *n);
+
+/* The same, and *tail gets the address of the last fired timer's _next
+ * (NULL when none fired), for appending the list to another. */
+weft_timer_t *weft_wheel_advance_tail(weft_wheel_t *wh, uint64_t now, size_t *n,
+				      weft_timer_t ***tail);
 
 /* A tick at or before the earliest armed expiry (exact for timers in level
  * 0, a lower bound otherwise), or WEFT_TICK_NEVER when the wheel is empty.

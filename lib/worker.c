@@ -425,6 +425,8 @@ int weft_worker_new(weft_runtime_t *rt, weft_worker_t **out)
 	weft_runq_init(&w->runq);
 	weft_jobq_init(&w->jobs);
 	weft_wheel_init(&w->wheel, weft_clock_ns() / NS_PER_TICK);
+	weft_wheel_init(&w->cbwheel, weft_clock_ns() / NS_PER_TICK);
+	w->_cbdue_tail = &w->_cbdue;
 	w->_free = UINT32_MAX;
 	atomic_init(&w->_park, PARK_EMPTY);
 	atomic_init(&w->_lost_posts, 0);
@@ -824,6 +826,33 @@ uint32_t weft_worker_wait_ext_until(weft_worker_t *w, uint32_t slot, uint64_t de
 	return co->seq;
 }
 
+void weft_worker_timer_arm(weft_worker_t *w, weft_timer_t *t, uint64_t deadline_ns)
+{
+	weft_wheel_add(&w->cbwheel, t, to_tick(deadline_ns));
+	w->nalive++;
+}
+
+int weft_worker_timer_disarm(weft_worker_t *w, weft_timer_t *t)
+{
+	if (!weft_timer_armed(t))
+		return 0;
+	weft_wheel_cancel(&w->cbwheel, t);
+	w->nalive--;
+	return 1;
+}
+
+weft_timer_t *weft_worker_timer_next(weft_worker_t *w)
+{
+	weft_timer_t *t = w->_cbdue;
+	if (!t)
+		return NULL;
+	if (!(w->_cbdue = t->_next))
+		w->_cbdue_tail = &w->_cbdue;
+	t->_next = NULL;
+	w->nalive--;
+	return t;
+}
+
 uint32_t weft_worker_yield(weft_worker_t *w, uint32_t slot)
 {
 	weft_co_t *co = weft_worker_co(w, slot);
@@ -1050,9 +1079,11 @@ static void on_event(weft_worker_t *w, const weft_poll_event_t *ev)
 		return;
 	}
 	uint32_t gen = (uint32_t)(ev->token >> 32);
+	if (ev->events & (WEFT_POLL_HUP | WEFT_POLL_ERR | WEFT_POLL_PRI))
+		weft_fd_sticky(r);
 	/* Hang-ups and errors wake both directions: the retried call reports
 	 * the condition (0 bytes, or the pending error). */
-	if (ev->events & (WEFT_POLL_IN | WEFT_POLL_HUP | WEFT_POLL_ERR))
+	if (ev->events & (WEFT_POLL_IN | WEFT_POLL_HUP | WEFT_POLL_ERR | WEFT_POLL_PRI))
 		deliver(w, weft_fd_ready(r, WEFT_READ, gen), 0);
 	if (ev->events & (WEFT_POLL_OUT | WEFT_POLL_HUP | WEFT_POLL_ERR))
 		deliver(w, weft_fd_ready(r, WEFT_WRITE, gen), 0);
@@ -1081,37 +1112,6 @@ static void on_message(weft_worker_t *w, const weft_msg_t *m)
 	}
 }
 
-/* The wheel hands out a step's expired timers in no particular order; a
- * late step (a busy loop) can hold timers several ticks apart, and threads
- * should still wake in deadline order.  Merge sort of the list, stable. */
-static weft_timer_t *sort_by_expiry(weft_timer_t *list)
-{
-	if (!list || !list->_next)
-		return list;
-	weft_timer_t *slow = list, *fast = list->_next;
-	while (fast && fast->_next) {
-		slow = slow->_next;
-		fast = fast->_next->_next;
-	}
-	weft_timer_t *b = slow->_next;
-	slow->_next = NULL;
-	weft_timer_t *a = sort_by_expiry(list);
-	b = sort_by_expiry(b);
-	weft_timer_t head, *tail = &head;
-	while (a && b) {
-		if (b->expires < a->expires) {
-			tail->_next = b;
-			b = b->_next;
-		} else {
-			tail->_next = a;
-			a = a->_next;
-		}
-		tail = tail->_next;
-	}
-	tail->_next = a ? a : b;
-	return head._next;
-}
-
 int weft_worker_poll(weft_worker_t *w, uint64_t timeout_ns)
 {
 	weft_runtime_t *rt = w->rt;
@@ -1133,11 +1133,14 @@ int weft_worker_poll(weft_worker_t *w, uint64_t timeout_ns)
 	int timeout_ms = 0;
 	/* Jobs waiting anywhere: don't sleep, the binding takes or steals
 	 * them after this poll. */
-	if (before == 0 && !has_work(w)) {
+	if (before == 0 && !w->_cbdue && !has_work(w)) {
 		uint64_t deadline = timeout_ns == UINT64_MAX || timeout_ns > UINT64_MAX - now
 					    ? UINT64_MAX
 					    : now + timeout_ns;
 		uint64_t next = weft_wheel_next(&w->wheel);
+		uint64_t cbnext = weft_wheel_next(&w->cbwheel);
+		if (cbnext < next)
+			next = cbnext;
 		if (next != WEFT_TICK_NEVER && next * NS_PER_TICK < deadline)
 			deadline = next * NS_PER_TICK;
 		if (retry < deadline)
@@ -1180,15 +1183,30 @@ int weft_worker_poll(weft_worker_t *w, uint64_t timeout_ns)
 
 	/* Timers are checked on every step, busy or idle, so deadlines hold
 	 * under a saturating I/O load. */
+	uint64_t tick = 0;
 	if (weft_wheel_count(&w->wheel)) {
 		size_t nt;
-		weft_timer_t *t = weft_wheel_advance(&w->wheel, weft_clock_ns() / NS_PER_TICK, &nt);
-		if (nt > 1)
-			t = sort_by_expiry(t);
+		tick = weft_clock_ns() / NS_PER_TICK;
+		/* In expiry order, so threads wake in deadline order even
+		 * after a late step. */
+		weft_timer_t *t = weft_wheel_advance(&w->wheel, tick, &nt);
 		while (t) {
 			weft_timer_t *next = t->_next;
 			on_timer(w, (weft_co_t *)((char *)t - offsetof(weft_co_t, _timer)));
 			t = next;
+		}
+	}
+	/* Callback timers are queued for the binding, in expiry order. */
+	if (weft_wheel_count(&w->cbwheel)) {
+		size_t nt;
+		if (!tick)
+			tick = weft_clock_ns() / NS_PER_TICK;
+		weft_timer_t **tail;
+		weft_timer_t *t = weft_wheel_advance_tail(&w->cbwheel, tick, &nt, &tail);
+		if (nt) {
+			*w->_cbdue_tail = t;
+			w->_cbdue_tail = tail;
+			WEFT_STAT_ADD(w, timers, nt);
 		}
 	}
 

@@ -109,6 +109,9 @@ typedef struct weft_worker {
 	uint32_t id;
 	weft_runq_t runq;
 	weft_wheel_t wheel;
+	weft_wheel_t cbwheel;      /* callback timers (weft_worker_timer_arm) */
+	weft_timer_t *_cbdue;      /* callback timers fired and not yet taken, */
+	weft_timer_t **_cbdue_tail; /* in expiry order */
 	weft_poller_t *poller; /* this worker's sockets and wake channel */
 	weft_co_t **_chunks;
 	uint32_t _ncos, _capcos, _free, _nchunks;
@@ -269,6 +272,27 @@ void *weft_worker_take_data(weft_worker_t *w, uint32_t slot);
 /* Abandon the wait just begun (nothing can have woken it: the caller
  * found what it wanted before registering anywhere). */
 void weft_worker_wait_abort(weft_worker_t *w, uint32_t slot);
+
+/* Callback timers: timers of the binding's own (weft.runat and friends),
+ * armed in a wheel of their own.  When due they are not woken but queued,
+ * in expiry order, for the binding to take with weft_worker_timer_next and
+ * run.  Armed or queued, a timer keeps the loop alive.  t must not be armed
+ * or queued; it must have been through weft_timer_init once. */
+void weft_worker_timer_arm(weft_worker_t *w, weft_timer_t *t, uint64_t deadline_ns);
+
+/* Disarm a callback timer that is armed (not yet due).  Returns 1 if it
+ * was, 0 if it is not armed (never armed, already taken, or queued as
+ * due: a queued timer stays queued, and the binding skips it). */
+int weft_worker_timer_disarm(weft_worker_t *w, weft_timer_t *t);
+
+/* Take the next due callback timer, or NULL. */
+weft_timer_t *weft_worker_timer_next(weft_worker_t *w);
+
+/* Whether due callback timers wait to be taken. */
+static inline int weft_worker_timers_due(const weft_worker_t *w)
+{
+	return w->_cbdue != NULL;
+}
 
 /* Make `slot` runnable again on the next step (a fair yield).  Returns the
  * wait's seq. */

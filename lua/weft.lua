@@ -194,11 +194,7 @@ end
 ------------------------------------------------------------------------
 -- Threads
 
-function weft.thread(f, ...)
-	local th = core.newthread(f)
-	core.resume(th, ...)
-	return th
-end
+weft.thread = core.thread
 
 local MW, MS, MT = core.markers.wait, core.markers.suspend, core.markers.transfer
 
@@ -252,58 +248,10 @@ function weft.run(f, ...)
 end
 
 ------------------------------------------------------------------------
--- Timers: each is a thread sleeping on a sleep job, so cancel is a wakeup.
+-- Timers (weft.core, src/ltimer.c): C objects run by a shared runner thread.
 
-local function timer(first, interval, f)
-	local sj = core.sleep_job()
-	local cancelled = false
-	weft.thread(function()
-		local t = first
-		while true do
-			sj:sleep_until(t)
-			if cancelled then return end
-			if f() == false or not interval then return end
-			-- Keep the cadence without bursts after a stall.
-			t = t + interval
-			local now = core.clock()
-			if t < now then t = now end
-		end
-	end)
-	return {
-		cancel = function()
-			if not cancelled then
-				cancelled = true
-				sj:wakeup()
-			end
-		end,
-	}
-end
-
-local function check_timer(name, t, f)
-	if type(t) ~= "number" or t ~= t then
-		argerror(1, name, "number expected, got " .. (t ~= t and "NaN" or type(t)), 3)
-	end
-	if type(f) ~= "function" then
-		local mt = getmetatable(f)
-		if not (mt and mt.__call) then
-			argerror(2, name, "function expected, got " .. type(f), 3)
-		end
-	end
-end
-
-function weft.runat(t, f)
-	check_timer("runat", t, f)
-	return timer(t, nil, f)
-end
-
-function weft.runafter(s, f)
-	check_timer("runafter", s, f)
-	return timer(core.clock() + s, nil, f)
-end
-
-function weft.runevery(s, f)
-	check_timer("runevery", s, f)
-	return timer(core.clock() + s, s, f)
-end
+weft.runat = core.runat
+weft.runafter = core.runafter
+weft.runevery = core.runevery
 
 return weft

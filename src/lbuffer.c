@@ -13,7 +13,8 @@
 
 static lw_buffer_t *checkbuf(lua_State *L, int idx)
 {
-	return luaL_checkudata(L, idx, LW_BUFFER);
+	lw_buffer_t *b = lw_testclass(L, idx, &lw_tag_buffer);
+	return b ? b : luaL_checkudata(L, idx, LW_BUFFER);
 }
 
 /* The parent's bytes for a view at idx; raises if the view no longer fits. */
@@ -36,11 +37,25 @@ char *lw_buffer_bytes(lua_State *L, int idx, size_t *len)
 	return resolve(L, idx, b);
 }
 
+char *lw_buffer_bytes_known(lua_State *L, int idx, size_t *len)
+{
+	lw_buffer_t *b = lua_touserdata(L, idx);
+	*len = b->len;
+	return resolve(L, idx, b);
+}
+
+const char *lw_bytes_known(lua_State *L, int idx, size_t *len)
+{
+	if (lua_type(L, idx) == LUA_TSTRING)
+		return lua_tolstring(L, idx, len);
+	return lw_buffer_bytes_known(L, idx, len);
+}
+
 const char *lw_checkbytes(lua_State *L, int idx, size_t *len)
 {
 	if (lua_type(L, idx) == LUA_TSTRING)
 		return lua_tolstring(L, idx, len);
-	lw_buffer_t *b = luaL_testudata(L, idx, LW_BUFFER);
+	lw_buffer_t *b = lw_testclass(L, idx, &lw_tag_buffer);
 	if (!b)
 		luaL_typeerror(L, idx, "string or weft.buffer");
 	*len = b->len;
@@ -279,6 +294,7 @@ static const luaL_Reg meta[] = {
 void lw_open_buffer(lua_State *L, lw_state_t *S)
 {
 	luaL_newmetatable(L, LW_BUFFER);
+	lw_settag(L, &lw_tag_buffer);
 	lw_register(L, S, meta);
 	lua_newtable(L);
 	lw_register(L, S, methods);

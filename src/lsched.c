@@ -186,11 +186,15 @@ static int grow_threads(lw_state_t *S, uint32_t slot)
 		return WEFT_ENOMEM;
 	memset(t + S->cap, 0, (size_t)(cap - S->cap) * sizeof *t);
 	S->threads = t;
-	struct lw_whshared **wh = weft_realloc(S->wh, (size_t)cap * sizeof *wh);
-	if (!wh)
-		return WEFT_ENOMEM; /* threads grew alone: harmless, cap unchanged */
-	memset(wh + S->cap, 0, (size_t)(cap - S->cap) * sizeof *wh);
-	S->wh = wh;
+	/* The wake handle table exists once a handle was made (most programs
+	 * make none: a thread costs 8 bytes less). */
+	if (S->wh) {
+		struct lw_whshared **wh = weft_realloc(S->wh, (size_t)cap * sizeof *wh);
+		if (!wh)
+			return WEFT_ENOMEM; /* threads grew alone: harmless, cap unchanged */
+		memset(wh + S->cap, 0, (size_t)(cap - S->cap) * sizeof *wh);
+		S->wh = wh;
+	}
 	S->cap = cap;
 	return 0;
 }
@@ -310,6 +314,12 @@ static void arm_budget(lw_state_t *S, lua_State *co)
 		lua_sethook(co, budget_hook, LUA_MASKCOUNT, S->ibudget);
 	else if (lua_gethook(co) == budget_hook)
 		lua_sethook(co, NULL, 0, 0);
+}
+
+void lw_budget_restart(lw_state_t *S, lua_State *co)
+{
+	if (S->ibudget > 0)
+		arm_budget(S, co);
 }
 
 /* A plain yield from a thread that has a bad-yield handler (set with
@@ -588,6 +598,19 @@ void lw_thread_start(lua_State *L, lw_state_t *S, int nargs, const char *name)
 	settle(L, S, done, out, nres);
 }
 
+void lw_thread_resume(lua_State *L, lw_state_t *S, uint32_t slot, int nargs)
+{
+	uint32_t out;
+	int nres;
+	int done = dispatch(L, S, slot, nargs, &out, &nres);
+	settle(L, S, done, out, nres);
+}
+
+void *lw_mark_suspend(void)
+{
+	return &MARK_SUSPEND;
+}
+
 static void check_loop_entry(lua_State *L, lw_state_t *S, const char *what)
 {
 	if (S->current != LW_NONE)
@@ -638,7 +661,7 @@ static int l_poll(lua_State *L)
 		rc = weft_worker_poll(S->w, wait);
 		if (rc < 0)
 			break;
-		ran = run_ready(L, S) + lw_spawn_step(L, S);
+		ran = run_ready(L, S) + lw_timer_step(L, S) + lw_spawn_step(L, S);
 		if (ran || wait == 0 || !weft_worker_alive(S->w) || weft_runtime_exiting(S->rt))
 			break;
 	}
@@ -676,6 +699,7 @@ static int l_start(lua_State *L)
 			return luaL_error(L, "weft.start: %s", weft_strerror(rc));
 		}
 		run_ready(L, S);
+		lw_timer_step(L, S);
 		lw_spawn_step(L, S);
 	}
 	S->looping = 0;
@@ -759,6 +783,56 @@ static int l_resume(lua_State *L)
 		finish(L, S, out, 0, -1);
 		return lua_error(L);
 	}
+}
+
+/* weft.thread(f, ...) -> th: a new thread started at once with the
+ * values (weft.newthread and weft.resume in one call).  Its first results
+ * are dropped; an error before its first wait is raised here, as
+ * weft.resume raises it. */
+static int l_thread(lua_State *L)
+{
+	lw_state_t *S = lw_S(L);
+	luaL_checktype(L, 1, LUA_TFUNCTION);
+	int nargs = lua_gettop(L) - 1;
+	int64_t slot = weft_worker_co_new(S->w);
+	if (slot < 0 || grow_threads(S, (uint32_t)slot) < 0) {
+		if (slot >= 0)
+			weft_worker_co_free(S->w, (uint32_t)slot);
+		return luaL_error(L, "weft: out of memory");
+	}
+	lua_State *co = lua_newthread(L);
+	lua_rotate(L, 1, 1); /* th, f, args */
+	luaL_checkstack(co, nargs + 1, "too many arguments");
+	lua_xmove(L, co, nargs + 1);
+	S->threads[slot] = co;
+	S->nthreads++;
+	lw_set_slot(co, (uint32_t)slot);
+	weft_worker_suspend(S->w, (uint32_t)slot);
+	lua_rawgetp(L, LUA_REGISTRYINDEX, &THREADS_KEY);
+	lua_pushvalue(L, 1);
+	lua_rawseti(L, -2, slot + 1);
+	lua_pop(L, 1);
+	uint32_t out;
+	int nres;
+	int done = dispatch(L, S, (uint32_t)slot, nargs, &out, &nres);
+	lua_State *oc = S->threads[out];
+	switch (done) {
+	case DONE_WAIT:
+		break;
+	case DONE_SUSPEND:
+		lua_pop(oc, nres);
+		break;
+	case DONE_FINISHED:
+		lua_pop(oc, nres);
+		finish(L, S, out, 1, 0);
+		break;
+	default:
+		lua_xmove(oc, L, 1);
+		finish(L, S, out, 0, -1);
+		return lua_error(L);
+	}
+	lua_settop(L, 1);
+	return 1;
 }
 
 /* weft.suspend(...) -> values given by the next resume/transfer */
@@ -1187,6 +1261,8 @@ static int l_wakehandle(lua_State *L)
 		if (slot == LW_NONE)
 			return luaL_error(L, "weft.wakehandle: not a live weft thread of this worker");
 	}
+	if (!S->wh && !(S->wh = weft_calloc(S->cap, sizeof *S->wh)))
+		return luaL_error(L, "weft.wakehandle: out of memory");
 	whshared_t *sh = wh_of(S, slot);
 	if (!sh) {
 		if (!(sh = weft_calloc(1, sizeof *sh)))
@@ -1322,6 +1398,7 @@ static const luaL_Reg sj_meta[] = {
 
 static const luaL_Reg sched_funcs[] = {
 	{"newthread", l_newthread},
+	{"thread", l_thread},
 	{"resume", l_resume},
 	{"suspend", l_suspend},
 	{"transfer", l_transfer},

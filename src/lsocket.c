@@ -33,7 +33,8 @@ typedef struct lsock {
 
 static lsock_t *checksock(lua_State *L, int idx)
 {
-	return luaL_checkudata(L, idx, LW_SOCKET);
+	lsock_t *s = lw_testclass(L, idx, &lw_tag_socket);
+	return s ? s : luaL_checkudata(L, idx, LW_SOCKET);
 }
 
 static lsock_t *checktype(lua_State *L, int idx, int type, const char *what)
@@ -43,6 +44,21 @@ static lsock_t *checktype(lua_State *L, int idx, int type, const char *what)
 		luaL_error(L, "weft: %s is for %s sockets", what, lw_type_name(type));
 	return s;
 }
+
+/* In a continuation (on its first call too, from the method that checked
+ * its arguments) the socket and the data arguments are known to be what
+ * the method checked: a waiting C function's stack slots cannot be
+ * changed.  Only a buffer's length may have changed meanwhile, and the
+ * lengths are checked again. */
+static lsock_t *known_sock(lua_State *L)
+{
+	return lua_touserdata(L, 1);
+}
+
+#define send_args(L, idx, len) send_args_((L), (idx), (len), 0)
+#define recv_args(L, idx, len) recv_args_((L), (idx), (len), 0)
+#define send_args_known(L, idx, len) send_args_((L), (idx), (len), 1)
+#define recv_args_known(L, idx, len) recv_args_((L), (idx), (len), 1)
 
 /* Push a new socket object around fd (already open), registering it with
  * the poller.  Returns 1, or 2 (nil, message) after closing fd. */
@@ -297,6 +313,31 @@ int lw_sock_wait(lua_State *L, lw_state_t *S, lsock_t *s, int dir, uint64_t dead
 	return io_wait(L, S, s, dir, deadline);
 }
 
+/* Whether a short read of s shows that the kernel's buffer is empty: on
+ * TCP it does (one stops early only at an urgent mark, which the poller
+ * reports: see lib/fdtab.h), not on datagram or Unix sockets. */
+static int drains(const lsock_t *s)
+{
+	return s->type == SOCK_STREAM && (s->family == AF_INET || s->family == AF_INET6);
+}
+
+/* Try an I/O call in direction dir unless it is known to fail (lib/fdtab.h:
+ * readiness tracking); *edges gets the edge count to pass to
+ * weft_fd_drained if it found nothing. */
+static int worth_trying(lsock_t *s, int dir, uint32_t *edges)
+{
+	if (!s->rec)
+		return 1;
+	*edges = weft_fd_edges(s->rec, dir);
+	return !weft_fd_idle(s->rec, dir);
+}
+
+static void drained(lsock_t *s, int dir, uint32_t edges)
+{
+	if (s->rec)
+		weft_fd_drained(s->rec, dir, edges);
+}
+
 static int fair(lua_State *L, lw_state_t *S)
 {
 	return lw_spend(S) && lua_isyieldable(L);
@@ -331,7 +372,7 @@ static int return_top_k(lua_State *L, int status, lua_KContext ctx)
 static int connect_k(lua_State *L, int status, lua_KContext ctx)
 {
 	lw_state_t *S = lw_S(L);
-	lsock_t *s = checksock(L, 1);
+	lsock_t *s = known_sock(L);
 	int code = resumed(L, status, s);
 	if (code < 0)
 		return lw_error(L, code);
@@ -360,6 +401,8 @@ static int connect_k(lua_State *L, int status, lua_KContext ctx)
 		}
 		if (rc == 0) {
 			s->connected = s->type == SOCK_STREAM;
+			if (s->rec)
+				weft_fd_connected(s->rec);
 			lua_pushboolean(L, 1);
 			return 1;
 		}
@@ -405,7 +448,7 @@ static int s_disconnect(lua_State *L)
 static int accept_k(lua_State *L, int status, lua_KContext ctx)
 {
 	lw_state_t *S = lw_S(L);
-	lsock_t *s = checksock(L, 1);
+	lsock_t *s = known_sock(L);
 	int code = status == LUA_YIELD ? lw_wakecode(L) : 0;
 	if (code == WEFT_ETIMEOUT && s->lst)
 		weft_listener_cancel(s->lst, S->w, lw_waiter(L, S), (uint32_t)ctx);
@@ -455,11 +498,12 @@ static int s_accept(lua_State *L)
 /* ------------------------------------------------------------------ */
 /* send */
 
-/* The bytes to send: data at idx, optional len at idx+1. */
-static const char *send_args(lua_State *L, int idx, size_t *len)
+/* The bytes to send: data at idx, optional len at idx+1.  `known`: the
+ * data's type was checked already (see known_sock). */
+static const char *send_args_(lua_State *L, int idx, size_t *len, int known)
 {
 	size_t n;
-	const char *p = lw_checkbytes(L, idx, &n);
+	const char *p = known ? lw_bytes_known(L, idx, &n) : lw_checkbytes(L, idx, &n);
 	if (!lua_isnoneornil(L, idx + 1)) {
 		lua_Integer l = luaL_checkinteger(L, idx + 1);
 		luaL_argcheck(L, l >= 0 && (lua_Unsigned)l <= n, idx + 1,
@@ -474,22 +518,32 @@ static const char *send_args(lua_State *L, int idx, size_t *len)
 static int tcp_send_k(lua_State *L, int status, lua_KContext ctx)
 {
 	lw_state_t *S = lw_S(L);
-	lsock_t *s = checksock(L, 1);
+	lsock_t *s = known_sock(L);
 	size_t sent = (size_t)ctx;
 	int code = resumed(L, status, s);
 	if (code < 0)
 		return lw_error_partial(L, code, (lua_Integer)sent);
 	size_t len;
-	const char *p = send_args(L, 2, &len);
+	const char *p = send_args_known(L, 2, &len);
 	uint64_t deadline = lw_deadline(L, 4);
 	while (sent < len) {
-		ssize_t n = weft_sock_send(s->fd, p + sent, len - sent, 0);
+		uint32_t edges = 0;
+		ssize_t n = -EAGAIN;
+		if (worth_trying(s, WEFT_WRITE, &edges))
+			n = weft_sock_send(s->fd, p + sent, len - sent, 0);
 		if (n >= 0) {
 			sent += (size_t)n;
-			continue;
-		}
-		if (n != -EAGAIN)
+			if (sent == len) {
+				if (s->rec)
+					weft_fd_undrain(s->rec, WEFT_WRITE);
+				break;
+			}
+			/* A short write filled the buffer: wait for room rather
+			 * than try again at once. */
+		} else if (n != -EAGAIN) {
 			return lw_error_partial(L, (int)n, (lua_Integer)sent);
+		}
+		drained(s, WEFT_WRITE, edges);
 		int rc = io_wait(L, S, s, WEFT_WRITE, deadline);
 		if (rc < 0)
 			return lw_error_partial(L, rc, (lua_Integer)sent);
@@ -505,20 +559,28 @@ static int tcp_send_k(lua_State *L, int status, lua_KContext ctx)
 /* Calls that return a count in one go (recv, datagram send and sendto):
  * try, on EAGAIN wait for direction dir until the deadline at argument
  * expires_idx, then try again from the continuation `self`. */
-typedef ssize_t (*count_fn)(lua_State *L, lsock_t *s);
+typedef ssize_t (*count_fn)(lua_State *L, lsock_t *s, size_t *want);
 
 static int count_op(lua_State *L, int status, int dir, int expires_idx, count_fn fn,
 		    lua_KFunction self)
 {
 	lw_state_t *S = lw_S(L);
-	lsock_t *s = checksock(L, 1);
+	lsock_t *s = known_sock(L);
 	int code = resumed(L, status, s);
 	if (code < 0)
 		return lw_error(L, code);
 	uint64_t deadline = lw_deadline(L, expires_idx);
 	for (;;) {
-		ssize_t n = fn(L, s);
+		uint32_t edges = 0;
+		size_t want = 0;
+		ssize_t n = worth_trying(s, dir, &edges) ? fn(L, s, &want) : -EAGAIN;
 		if (n >= 0) {
+			if (s->rec && dir == WEFT_READ && drains(s)) {
+				if (n > 0 && (size_t)n < want)
+					weft_fd_drained(s->rec, dir, edges);
+				else
+					weft_fd_undrain(s->rec, dir);
+			}
 			if (fair(L, S))
 				return lw_fair_yield(L, S, (lua_KContext)n, return_ctx_k);
 			lua_pushinteger(L, (lua_Integer)n);
@@ -526,6 +588,7 @@ static int count_op(lua_State *L, int status, int dir, int expires_idx, count_fn
 		}
 		if (n != -EAGAIN)
 			return lw_error(L, (int)n);
+		drained(s, dir, edges);
 		int rc = io_wait(L, S, s, dir, deadline);
 		if (rc < 0)
 			return lw_error(L, rc);
@@ -535,10 +598,11 @@ static int count_op(lua_State *L, int status, int dir, int expires_idx, count_fn
 }
 
 /* udp/raw:send(data, [len], [expires]) -> len */
-static ssize_t dgram_send(lua_State *L, lsock_t *s)
+static ssize_t dgram_send(lua_State *L, lsock_t *s, size_t *want)
 {
 	size_t len;
-	const char *p = send_args(L, 2, &len);
+	const char *p = send_args_known(L, 2, &len);
+	*want = len;
 	return weft_sock_send(s->fd, p, len, 0);
 }
 
@@ -561,12 +625,13 @@ static int s_send(lua_State *L)
 }
 
 /* udp:_sendto(addr, data, [len], [expires]) -> len */
-static ssize_t dgram_sendto(lua_State *L, lsock_t *s)
+static ssize_t dgram_sendto(lua_State *L, lsock_t *s, size_t *want)
 {
 	unsigned salen;
 	const struct sockaddr *sa = lw_checkaddr(L, 2, &salen, NULL);
 	size_t len;
-	const char *p = send_args(L, 3, &len);
+	const char *p = send_args_known(L, 3, &len);
+	*want = len;
 	return weft_sock_sendto(s->fd, p, len, 0, sa, salen);
 }
 
@@ -593,10 +658,10 @@ static int s_sendto(lua_State *L)
 /* recv */
 
 /* The buffer target at idx with maxlen at idx+1 (default: all of it). */
-static char *recv_args(lua_State *L, int idx, size_t *maxlen)
+static char *recv_args_(lua_State *L, int idx, size_t *maxlen, int known)
 {
 	size_t n;
-	char *p = lw_buffer_bytes(L, idx, &n);
+	char *p = known ? lw_buffer_bytes_known(L, idx, &n) : lw_buffer_bytes(L, idx, &n);
 	if (!lua_isnoneornil(L, idx + 1)) {
 		lua_Integer m = luaL_checkinteger(L, idx + 1);
 		luaL_argcheck(L, m >= 0 && (lua_Unsigned)m <= n, idx + 1,
@@ -608,10 +673,11 @@ static char *recv_args(lua_State *L, int idx, size_t *maxlen)
 }
 
 /* s:recv(buf, [maxlen], [expires]) -> n */
-static ssize_t do_recv(lua_State *L, lsock_t *s)
+static ssize_t do_recv(lua_State *L, lsock_t *s, size_t *want)
 {
 	size_t maxlen;
-	char *p = recv_args(L, 2, &maxlen);
+	char *p = recv_args_known(L, 2, &maxlen);
+	*want = maxlen;
 	return weft_sock_recv(s->fd, p, maxlen, 0);
 }
 
@@ -640,24 +706,32 @@ static int s_recv(lua_State *L)
 static int recvn_k(lua_State *L, int status, lua_KContext ctx)
 {
 	lw_state_t *S = lw_S(L);
-	lsock_t *s = checksock(L, 1);
+	lsock_t *s = known_sock(L);
 	size_t got = (size_t)ctx;
 	int code = resumed(L, status, s);
 	if (code < 0)
 		return lw_error_partial(L, code, (lua_Integer)got);
 	size_t len;
-	char *p = recv_args(L, 2, &len);
+	char *p = recv_args_known(L, 2, &len);
 	uint64_t deadline = lw_deadline(L, 4);
 	while (got < len) {
-		ssize_t n = weft_sock_recv(s->fd, p + got, len - got, 0);
+		uint32_t edges = 0;
+		ssize_t n = -EAGAIN;
+		if (worth_trying(s, WEFT_READ, &edges))
+			n = weft_sock_recv(s->fd, p + got, len - got, 0);
 		if (n > 0) {
 			got += (size_t)n;
+			if (got < len && drains(s))
+				drained(s, WEFT_READ, edges); /* the next try waits first */
+			else if (s->rec)
+				weft_fd_undrain(s->rec, WEFT_READ);
 			continue;
 		}
 		if (n == 0)
 			return lw_error_partial(L, WEFT_EEOF, (lua_Integer)got);
 		if (n != -EAGAIN)
 			return lw_error_partial(L, (int)n, (lua_Integer)got);
+		drained(s, WEFT_READ, edges);
 		int rc = io_wait(L, S, s, WEFT_READ, deadline);
 		if (rc < 0)
 			return lw_error_partial(L, rc, (lua_Integer)got);
@@ -697,7 +771,7 @@ size_t lw_recvall_limit(lua_State *L, int idx)
 static int recvall_k(lua_State *L, int status, lua_KContext ctx)
 {
 	lw_state_t *S = lw_S(L);
-	lsock_t *s = checksock(L, 1);
+	lsock_t *s = known_sock(L);
 	size_t got = (size_t)ctx;
 	lw_buffer_t *b = lua_touserdata(L, 4);
 	int code = resumed(L, status, s);
@@ -718,9 +792,17 @@ static int recvall_k(lua_State *L, int status, lua_KContext ctx)
 				break;
 			}
 		}
-		ssize_t n = weft_sock_recv(s->fd, b->data + got, b->len - got, 0);
+		uint32_t edges = 0;
+		size_t want = b->len - got;
+		ssize_t n = -EAGAIN;
+		if (worth_trying(s, WEFT_READ, &edges))
+			n = weft_sock_recv(s->fd, b->data + got, want, 0);
 		if (n > 0) {
 			got += (size_t)n;
+			if ((size_t)n < want && drains(s))
+				drained(s, WEFT_READ, edges);
+			else if (s->rec)
+				weft_fd_undrain(s->rec, WEFT_READ);
 			continue;
 		}
 		if (n == 0) {
@@ -732,6 +814,7 @@ static int recvall_k(lua_State *L, int status, lua_KContext ctx)
 			code = (int)n;
 			break;
 		}
+		drained(s, WEFT_READ, edges);
 		int rc = io_wait(L, S, s, WEFT_READ, deadline);
 		if (rc == 0)
 			return lw_await(L, (lua_KContext)got, recvall_k);
@@ -760,18 +843,22 @@ static int s_recvall(lua_State *L)
 static int recvnext_k(lua_State *L, int status, lua_KContext ctx)
 {
 	lw_state_t *S = lw_S(L);
-	lsock_t *s = checksock(L, 1);
+	lsock_t *s = known_sock(L);
 	int code = resumed(L, status, s);
 	if (code < 0)
 		return lw_error(L, code);
 	size_t maxlen;
-	char *p = recv_args(L, 2, &maxlen);
+	char *p = recv_args_known(L, 2, &maxlen);
 	uint64_t deadline = lw_deadline(L, 4);
 	int flags = (int)luaL_optinteger(L, 5, 0);
 	for (;;) {
 		struct sockaddr_storage ss;
 		socklen_t salen = sizeof ss;
-		ssize_t n = weft_sock_recvfrom(s->fd, p, maxlen, flags, (struct sockaddr *)&ss,
+		uint32_t edges = 0;
+		ssize_t n = -EAGAIN;
+		/* MSG_PEEK and friends: always asked of the kernel. */
+		if (flags != 0 || worth_trying(s, WEFT_READ, &edges))
+			n = weft_sock_recvfrom(s->fd, p, maxlen, flags, (struct sockaddr *)&ss,
 					       &salen);
 		if (n >= 0) {
 			lua_pushinteger(L, (lua_Integer)n);
@@ -780,6 +867,8 @@ static int recvnext_k(lua_State *L, int status, lua_KContext ctx)
 		}
 		if (n != -EAGAIN)
 			return lw_error(L, (int)n);
+		if (flags == 0)
+			drained(s, WEFT_READ, edges);
 		int rc = io_wait(L, S, s, WEFT_READ, deadline);
 		if (rc < 0)
 			return lw_error(L, rc);
@@ -810,6 +899,10 @@ static int s_shutdown(lua_State *L)
 	static const int hows[] = {SHUT_RD, SHUT_WR, SHUT_RDWR};
 	int how = hows[luaL_checkoption(L, 2, "rw", names)];
 	CHECK_OPEN(L, s);
+	if (s->rec) {
+		weft_fd_undrain(s->rec, WEFT_READ);
+		weft_fd_undrain(s->rec, WEFT_WRITE);
+	}
 	return ok_or_error(L, weft_sock_shutdown(s->fd, how));
 }
 
@@ -1136,6 +1229,7 @@ void lw_open_socket(lua_State *L, lw_state_t *S)
 	/* Methods are found through a C __index so that the address fields
 	 * (local_addr, ...) can be computed on demand from the socket. */
 	luaL_newmetatable(L, LW_SOCKET);
+	lw_settag(L, &lw_tag_socket);
 	lw_register(L, S, meta);
 	lua_newtable(L);
 	lw_register(L, S, methods);

@@ -61,6 +61,24 @@ static int own_copy(lua_State *L)
 	"the module weft/core.so?): link the program with the shared libweft, or give "  \
 	"its states weft.core from the program (package.preload with luaopen_weft_core)"
 
+char lw_tag_socket, lw_tag_buffer;
+
+void *lw_testclass(lua_State *L, int idx, const void *tag)
+{
+	void *p = lua_touserdata(L, idx);
+	if (!p || !lua_getmetatable(L, idx))
+		return NULL;
+	int ok = lua_rawgeti(L, -1, 1) == LUA_TLIGHTUSERDATA && lua_touserdata(L, -1) == tag;
+	lua_pop(L, 2);
+	return ok ? p : NULL;
+}
+
+void lw_settag(lua_State *L, const void *tag)
+{
+	lua_pushlightuserdata(L, (void *)tag);
+	lua_rawseti(L, -2, 1);
+}
+
 void lw_register(lua_State *L, lw_state_t *S, const luaL_Reg *funcs)
 {
 	for (; funcs->name; funcs++) {
@@ -328,6 +346,8 @@ static int state_gc(lua_State *L)
 	weft_runtime_release(S->rt, S->worker_index, S->declared);
 	release_runtime(S->rt);
 	weft_free(S->threads);
+	weft_free(S->tm_free);
+	S->tm_free = NULL;
 	S->w = NULL;
 	S->rt = NULL;
 	S->threads = NULL;
@@ -501,6 +521,7 @@ int weft__open(lua_State *L)
 		S = lua_newuserdatauv(L, sizeof *S, 0);
 		memset(S, 0, sizeof *S);
 		S->current = LW_NONE;
+		S->tm_idle = LW_NONE;
 		S->budget = LW_IO_BUDGET;
 		S->L = L;
 		S->owner = pthread_self();
@@ -555,6 +576,7 @@ int weft__open(lua_State *L)
 	lw_open_serial(L, S);
 	lw_open_channel(L, S);
 	lw_open_spawn(L, S);
+	lw_open_timer(L, S);
 	lw_open_copas(L, S);
 	lw_open_tls(L, S);
 	lua_pushliteral(L, PACKAGE_VERSION);

@@ -34,7 +34,8 @@ typedef struct lw_state {
 	weft_worker_t *w;
 	lua_State *L;        /* the main thread */
 	lua_State **threads; /* slot -> coroutine (strong ref in the registry) */
-	struct lw_whshared **wh; /* slot -> its wake handles' shared part, or NULL */
+	struct lw_whshared **wh; /* slot -> its wake handles' shared part, or NULL;
+				  * the table itself NULL until a handle is made */
 	uint32_t cap;
 	uint32_t current; /* slot of the running weft thread, or LW_NONE */
 	int budget;       /* I/O calls left in this run (LW_IO_BUDGET) */
@@ -46,11 +47,24 @@ typedef struct lw_state {
 	int worker_index; /* weft.worker(): its member number in rt */
 	int declared;     /* the number came from weft_lua_attach */
 	uint32_t nthreads; /* live weft threads */
+	uint32_t tm_idle;  /* the idle timer runner thread, or LW_NONE */
+	int *tm_free;      /* free slots of the held timers table (ltimer.c) */
+	uint32_t tm_nfree, tm_capfree;
+	int tm_top;        /* slots of that table used so far */
 	pthread_t owner; /* the thread that loaded weft: the only one that may run it */
 } lw_state_t;
 
 /* The record, from the first upvalue. */
 #define lw_S(L) ((lw_state_t *)lua_touserdata((L), lua_upvalueindex(1)))
+
+/* Fast type checks for the classes on the I/O paths (sockets, buffers):
+ * their metatables hold a tag, a light userdata, at key 1, which is
+ * cheaper to compare than luaL_checkudata's registry lookup by name.
+ * lw_testclass returns the userdata at idx if its metatable has the tag,
+ * else NULL; lw_settag tags the metatable at the top of the stack. */
+extern char lw_tag_socket, lw_tag_buffer;
+void *lw_testclass(lua_State *L, int idx, const void *tag);
+void lw_settag(lua_State *L, const void *tag);
 
 /* Register funcs into the table at the top, each with the state record as
  * upvalue. */
@@ -113,6 +127,10 @@ typedef struct lw_buffer {
 
 /* The bytes of a buffer at idx, checking a view still fits its parent. */
 char *lw_buffer_bytes(lua_State *L, int idx, size_t *len);
+/* The same for an argument already checked (a continuation's stack holds
+ * what its method checked: only the length may have changed since). */
+char *lw_buffer_bytes_known(lua_State *L, int idx, size_t *len);
+const char *lw_bytes_known(lua_State *L, int idx, size_t *len);
 /* A string or buffer argument as bytes. */
 const char *lw_checkbytes(lua_State *L, int idx, size_t *len);
 /* Push a new buffer of len bytes (zeroed unless data is given). */
@@ -128,6 +146,21 @@ const struct sockaddr *lw_checkaddr(lua_State *L, int idx, unsigned *salen, int 
  * the top of L's stack (all popped), as the loop does: errors go to the
  * error handler.  For lspawn.c. */
 void lw_thread_start(lua_State *L, lw_state_t *S, int nargs, const char *name);
+
+/* Resume thread `slot` (suspended) with the nargs values at the top of
+ * L's stack, as the loop does: errors go to the error handler. */
+void lw_thread_resume(lua_State *L, lw_state_t *S, uint32_t slot, int nargs);
+
+/* Restart the instruction budget (weft.setbudget) of co, which is
+ * running: the timer runner gives each function a budget of its own. */
+void lw_budget_restart(lw_state_t *S, lua_State *co);
+
+/* The marker weft.suspend yields. */
+void *lw_mark_suspend(void);
+
+/* Run the callbacks of the timers that are due (weft.runat and friends).
+ * Returns how many threads ran them. */
+int lw_timer_step(lua_State *L, lw_state_t *S);
 
 /* Run jobs from the job queue (stealing if idle): a few per loop step.
  * Returns how many were started. */
@@ -151,6 +184,7 @@ void lw_open_sched(lua_State *L, lw_state_t *S);
 void lw_close_sched(lw_state_t *S);
 void lw_open_channel(lua_State *L, lw_state_t *S);
 void lw_open_spawn(lua_State *L, lw_state_t *S);
+void lw_open_timer(lua_State *L, lw_state_t *S);
 void lw_open_copas(lua_State *L, lw_state_t *S);
 
 /* TCP sockets as ltls.c sees them.  lw_checktcp raises unless idx is a

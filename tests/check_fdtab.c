@@ -1,5 +1,6 @@
 /* fd records: generations and tokens, slot reuse, growth past one chunk,
- * the wait-word state machine (table-driven), allocation failure, and two
+ * the wait-word state machine (table-driven), readiness tracking (edge
+ * counts, stale READY, sticky hang-ups), allocation failure, and two
  * multi-thread stress runs with exact accounting: readiness against an
  * owner that waits, cancels and consumes; and ready() racing shut() or
  * cancel() for one waiter. */
@@ -705,6 +706,81 @@ START_TEST(test_stress_ready_vs_shut_cancel)
 }
 END_TEST
 
+/* Readiness tracking: a direction found empty is idle until the next edge;
+ * a READY from before is stale then (waiting does not consume it for a
+ * retry); a hang-up or error turns tracking off, and a connect or a
+ * reopened record forgets it. */
+START_TEST(test_readiness_tracking)
+{
+	weft_fdtab_t *t = table();
+	weft_fd_t *r = weft_fdtab_open(t, 3, 0);
+	uint32_t g = gen_of(r);
+
+	for (int dir = WEFT_READ; dir <= WEFT_WRITE; dir++) {
+		/* Nothing known: never idle. */
+		ck_assert_int_eq(weft_fd_idle(r, dir), 0);
+		/* An edge while nobody waits: READY, counted. */
+		uint32_t e0 = weft_fd_edges(r, dir);
+		ck_assert_uint_eq(weft_fd_ready(r, dir, g), 0);
+		ck_assert_uint_eq(weft_fd_edges(r, dir), e0 + 1);
+		ck_assert_uint_eq(state_of(r, dir), WEFT_WAIT_READY);
+		/* A call after that edge found the direction empty. */
+		uint32_t e = weft_fd_edges(r, dir);
+		weft_fd_drained(r, dir, e);
+		ck_assert_int_ne(weft_fd_idle(r, dir), 0);
+		/* Waiting replaces the stale READY: no retry. */
+		ck_assert_int_eq(weft_fd_wait(r, dir, 5), 0);
+		ck_assert_uint_eq(state_of(r, dir), WEFT_WAIT_BASE + 5);
+		/* The next edge wakes the waiter and ends the idleness. */
+		ck_assert_uint_eq(weft_fd_ready(r, dir, g), 6);
+		ck_assert_int_eq(weft_fd_idle(r, dir), 0);
+
+		/* Found empty, then an edge before the wait: that READY is
+		 * fresh and is consumed for a retry. */
+		e = weft_fd_edges(r, dir);
+		weft_fd_drained(r, dir, e);
+		ck_assert_uint_eq(weft_fd_ready(r, dir, g), 0);
+		ck_assert_int_eq(weft_fd_idle(r, dir), 0);
+		ck_assert_int_eq(weft_fd_wait(r, dir, 5), 1);
+		ck_assert_uint_eq(state_of(r, dir), WEFT_WAIT_EMPTY);
+
+		/* undrain forgets. */
+		weft_fd_drained(r, dir, weft_fd_edges(r, dir));
+		weft_fd_undrain(r, dir);
+		ck_assert_int_eq(weft_fd_idle(r, dir), 0);
+	}
+
+	/* Sticky: a hang-up seen once, and nothing is idle any more, nor is
+	 * a READY stale (data and FIN in one edge must be read to the end). */
+	weft_fd_drained(r, WEFT_READ, weft_fd_edges(r, WEFT_READ));
+	ck_assert_int_ne(weft_fd_idle(r, WEFT_READ), 0);
+	weft_fd_sticky(r);
+	ck_assert_int_eq(weft_fd_idle(r, WEFT_READ), 0);
+	ck_assert_uint_eq(weft_fd_ready(r, WEFT_READ, g), 0);
+	weft_fd_drained(r, WEFT_READ, weft_fd_edges(r, WEFT_READ));
+	ck_assert_int_eq(weft_fd_idle(r, WEFT_READ), 0);
+	ck_assert_int_eq(weft_fd_wait(r, WEFT_READ, 5), 1);
+	/* A completed connect forgets the hang-up of the unconnected socket. */
+	weft_fd_connected(r);
+	weft_fd_drained(r, WEFT_READ, weft_fd_edges(r, WEFT_READ));
+	ck_assert_int_ne(weft_fd_idle(r, WEFT_READ), 0);
+	weft_fd_sticky(r);
+
+	/* A reopened record starts with nothing known. */
+	close_record(t, r);
+	weft_fd_t *r2 = weft_fdtab_open(t, 4, 0);
+	ck_assert_ptr_eq(r2, r);
+	weft_fd_drained(r2, WEFT_WRITE, weft_fd_edges(r2, WEFT_WRITE));
+	ck_assert_int_ne(weft_fd_idle(r2, WEFT_WRITE), 0); /* not sticky */
+	close_record(t, r2);
+	r2 = weft_fdtab_open(t, 4, 0);
+	ck_assert_int_eq(weft_fd_idle(r2, WEFT_WRITE), 0);
+	ck_assert_int_eq(weft_fd_idle(r2, WEFT_READ), 0);
+	close_record(t, r2);
+	weft_fdtab_free(t);
+}
+END_TEST
+
 static Suite *fdtab_suite(void)
 {
 	Suite *s = suite_create("fdtab");
@@ -720,6 +796,7 @@ static Suite *fdtab_suite(void)
 	tcase_add_loop_test(tc, test_state_machine, 0, (int)(2 * sizeof rows / sizeof rows[0]));
 	tcase_add_test(tc, test_waiter_limits);
 	tcase_add_test(tc, test_cancel_after_reuse);
+	tcase_add_test(tc, test_readiness_tracking);
 	tcase_add_test(tc, test_enomem);
 	suite_add_tcase(s, tc);
 	/* Explicit, so the runs fit even under Check's 4 s default. */

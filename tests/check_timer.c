@@ -525,8 +525,12 @@ static void check_advance(weft_wheel_t *wh, uint64_t now)
 	weft_timer_t *list = weft_wheel_advance(wh, now, &n);
 
 	collect(list, n, now);
+	uint64_t prev = 0;
 	for (weft_timer_t *t = list; t != NULL; t = t->_next) {
 		int id = id_of(t);
+		/* In expiry order: the loop wakes threads in deadline order. */
+		REQUIRE(t->expires >= prev, "out of order at %" PRIu64, now);
+		prev = t->expires;
 		REQUIRE(id >= 0 && id < POOL && &pool[id].t == t, "foreign timer");
 		REQUIRE(pool[id].pos >= 0, "timer %d fired but was not armed", id);
 		REQUIRE(!pool[id].fired, "timer %d fired twice", id);

@@ -51,6 +51,8 @@ static void check_quiet(weft_worker_t *w)
 	ck_assert_int_eq(weft_worker_alive(w), 0);
 	ck_assert_uint_eq(w->nalive, 0);
 	ck_assert_uint_eq(weft_wheel_count(&w->wheel), 0);
+	ck_assert_uint_eq(weft_wheel_count(&w->cbwheel), 0);
+	ck_assert_int_eq(weft_worker_timers_due(w), 0);
 	ck_assert_uint_eq(w->stats.lost, 0);
 }
 
@@ -664,6 +666,73 @@ START_TEST(test_wait_time)
 
 	weft_worker_co_free(w, a);
 	weft_worker_co_free(w, b);
+	teardown(e);
+}
+END_TEST
+
+/* Callback timers: each armed one is queued once, in expiry order, after
+ * its deadline; a disarmed one never; armed or queued, they keep the loop
+ * alive, and a poll with due timers not yet taken does not block. */
+START_TEST(test_callback_timers)
+{
+	env_t e = setup();
+	weft_worker_t *w = e.w;
+	enum { N = 200 };
+	static weft_timer_t t[N];
+	int seen[N] = {0};
+	uint64_t t0 = weft_clock_ns();
+
+	for (int i = 0; i < N; i++) {
+		weft_timer_init(&t[i]);
+		/* 1 to 40 ms ahead, in a scrambled order. */
+		weft_worker_timer_arm(w, &t[i], t0 + (uint64_t)(1 + (i * 37) % 40) * MS);
+	}
+	ck_assert_uint_eq(w->nalive, N);
+	ck_assert_int_ne(weft_worker_alive(w), 0);
+	/* Every third is disarmed; a second disarm finds nothing. */
+	for (int i = 0; i < N; i += 3) {
+		ck_assert_int_eq(weft_worker_timer_disarm(w, &t[i]), 1);
+		ck_assert_int_eq(weft_worker_timer_disarm(w, &t[i]), 0);
+	}
+	int armed = N - (N + 2) / 3;
+	ck_assert_uint_eq(w->nalive, (uint32_t)armed);
+
+	int got = 0;
+	uint64_t last = 0;
+	uint64_t until = t0 + 2000 * MS;
+	while (got < armed && weft_clock_ns() < until) {
+		ck_assert_int_ge(weft_worker_poll(w, 50 * MS), 0);
+		weft_timer_t *x;
+		while ((x = weft_worker_timer_next(w)) != NULL) {
+			int i = (int)(x - t);
+			ck_assert_int_ge(i, 0);
+			ck_assert_int_lt(i, N);
+			ck_assert_int_ne(i % 3, 0);
+			ck_assert_int_eq(seen[i], 0);
+			seen[i] = 1;
+			got++;
+			ck_assert_uint_ge(x->expires, last);
+			last = x->expires;
+			/* Not early: the wheel ticks in milliseconds, rounded up. */
+			ck_assert_uint_ge(weft_clock_ns(), t0 + (uint64_t)(1 + (i * 37) % 40) * MS);
+			ck_assert_int_eq(weft_timer_armed(x), 0);
+		}
+	}
+	ck_assert_int_eq(got, armed);
+	ck_assert_uint_eq(w->nalive, 0);
+
+	/* A timer already due is queued by the next poll, which then does
+	 * not block while it waits to be taken. */
+	weft_worker_timer_arm(w, &t[0], weft_clock_ns() - MS);
+	ck_assert_int_eq(weft_worker_poll(w, 0), 0);
+	ck_assert_int_ne(weft_worker_timers_due(w), 0);
+	ck_assert_int_ne(weft_worker_alive(w), 0);
+	ck_assert_int_eq(weft_worker_timer_disarm(w, &t[0]), 0); /* queued, not armed */
+	uint64_t before = weft_clock_ns();
+	ck_assert_int_ge(weft_worker_poll(w, 200 * MS), 0);
+	ck_assert_uint_lt(weft_clock_ns() - before, 150 * MS);
+	ck_assert_ptr_eq(weft_worker_timer_next(w), &t[0]);
+	ck_assert_ptr_null(weft_worker_timer_next(w));
 	teardown(e);
 }
 END_TEST
@@ -1377,6 +1446,7 @@ static Suite *worker_suite(void)
 	tcase_add_test(tc, test_stale_events);
 	tcase_add_test(tc, test_wake_io_wait);
 	tcase_add_test(tc, test_wait_time);
+	tcase_add_test(tc, test_callback_timers);
 	tcase_add_test(tc, test_yield);
 	tcase_add_test(tc, test_wake_suspended);
 	tcase_add_test(tc, test_msg_io);
