@@ -9,28 +9,27 @@
 #include "resolver.h"
 
 #include <errno.h>
-#include <pthread.h>
-#include <signal.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <time.h>
 
 #include "error.h"
+#include "thread.h"
 
 static struct {
-	pthread_mutex_t lock;
-	pthread_cond_t work;    /* a request was queued, or stopping was set */
-	pthread_cond_t stopped; /* a shutdown finished */
+	weft_mutex_t lock;
+	weft_cond_t work;    /* a request was queued, or stopping was set */
+	weft_cond_t stopped; /* a shutdown finished */
 	weft_resolve_t *head, *tail;
 	size_t queued;
 	int nthreads; /* started and not yet joined */
 	int idle;     /* waiting on `work` */
 	int stopping; /* a shutdown is joining the threads */
-	pthread_t threads[WEFT_RESOLVER_THREADS];
+	weft_thread_t threads[WEFT_RESOLVER_THREADS];
 } pool = {
-    .lock = PTHREAD_MUTEX_INITIALIZER,
-    .work = PTHREAD_COND_INITIALIZER,
-    .stopped = PTHREAD_COND_INITIALIZER,
+    .lock = WEFT_MUTEX_INIT,
+    .work = WEFT_COND_INIT,
+    .stopped = WEFT_COND_INIT,
 };
 
 static _Atomic unsigned delay_ms;
@@ -124,11 +123,11 @@ static void *pool_thread(void *unused)
 {
 	(void)unused;
 	on_pool_thread = 1;
-	pthread_mutex_lock(&pool.lock);
+	weft_mutex_lock(&pool.lock);
 	for (;;) {
 		while (pool.head == NULL && !pool.stopping) {
 			pool.idle++;
-			pthread_cond_wait(&pool.work, &pool.lock);
+			weft_cond_wait(&pool.work, &pool.lock);
 			pool.idle--;
 		}
 		weft_resolve_t *req = pool.head;
@@ -138,7 +137,7 @@ static void *pool_thread(void *unused)
 		if (pool.head == NULL)
 			pool.tail = NULL;
 		pool.queued--;
-		pthread_mutex_unlock(&pool.lock);
+		weft_mutex_unlock(&pool.lock);
 
 		unsigned ms = atomic_load_explicit(&delay_ms, memory_order_relaxed);
 		if (ms)
@@ -149,25 +148,20 @@ static void *pool_thread(void *unused)
 		weft_resolve_now(req);
 		cb(req, arg);
 
-		pthread_mutex_lock(&pool.lock);
+		weft_mutex_lock(&pool.lock);
 	}
-	pthread_mutex_unlock(&pool.lock);
+	weft_mutex_unlock(&pool.lock);
 	return NULL;
 }
 
-/* Called with the lock held.  0 or an errno value. */
+/* Called with the lock held.  0 or a negative code. */
 static int start_thread(void)
 {
 	/* Signals belong to the workers (the main thread handles them); a
 	 * handler run on a resolver thread would find none of the state it
-	 * expects.  A new thread inherits its creator's mask, so block
-	 * everything around pthread_create(): unlike blocking from inside the
-	 * new thread, this leaves no window where a signal could land there. */
-	sigset_t all, old;
-	sigfillset(&all);
-	pthread_sigmask(SIG_SETMASK, &all, &old);
-	int rc = pthread_create(&pool.threads[pool.nthreads], NULL, pool_thread, NULL);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	 * expects. */
+	int rc = weft_thread_create(&pool.threads[pool.nthreads], pool_thread, NULL,
+	                            WEFT_THREAD_NOSIGNALS);
 	if (rc == 0)
 		pool.nthreads++;
 	return rc;
@@ -181,14 +175,14 @@ int weft_resolver_submit(weft_resolve_t *req, weft_resolve_cb cb, void *arg)
 	req->_arg = arg;
 	req->_next = NULL;
 
-	pthread_mutex_lock(&pool.lock);
+	weft_mutex_lock(&pool.lock);
 	/* A shutdown is joining the threads and may not start new ones: wait
 	 * for it, then restart the pool.  A callback submitting from a pool
 	 * thread must not wait (its thread is being joined); the request is
 	 * queued and that very thread takes it, since threads leave only once
 	 * the queue is empty. */
 	while (pool.stopping && !on_pool_thread)
-		pthread_cond_wait(&pool.stopped, &pool.lock);
+		weft_cond_wait(&pool.stopped, &pool.lock);
 
 	/* Compare with the idle count rather than test "idle == 0": a thread
 	 * already signalled for an earlier request still counts as idle
@@ -199,8 +193,8 @@ int weft_resolver_submit(weft_resolve_t *req, weft_resolve_cb cb, void *arg)
 		/* With a thread running the request is only delayed; with none
 		 * it would never run, so fail and never call cb. */
 		if (rc != 0 && pool.nthreads == 0) {
-			pthread_mutex_unlock(&pool.lock);
-			return -rc;
+			weft_mutex_unlock(&pool.lock);
+			return rc;
 		}
 	}
 
@@ -210,8 +204,8 @@ int weft_resolver_submit(weft_resolve_t *req, weft_resolve_cb cb, void *arg)
 		pool.head = req;
 	pool.tail = req;
 	pool.queued++;
-	pthread_cond_signal(&pool.work);
-	pthread_mutex_unlock(&pool.lock);
+	weft_cond_signal(&pool.work);
+	weft_mutex_unlock(&pool.lock);
 	return 0;
 }
 
@@ -226,26 +220,26 @@ void weft_resolver_shutdown(void)
 	if (on_pool_thread)
 		return;
 
-	pthread_mutex_lock(&pool.lock);
+	weft_mutex_lock(&pool.lock);
 	while (pool.stopping)
-		pthread_cond_wait(&pool.stopped, &pool.lock);
+		weft_cond_wait(&pool.stopped, &pool.lock);
 	if (pool.nthreads == 0) {
-		pthread_mutex_unlock(&pool.lock);
+		weft_mutex_unlock(&pool.lock);
 		return;
 	}
 	pool.stopping = 1;
-	pthread_cond_broadcast(&pool.work);
+	weft_cond_broadcast(&pool.work);
 	int n = pool.nthreads;
-	pthread_mutex_unlock(&pool.lock);
+	weft_mutex_unlock(&pool.lock);
 
 	/* threads[] cannot change meanwhile: submit starts none while
 	 * stopping is set. */
 	for (int i = 0; i < n; i++)
-		pthread_join(pool.threads[i], NULL);
+		weft_thread_join(pool.threads[i], NULL);
 
-	pthread_mutex_lock(&pool.lock);
+	weft_mutex_lock(&pool.lock);
 	pool.nthreads = 0;
 	pool.stopping = 0;
-	pthread_cond_broadcast(&pool.stopped);
-	pthread_mutex_unlock(&pool.lock);
+	weft_cond_broadcast(&pool.stopped);
+	weft_mutex_unlock(&pool.lock);
 }

@@ -19,7 +19,9 @@ typedef DWORD weft_thread_id_t;
 typedef SRWLOCK weft_mutex_t;
 typedef CONDITION_VARIABLE weft_cond_t;
 typedef INIT_ONCE weft_once_t;
-#define WEFT_ONCE_INIT INIT_ONCE_STATIC_INIT
+#define WEFT_ONCE_INIT  INIT_ONCE_STATIC_INIT
+#define WEFT_MUTEX_INIT SRWLOCK_INIT
+#define WEFT_COND_INIT  CONDITION_VARIABLE_INIT
 #else
 #include <pthread.h>
 typedef pthread_t weft_thread_t;
@@ -27,7 +29,9 @@ typedef pthread_t weft_thread_id_t;
 typedef pthread_mutex_t weft_mutex_t;
 typedef pthread_cond_t weft_cond_t;
 typedef pthread_once_t weft_once_t;
-#define WEFT_ONCE_INIT PTHREAD_ONCE_INIT
+#define WEFT_ONCE_INIT  PTHREAD_ONCE_INIT
+#define WEFT_MUTEX_INIT PTHREAD_MUTEX_INITIALIZER
+#define WEFT_COND_INIT  PTHREAD_COND_INITIALIZER
 #endif
 
 /* Flags for weft_thread_create. */
@@ -65,7 +69,10 @@ int weft_mutex_trylock(weft_mutex_t *m);
 void weft_mutex_unlock(weft_mutex_t *m);
 
 /* A condition variable, waited on with a locked mutex.  Waits may return
- * spuriously: callers re-check their predicate in a loop. */
+ * spuriously: callers re-check their predicate in a loop.  WEFT_MUTEX_INIT
+ * and WEFT_COND_INIT initialise static ones; a condition variable used
+ * with weft_cond_timedwait must come from weft_cond_init (on POSIX, the
+ * static initialiser would count the timeout on the wall clock). */
 int weft_cond_init(weft_cond_t *c);
 void weft_cond_destroy(weft_cond_t *c);
 void weft_cond_wait(weft_cond_t *c, weft_mutex_t *m);
