@@ -23,9 +23,9 @@
 #include "lweft.h"
 
 static char MARK_SUSPEND, MARK_TRANSFER;
-static char THREADS_KEY, NAMES_KEY, FINISH_KEY, ERRH_KEY;
+static char THREADS_KEY, NAMES_KEY, FINISH_KEY, ERRH_KEY, BADYIELD_KEY;
 
-enum { DONE_WAIT, DONE_SUSPEND, DONE_FINISHED, DONE_ERROR };
+enum { DONE_WAIT, DONE_SUSPEND, DONE_FINISHED, DONE_ERROR, DONE_KILLED };
 
 /* Wake handles (weft.wakehandle): a handle names one thread of one worker
  * and may travel to any worker, whose wakeup(...) makes the thread's
@@ -261,6 +261,13 @@ static void finish(lua_State *L, lw_state_t *S, uint32_t slot, int ok, int err_i
 	}
 	lua_pop(L, 3); /* list or nil, thread, FINISH */
 
+	lua_rawgetp(L, LUA_REGISTRYINDEX, &BADYIELD_KEY);
+	lua_pushthread(co);
+	lua_xmove(co, L, 1);
+	lua_pushnil(L);
+	lua_rawset(L, -3);
+	lua_pop(L, 1);
+
 	wh_retire(S, slot);
 	lw_set_slot(co, LW_NONE);
 	S->threads[slot] = NULL;
@@ -274,6 +281,32 @@ static void finish(lua_State *L, lw_state_t *S, uint32_t slot, int ok, int err_i
 	lua_pushnil(L);
 	lua_rawseti(L, -2, (lua_Integer)slot + 1);
 	lua_pop(L, 1);
+}
+
+/* A plain yield from a thread that has a bad-yield handler (set with
+ * weft.core.onbadyield, for layers whose threads must not yield by
+ * themselves, like Copas's): the handler runs as f(th) and the thread is
+ * ended.  Returns 1 with the error message on co's stack, else 0. */
+static int bad_yield(lua_State *L, lua_State *co, int base)
+{
+	lua_rawgetp(L, LUA_REGISTRYINDEX, &BADYIELD_KEY);
+	lua_pushthread(co);
+	lua_xmove(co, L, 1);
+	if (lua_rawget(L, -2) != LUA_TFUNCTION) {
+		lua_pop(L, 2);
+		return 0;
+	}
+	lua_pushthread(co);
+	lua_xmove(co, L, 1);
+	if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+		fprintf(stderr, "weft: error in a bad-yield handler: %s\n",
+			luaL_tolstring(L, -1, NULL));
+		lua_pop(L, 2);
+	}
+	lua_pop(L, 1);
+	lua_settop(co, base - 1);
+	lua_pushliteral(co, "the thread yielded outside the scheduler's calls");
+	return 1;
 }
 
 /* Resume thread `slot` with nargs values already on its stack, following
@@ -345,6 +378,10 @@ static int dispatch(lua_State *L, lw_state_t *S, uint32_t slot, int nargs, uint3
 		if (mark == &MARK_SUSPEND) {
 			lua_remove(co, base);
 			(*nres)--;
+		} else if (bad_yield(L, co, base)) {
+			*nres = 1;
+			done = DONE_KILLED;
+			break;
 		}
 		weft_worker_suspend(S->w, slot);
 		wh_suspended(S, slot);
@@ -405,6 +442,11 @@ static void settle(lua_State *L, lw_state_t *S, int done, uint32_t slot, int nre
 	case DONE_ERROR:
 		lua_xmove(co, L, 1);
 		report(L, S, slot);
+		finish(L, S, slot, 0, -1);
+		lua_pop(L, 1);
+		break;
+	case DONE_KILLED:
+		lua_xmove(co, L, 1);
 		finish(L, S, slot, 0, -1);
 		lua_pop(L, 1);
 		break;
@@ -627,6 +669,10 @@ static int l_resume(lua_State *L)
 		lua_xmove(oc, L, nres);
 		finish(L, S, out, 1, 0);
 		return nres;
+	case DONE_KILLED:
+		lua_xmove(oc, L, 1);
+		finish(L, S, out, 0, -1);
+		return 0;
 	default:
 		lua_xmove(oc, L, 1);
 		finish(L, S, out, 0, -1);
@@ -673,6 +719,23 @@ static int l_inthread(lua_State *L)
 	lw_state_t *S = lw_S(L);
 	lua_pushboolean(L, S->current != LW_NONE && lua_isyieldable(L));
 	return 1;
+}
+
+/* weft.core.onbadyield(th, f | nil): see bad_yield */
+static int l_onbadyield(lua_State *L)
+{
+	lw_state_t *S = lw_S(L);
+	lua_State *co = lua_tothread(L, 1);
+	luaL_argexpected(L, co != NULL, 1, "thread");
+	if (!lua_isnil(L, 2))
+		luaL_checktype(L, 2, LUA_TFUNCTION);
+	if (lw_slot_of(S, co) == LW_NONE)
+		return luaL_error(L, "weft.onbadyield: not a live weft thread");
+	lua_rawgetp(L, LUA_REGISTRYINDEX, &BADYIELD_KEY);
+	lua_pushvalue(L, 1);
+	lua_pushvalue(L, 2);
+	lua_rawset(L, -3);
+	return 0;
 }
 
 /* weft.onthreadfinish(th, f) */
@@ -1157,6 +1220,7 @@ static const luaL_Reg sched_funcs[] = {
 	{"transfer", l_transfer},
 	{"currentthread", l_currentthread},
 	{"onthreadfinish", l_onthreadfinish},
+	{"onbadyield", l_onbadyield},
 	{"seterrorhandler", l_seterrorhandler},
 	{"inthread", l_inthread},
 	{"cowrap_tag", l_cowrap_tag},
@@ -1177,6 +1241,7 @@ void lw_open_sched(lua_State *L, lw_state_t *S)
 	reg_table(L, &THREADS_KEY);
 	reg_table(L, &NAMES_KEY);
 	reg_table(L, &FINISH_KEY);
+	reg_table(L, &BADYIELD_KEY);
 	lw_newclass(L, S, LW_SLEEPJOB, sj_methods, sj_meta);
 	lw_serial_register(LW_SLEEPJOB, pack_sj, unpack_sj);
 	lw_newclass(L, S, LW_WAKEHANDLE, wh_methods, wh_meta);

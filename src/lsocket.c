@@ -8,6 +8,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <netinet/in.h>
 #include <string.h>
@@ -924,7 +925,55 @@ static const luaL_Reg meta[] = {
 	{NULL, NULL},
 };
 
+/* weft.core.adopt(fd) -> sock: a weft socket on a duplicate of another
+ * library's descriptor (LuaSocket's, for the Copas layer), made
+ * non-blocking; the original stays usable by its owner. */
+static int l_adopt(lua_State *L)
+{
+	lw_state_t *S = lw_S(L);
+	lua_Integer ofd = luaL_checkinteger(L, 1);
+	luaL_argcheck(L, ofd >= 0 && ofd <= INT_MAX, 1, "not a descriptor");
+	int type, family, protocol = 0, listening = 0;
+	socklen_t len = sizeof type;
+	if (getsockopt((int)ofd, SOL_SOCKET, SO_TYPE, &type, &len) < 0)
+		return lw_error(L, -errno);
+	len = sizeof family;
+	if (getsockopt((int)ofd, SOL_SOCKET, SO_DOMAIN, &family, &len) < 0)
+		return lw_error(L, -errno);
+	len = sizeof protocol;
+	getsockopt((int)ofd, SOL_SOCKET, SO_PROTOCOL, &protocol, &len);
+	len = sizeof listening;
+	getsockopt((int)ofd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len);
+	int fd = fcntl((int)ofd, F_DUPFD_CLOEXEC, 0);
+	if (fd < 0)
+		return lw_error(L, -errno);
+	int fl = fcntl(fd, F_GETFL);
+	if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
+		int e = -errno;
+		weft_sock_close(fd);
+		return lw_error(L, e);
+	}
+	int n = push_sock(L, S, fd, family, type, protocol);
+	if (n != 1)
+		return n;
+	if (listening) {
+		lua_getfield(L, -1, "_listen");
+		lua_pushvalue(L, -2);
+		lua_call(L, 1, 2);
+		if (lua_isnil(L, -2))
+			return 2;
+		lua_pop(L, 2);
+	} else if (type == SOCK_STREAM) {
+		struct sockaddr_storage ss;
+		socklen_t sl = sizeof ss;
+		lsock_t *s = lua_touserdata(L, -1);
+		s->connected = getpeername(fd, (struct sockaddr *)&ss, &sl) == 0;
+	}
+	return 1;
+}
+
 static const luaL_Reg funcs[] = {
+	{"adopt", l_adopt},
 	{"tcp", l_tcp},
 	{"udp", l_udp},
 	{"raw", l_raw},

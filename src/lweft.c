@@ -548,6 +548,7 @@ int weft__open(lua_State *L)
 	lw_open_serial(L, S);
 	lw_open_channel(L, S);
 	lw_open_spawn(L, S);
+	lw_open_copas(L, S);
 	lw_open_tls(L, S);
 	lua_pushliteral(L, PACKAGE_VERSION);
 	lua_setfield(L, -2, "_VERSION");

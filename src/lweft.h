@@ -145,6 +145,7 @@ void lw_open_sched(lua_State *L, lw_state_t *S);
 void lw_close_sched(lw_state_t *S);
 void lw_open_channel(lua_State *L, lw_state_t *S);
 void lw_open_spawn(lua_State *L, lw_state_t *S);
+void lw_open_copas(lua_State *L, lw_state_t *S);
 
 /* TCP sockets as ltls.c sees them.  lw_checktcp raises unless idx is a
  * weft TCP socket; lw_sock_fd is -1 when it is closed or listening;

@@ -1,6 +1,9 @@
 /* echoload: closed-loop load generator for TCP echo servers.
  *
- *   echoload [-c CONNS] [-d SECONDS] [-s MSGSIZE] [-t THREADS] [-w] HOST PORT
+ *   echoload [-c CONNS] [-d SECONDS] [-l] [-s MSGSIZE] [-t THREADS] [-w] HOST PORT
+ *
+ * -l makes every message a line (letters, then '\n'), for line-based
+ * servers such as a Copas echo reading with receive("*l").
  *
  * Every connection plays ping-pong: send MSGSIZE bytes, wait until all of
  * them have come back (checking every byte), send again.  Closed loop means
@@ -71,6 +74,7 @@ struct worker {
 /* Settings and deadlines, fixed before any worker starts. */
 static size_t msgsize = 64;
 static int announce;
+static int lines; /* -l: each message is a line of letters ending in '\n' */
 static int64_t t_warm, t_end;
 
 static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
@@ -118,6 +122,8 @@ static double bucket_mid(unsigned b)
  * by a byte does not compare equal. */
 static unsigned char pattern(uint32_t id, uint32_t seq, size_t i)
 {
+	if (lines)
+		return i == msgsize - 1 ? '\n' : (unsigned char)('a' + (id * 131u + seq * 29u + (uint32_t)i * 7u) % 26u);
 	return (unsigned char)(id * 131u + seq * 29u + (uint32_t)i * 7u + (uint32_t)(i >> 8));
 }
 
@@ -317,7 +323,7 @@ static void connect_all(struct lconn *conns, size_t n, const struct addrinfo *ai
 
 static _Noreturn void usage(void)
 {
-	fprintf(stderr, "usage: echoload [-c CONNS] [-d SECONDS] [-s MSGSIZE] "
+	fprintf(stderr, "usage: echoload [-c CONNS] [-d SECONDS] [-l] [-s MSGSIZE] "
 	                "[-t THREADS] [-w] HOST PORT\n");
 	exit(2);
 }
@@ -337,7 +343,7 @@ int main(int argc, char **argv)
 	long nconns = 50, nthreads = 1;
 	double seconds = 5;
 	int opt;
-	while ((opt = getopt(argc, argv, "c:d:s:t:w")) != -1) {
+	while ((opt = getopt(argc, argv, "c:d:ls:t:w")) != -1) {
 		switch (opt) {
 		case 'c':
 			nconns = parse_count(optarg, 1, 1000000);
@@ -350,6 +356,9 @@ int main(int argc, char **argv)
 			break;
 		case 'w':
 			announce = 1;
+			break;
+		case 'l':
+			lines = 1;
 			break;
 		case 'd': {
 			char *end;

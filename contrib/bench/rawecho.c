@@ -1,6 +1,10 @@
 /* rawecho: the baseline TCP echo server for the weft benchmarks.
  *
- *   rawecho [host] [port]        (defaults 127.0.0.1 and 0 = any free port)
+ *   rawecho [-h] [host] [port]   (defaults 127.0.0.1 and 0 = any free port)
+ *
+ * With -h it is instead the baseline keep-alive HTTP "hello world" server
+ * (contrib/bench/copas-cpu.sh): every request head (up to a blank line)
+ * read gets one canned response, written the same way the echo is.
  *
  * This is what a careful C programmer writes by hand: one thread, one epoll
  * instance, non-blocking sockets, edge-triggered readiness, read until EAGAIN
@@ -47,7 +51,12 @@ struct conn {
 	size_t pending_off; /* first unsent byte in pending */
 	size_t pending_len; /* end of unsent bytes in pending */
 	size_t pending_cap;
+	int head_match;     /* -h: bytes of "\r\n\r\n" matched so far */
 };
+
+static int http_mode;
+static const char http_response[] = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+				    "Content-Length: 14\r\n\r\nHello, world!\n";
 
 /* The listener's epoll tag; connections are tagged with their struct. */
 static char listener_tag;
@@ -156,6 +165,24 @@ static int conn_echo(struct conn *c, const char *p, size_t n)
 	return conn_queue(c, p, n);
 }
 
+/* -h: answer every request head completed in these bytes.  0 or -1. */
+static int conn_http(struct conn *c, const char *p, size_t n)
+{
+	static const char end[] = "\r\n\r\n";
+	for (size_t i = 0; i < n; i++) {
+		if (p[i] == end[c->head_match])
+			c->head_match++;
+		else
+			c->head_match = p[i] == '\r' ? 1 : 0;
+		if (c->head_match == 4) {
+			c->head_match = 0;
+			if (conn_echo(c, http_response, sizeof http_response - 1) < 0)
+				return -1;
+		}
+	}
+	return 0;
+}
+
 /* Read and echo until the kernel has nothing more (EAGAIN), for at most
  * READS_PER_TURN reads.  0 when drained (or paused for backpressure), 1 when
  * the turn ended first (the caller queues c on the ready list), -1 when the
@@ -169,8 +196,12 @@ static int conn_read(struct conn *c, char *buf)
 		}
 		ssize_t n = recv(c->fd, buf, READ_SIZE, 0);
 		if (n > 0) {
-			if (conn_echo(c, buf, (size_t)n) < 0)
+			if (http_mode) {
+				if (conn_http(c, buf, (size_t)n) < 0)
+					return -1;
+			} else if (conn_echo(c, buf, (size_t)n) < 0) {
 				return -1;
+			}
 			continue;
 		}
 		if (n == 0)
@@ -331,10 +362,15 @@ static void on_signal(int sig)
 
 int main(int argc, char **argv)
 {
+	if (argc > 1 && strcmp(argv[1], "-h") == 0) {
+		http_mode = 1;
+		argv++;
+		argc--;
+	}
 	const char *host = argc > 1 ? argv[1] : "127.0.0.1";
 	const char *port = argc > 2 ? argv[2] : "0";
 	if (argc > 3) {
-		fprintf(stderr, "usage: rawecho [host] [port]\n");
+		fprintf(stderr, "usage: rawecho [-h] [host] [port]\n");
 		return 2;
 	}
 

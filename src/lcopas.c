@@ -1,0 +1,425 @@
+/* The C half of the Copas layer (lua/weft/copas.lua): a buffered reader
+ * that gives LuaSocket's receive patterns ("*l", "*a", a byte count, with
+ * a prefix) over any stream object with a weft-style
+ * `recv(buf, maxlen, expires) -> n | nil, err` method: weft TCP sockets,
+ * and TLS sockets, which have the same method.  The bytes received wait
+ * in a buffer owned by the reader; a pattern is cut out of it with no
+ * garbage besides the string returned.  The object's recv is called with
+ * lua_callk, so it may wait; the reader's continuation picks up where it
+ * was.  Errors keep LuaSocket's strings: "closed", "timeout", and
+ * LuaSocket's texts for the usual system errors. */
+#include "config.h"
+
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+
+#include "clock.h"
+#include "lweft.h"
+
+#define LW_READER "weft.copas_reader"
+
+/* Uservalues of a reader: the stream object, its recv method, the
+ * storage buffer and a view of the storage's free tail (re-aimed before
+ * every recv, so receiving makes no garbage). */
+enum { UV_SOCK = 1, UV_RECV, UV_STORE, UV_VIEW, UV_COUNTER, UV_COUNT = UV_COUNTER };
+
+#define READER_MIN 4096
+#define READER_MAX ((size_t)1 << 30)
+
+typedef struct reader {
+	size_t start, end; /* pending bytes: store[start, end) */
+	int busy;          /* a receive waits in recv: others are refused */
+	int hits;          /* results from the buffer since the last counted one */
+	lw_buffer_t *store; /* the storage (kept alive as a uservalue) */
+	lua_Integer *receiving; /* the instance's count of readers in recv, or NULL */
+} reader_t;
+
+#define LW_COUNTER "weft.copas_counter"
+
+/* core.copas_counter() -> a counter of readers waiting in recv, shared by
+ * the readers of one Copas instance (for copas.status). */
+static int l_counter(lua_State *L)
+{
+	lua_Integer *n = lua_newuserdatauv(L, sizeof *n, 0);
+	*n = 0;
+	luaL_setmetatable(L, LW_COUNTER);
+	return 1;
+}
+
+static int counter_get(lua_State *L)
+{
+	lua_pushinteger(L, *(lua_Integer *)luaL_checkudata(L, 1, LW_COUNTER));
+	return 1;
+}
+
+
+enum { PAT_LINE, PAT_ALL, PAT_COUNT };
+
+/* weft's error names as LuaSocket spells them; others pass through. */
+static const char *const errmap[][2] = {
+	{"eof", "closed"},
+	{"connection_reset", "connection reset by peer"},
+	{"connection_refused", "connection refused"},
+	{"connection_aborted", "connection aborted"},
+	{"broken_pipe", "closed"},
+	{"not_connected", "closed"},
+	{"Device or resource busy", "Operation already in progress"},
+	{"address_already_in_use", "address already in use"},
+	{"address_not_available", "address not available"},
+	{"network_unreachable", "network is unreachable"},
+	{"host_unreachable", "host is unreachable"},
+	{"host_not_found", "host not found"},
+	{"access_denied", "permission denied"},
+	{"already_connected", "already connected"},
+	{NULL, NULL},
+};
+
+static const char *luasocket_error(const char *err)
+{
+	if (!err)
+		return "closed";
+	for (int i = 0; errmap[i][0]; i++)
+		if (strcmp(err, errmap[i][0]) == 0)
+			return errmap[i][1];
+	return err;
+}
+
+/* core.copas_errstr(err) -> the LuaSocket spelling of a weft error */
+static int l_errstr(lua_State *L)
+{
+	lua_pushstring(L, luasocket_error(luaL_optstring(L, 1, NULL)));
+	return 1;
+}
+
+
+/* core.copas_reader(sock [, counter]) -> reader */
+static int l_reader(lua_State *L)
+{
+	luaL_checkany(L, 1);
+	lua_Integer *counter = luaL_testudata(L, 2, LW_COUNTER);
+	reader_t *r = lua_newuserdatauv(L, sizeof *r, UV_COUNT);
+	r->start = r->end = 0;
+	r->busy = 0;
+	r->hits = 0;
+	r->receiving = counter; /* may be NULL */
+	if (counter) {
+		lua_pushvalue(L, 2);
+		lua_setiuservalue(L, -2, UV_COUNTER);
+	}
+	luaL_setmetatable(L, LW_READER);
+	int ri = lua_gettop(L);
+	lua_pushvalue(L, 1);
+	lua_setiuservalue(L, ri, UV_SOCK);
+	if (lua_getfield(L, 1, "recv") == LUA_TNIL)
+		return luaL_argerror(L, 1, "a stream with a recv method expected");
+	lua_setiuservalue(L, ri, UV_RECV);
+	r->store = lw_buffer_push(L, NULL, READER_MIN);
+	lua_setiuservalue(L, ri, UV_STORE);
+	/* The view: a buffer that borrows the storage's bytes. */
+	lw_buffer_t *v = lua_newuserdatauv(L, sizeof *v, 1);
+	memset(v, 0, sizeof *v);
+	v->view = 1;
+	luaL_setmetatable(L, LW_BUFFER);
+	lua_getiuservalue(L, ri, UV_STORE);
+	lua_setiuservalue(L, -2, 1);
+	lua_setiuservalue(L, ri, UV_VIEW);
+	lua_settop(L, ri);
+	return 1;
+}
+
+static reader_t *checkreader(lua_State *L, int idx)
+{
+	return luaL_checkudata(L, idx, LW_READER);
+}
+
+static int pattern_of(lua_State *L, lua_Integer *count)
+{
+	switch (lua_type(L, 2)) {
+	case LUA_TNONE:
+	case LUA_TNIL:
+		return PAT_LINE;
+	case LUA_TNUMBER: {
+		lua_Number n = lua_tonumber(L, 2);
+		luaL_argcheck(L, n >= 0, 2, "invalid receive pattern");
+		*count = (lua_Integer)n;
+		return PAT_COUNT;
+	}
+	case LUA_TSTRING: {
+		const char *p = lua_tostring(L, 2);
+		if (p[0] == '*')
+			p++;
+		if (p[0] == 'l')
+			return PAT_LINE;
+		if (p[0] == 'a')
+			return PAT_ALL;
+		break;
+	}
+	}
+	return luaL_argerror(L, 2, "invalid receive pattern");
+}
+
+/* Push prefix .. bytes (with every CR dropped when strip_cr). */
+static void push_result(lua_State *L, const char *prefix, size_t plen, const char *p, size_t n,
+			int strip_cr)
+{
+	if (!plen && !(strip_cr && memchr(p, '\r', n))) {
+		lua_pushlstring(L, p, n);
+		return;
+	}
+	luaL_Buffer b;
+	char *out = luaL_buffinitsize(L, &b, plen + n);
+	memcpy(out, prefix, plen);
+	size_t k = plen;
+	for (size_t i = 0; i < n; i++)
+		if (!strip_cr || p[i] != '\r')
+			out[k++] = p[i];
+	luaL_pushresultsize(&b, k);
+}
+
+/* nil, err, partial: the partial result takes everything buffered. */
+static int fail(lua_State *L, reader_t *r, const char *data, int pat, const char *err)
+{
+	size_t plen = 0;
+	const char *prefix = lua_type(L, 3) == LUA_TSTRING ? lua_tolstring(L, 3, &plen) : "";
+	lua_pushnil(L);
+	lua_pushstring(L, err);
+	push_result(L, prefix, plen, data + r->start, r->end - r->start, pat == PAT_LINE);
+	r->start = r->end = 0;
+	return 3;
+}
+
+/* The pattern's result if the buffer holds it: 1 (pushed), else 0. */
+static int satisfy(lua_State *L, reader_t *r, const char *data, int pat, lua_Integer count)
+{
+	size_t plen = 0;
+	const char *prefix = lua_type(L, 3) == LUA_TSTRING ? lua_tolstring(L, 3, &plen) : "";
+	size_t avail = r->end - r->start;
+	const char *p = data + r->start;
+	if (pat == PAT_LINE) {
+		const char *nl = avail ? memchr(p, '\n', avail) : NULL;
+		if (!nl)
+			return 0;
+		push_result(L, prefix, plen, p, (size_t)(nl - p), 1);
+		r->start += (size_t)(nl - p) + 1;
+	} else if (pat == PAT_COUNT) {
+		/* As LuaSocket: the prefix counts towards the total wanted. */
+		size_t want = (size_t)count;
+		if (plen && want <= plen) {
+			lua_pushvalue(L, 3);
+			return 1;
+		}
+		want -= plen;
+		if (avail < want)
+			return 0;
+		push_result(L, prefix, plen, p, want, 0);
+		r->start += want;
+	} else {
+		return 0;
+	}
+	if (r->start == r->end)
+		r->start = r->end = 0;
+	return 1;
+}
+
+/* The deadline for one recv: nil (no timeout) or clock + timeout. */
+static void push_expires(lua_State *L)
+{
+	if (lua_type(L, 4) != LUA_TNUMBER) {
+		lua_pushnil(L);
+		return;
+	}
+	lua_Number t = lua_tonumber(L, 4);
+	if (t < 0)
+		lua_pushnil(L);
+	else
+		lua_pushnumber(L, weft_clock() + t);
+}
+
+/* After a fairness yield: the result pushed before it. */
+static int result_k(lua_State *L, int status, lua_KContext ctx)
+{
+	lw_wakecode(L);
+	return 1;
+}
+
+/* Results cut from the buffer without a recv count as I/O for the
+ * thread's budget too (one call in READER_HITS), so that a thread reading a
+ * fast peer byte by byte still lets the others run, and one reading lines
+ * pipelined by the hundred does not yield for each few. */
+#define READER_HITS 16
+
+static int satisfied(lua_State *L, reader_t *r)
+{
+	lw_state_t *S = lw_S(L);
+	if (++r->hits >= READER_HITS) {
+		r->hits = 0;
+		if (lw_spend(S) && lua_isyieldable(L))
+			return lw_fair_yield(L, S, 0, result_k);
+	}
+	return 1;
+}
+
+/* rd:receive([pattern [, prefix]], timeout, partial)
+ *   -> data | nil, err, partial
+ * timeout: seconds per recv (nil or < 0: none; 0: only what is there).
+ * partial (receivepartial): with "*a" or a count, return as soon as some
+ * data came, as nil, "timeout", partial. */
+static int receive_k(lua_State *L, int status, lua_KContext ctx)
+{
+	reader_t *r = lua_touserdata(L, 1);
+	lua_Integer count = 0;
+	int pat = pattern_of(L, &count);
+	lw_buffer_t *st = r->store;
+	if (status != LUA_OK) {
+		/* Back from recv: n, or nil, err. */
+		r->busy = 0;
+		if (r->receiving)
+			(*r->receiving)--;
+		int isnum;
+		lua_Integer n = lua_tointegerx(L, 6, &isnum);
+		if (!isnum) {
+			const char *err = luasocket_error(lua_tostring(L, 7));
+			lua_settop(L, 5);
+			return fail(L, r, st->data, pat, err);
+		}
+		lua_settop(L, 5);
+		if (n <= 0) {
+			/* "*a" ends well at the close, unless it got nothing (as
+			 * LuaSocket: then "closed", with the prefix). */
+			if (pat == PAT_ALL && r->end > r->start) {
+				size_t plen = 0;
+				const char *prefix = lua_type(L, 3) == LUA_TSTRING
+							     ? lua_tolstring(L, 3, &plen)
+							     : "";
+				push_result(L, prefix, plen, st->data + r->start, r->end - r->start,
+					    0);
+				r->start = r->end = 0;
+				return 1;
+			}
+			return fail(L, r, st->data, pat, "closed");
+		}
+		r->end += (size_t)n;
+		if (satisfy(L, r, st->data, pat, count))
+			return 1; /* the recv counted */
+	} else if (satisfy(L, r, st->data, pat, count)) {
+		return satisfied(L, r);
+	}
+	if (lua_toboolean(L, 5) && pat != PAT_LINE && r->end > r->start)
+		return fail(L, r, st->data, pat, "timeout");
+	/* Room for more: move the pending bytes to the front, grow when full. */
+	if (r->start > 0) {
+		memmove(st->data, st->data + r->start, r->end - r->start);
+		r->end -= r->start;
+		r->start = 0;
+	}
+	if (st->len - r->end < READER_MIN / 2) {
+		size_t want = st->len * 2;
+		if (pat == PAT_COUNT && (size_t)count > st->len && (size_t)count < READER_MAX)
+			want = (size_t)count + READER_MIN;
+		if (want > READER_MAX || lw_buffer_resize(st, want) < 0)
+			return fail(L, r, st->data, pat, "out of memory");
+	}
+	lua_getiuservalue(L, 1, UV_RECV);
+	lua_getiuservalue(L, 1, UV_SOCK);
+	lua_getiuservalue(L, 1, UV_VIEW);
+	lw_buffer_t *v = lua_touserdata(L, -1);
+	v->off = r->end;
+	v->len = st->len - r->end;
+	lua_pushinteger(L, (lua_Integer)v->len);
+	push_expires(L);
+	ctx = (lua_KContext)(r->end - r->start);
+	r->busy = 1;
+	if (r->receiving)
+		(*r->receiving)++;
+	lua_callk(L, 4, 2, ctx, receive_k);
+	return receive_k(L, LUA_YIELD, ctx);
+}
+
+static int rd_receive(lua_State *L)
+{
+	reader_t *r = checkreader(L, 1);
+	if (r->busy) {
+		/* One reader at a time: a second one would take the first
+		 * one's bytes. */
+		lua_pushnil(L);
+		lua_pushliteral(L, "Operation already in progress");
+		return 2;
+	}
+	lua_Integer count;
+	pattern_of(L, &count);
+	if (!lua_isnoneornil(L, 3))
+		luaL_checkstring(L, 3);
+	lua_settop(L, 5);
+	return receive_k(L, LUA_OK, 0);
+}
+
+/* rd:buffered() -> bytes received and not yet returned */
+static int rd_buffered(lua_State *L)
+{
+	reader_t *r = checkreader(L, 1);
+	lua_pushinteger(L, (lua_Integer)(r->end - r->start));
+	return 1;
+}
+
+/* rd:take() -> the buffered bytes (consumed) */
+static int rd_take(lua_State *L)
+{
+	reader_t *r = checkreader(L, 1);
+	lw_buffer_t *st = r->store;
+	lua_pushlstring(L, st->data + r->start, r->end - r->start);
+	r->start = r->end = 0;
+	return 1;
+}
+
+/* core.copas_yield(): the running thread goes to the back of the run
+ * queue (it runs again on the next loop step). */
+static int yield_k(lua_State *L, int status, lua_KContext ctx)
+{
+	lw_wakecode(L);
+	return 0;
+}
+
+static int l_yield(lua_State *L)
+{
+	lw_state_t *S = lw_S(L);
+	lw_waiter(L, S);
+	return lw_fair_yield(L, S, 0, yield_k);
+}
+
+static const luaL_Reg reader_methods[] = {
+	{"receive", rd_receive},
+	{"buffered", rd_buffered},
+	{"take", rd_take},
+	{NULL, NULL},
+};
+
+/* core.copas_gettime() -> seconds since the epoch (fractional) */
+static int l_gettime(lua_State *L)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+	return 1;
+}
+
+static const luaL_Reg counter_methods[] = {
+	{"get", counter_get},
+	{NULL, NULL},
+};
+
+static const luaL_Reg funcs[] = {
+	{"copas_counter", l_counter},
+	{"copas_gettime", l_gettime},
+	{"copas_reader", l_reader},
+	{"copas_errstr", l_errstr},
+	{"copas_yield", l_yield},
+	{NULL, NULL},
+};
+
+void lw_open_copas(lua_State *L, lw_state_t *S)
+{
+	lw_newclass(L, S, LW_READER, reader_methods, NULL);
+	lw_newclass(L, S, LW_COUNTER, counter_methods, NULL);
+	lw_register(L, S, funcs);
+}

@@ -1,0 +1,523 @@
+-- Copas layer: sockets with LuaSocket semantics (receive patterns, partial
+-- results, send(data, i, j), per-operation timeouts, closing from another
+-- thread, one waiter per direction), servers, UDP, weft's own
+-- LuaSocket-compatible sockets and LuaSocket's when it is installed, and
+-- more clients than select() can hold.
+local tap = require "tap"
+local weft = require "weft"
+local CH = require "copas_helper"
+local ok, is, like, cmp_ok = tap.ok, tap.is, tap.like, tap.cmp_ok
+
+local copas = CH.fresh()
+local S = copas.socket
+local has_luasocket, luasocket = pcall(require, "socket")
+if not has_luasocket then luasocket = nil end
+
+-- A server on 127.0.0.1 port 0 running handler for each client (wrapped);
+-- returns the server socket and its port.
+local function server(handler, timeout, name, sockets)
+	local srv
+	if sockets == "luasocket" then
+		srv = assert(luasocket.bind("127.0.0.1", 0))
+	else
+		srv = assert(S.bind("127.0.0.1", 0))
+	end
+	local _, port = srv:getsockname()
+	copas.addserver(srv, copas.handler(handler), timeout, name)
+	return srv, port
+end
+
+local function client(port, sockets)
+	local c = copas.wrap(sockets == "luasocket" and luasocket.tcp() or S.tcp())
+	assert(c:connect("127.0.0.1", port))
+	return c
+end
+
+for _, kind in ipairs({"weft", "luasocket"}) do
+	if kind == "luasocket" and not luasocket then
+		tap.skip("LuaSocket is not installed", 1)
+		break
+	end
+
+	CH.run(copas, kind .. ": echo with receive patterns", function()
+		local srv, port = server(function(skt)
+			while true do
+				local l, err = skt:receive("*l")
+				if not l then break end
+				assert(skt:send(l .. "\n"))
+			end
+		end, nil, "echo", kind)
+		is(copas.getsocketname(srv), "echo", "server name")
+		local c = client(port, kind)
+		c:send("one\r\n")
+		is(c:receive(), "one", "*l strips CR LF")
+		c:send("t\rw\ro\n")
+		is(c:receive("l"), "two", "every CR dropped, as LuaSocket")
+		c:send("abcdef\n")
+		is(c:receive(3), "abc", "count")
+		is(c:receive(4, "xy"), "xyde", "count with prefix: the prefix counts towards it")
+		is(c:receive("*l", "pre-"), "pre-f", "rest of the line with a prefix")
+		c:send("x\n")
+		is(c:receive("*l", "p:"), "p:x", "line with prefix")
+		is(c:receive(0), "", "zero bytes")
+		c:close()
+		copas.removeserver(srv)
+	end)
+
+	CH.run(copas, kind .. ": *a, closed and partial results", function()
+		local srv, port = server(function(skt)
+			local what = skt:receive()
+			if what == "all" then
+				skt:send(("x"):rep(100000))
+			elseif what == "partial" then
+				skt:send("no newline")
+			end
+		end, nil, nil, kind)
+		local c = client(port, kind)
+		c:send("all\n")
+		local d, err = c:receive("*a")
+		is(d and #d, 100000, "*a reads until close")
+		is(err, nil, "no error")
+		local d2, err2, p2 = c:receive("*a", "pre")
+		is(d2, nil, "*a again on the closed stream: nothing")
+		is(err2, "closed", "closed")
+		is(p2, "pre", "the prefix as partial")
+		c:close()
+		c = client(port, kind)
+		c:send("partial\n")
+		local l, e, part = c:receive("*l")
+		is(l, nil, "no line")
+		is(e, "closed", "closed")
+		is(part, "no newline", "partial line returned")
+		c:close()
+		c = client(port, kind)
+		c:send("partial\n")
+		local n, e2, p2 = c:receive(100)
+		is(e2, "closed", "count: closed")
+		is(p2, "no newline", "count: partial")
+		c:close()
+		copas.removeserver(srv)
+	end)
+
+	CH.run(copas, kind .. ": timeouts per operation", function()
+		local hold = {}
+		local srv, port = server(function(skt)
+			skt:send("abc")
+			copas.pause(0.3)
+			skt:send("def\n")
+			copas.pause(0.3)
+		end, nil, nil, kind)
+		local c = client(port, kind)
+		c:settimeout(0.1)
+		local t0 = weft.clock()
+		local l, e, p = c:receive("*l")
+		is(l, nil, "timed out")
+		is(e, "timeout", "timeout error")
+		is(p, "abc", "partial data with the timeout")
+		cmp_ok(weft.clock() - t0, "<", 0.28, "within the timeout, not the peer's pause")
+		c:settimeout(nil)
+		is(c:receive("*l", p), "abcdef", "then the rest, with the partial as prefix")
+		c:close()
+
+		c = client(port, kind)
+		c:settimeouts(nil, nil, 0.05)
+		local _, e3 = c:receive(10)
+		is(e3, "timeout", "settimeouts receive")
+		c:settimeouts(nil, nil, -1)
+		local x = c:receive(4)
+		is(x, "def\n", "negative: no timeout again (the partial went with the timeout)")
+		c:close()
+		local r, msg = c:settimeout("x")
+		is(r, nil, "bad timeout refused")
+		is(msg, "timeout must be 'nil' or a number", "message")
+		copas.removeserver(srv)
+	end)
+
+	CH.run(copas, kind .. ": receive with timeout 0 behaves as receivepartial", function()
+		local srv, port = server(function(skt)
+			skt:send("12345")
+			copas.pause(0.1)
+		end, nil, nil, kind)
+		local c = client(port, kind)
+		copas.pause(0.03)
+		c:settimeout(0)
+		local d, e, p = c:receive(10)
+		is(d, nil, "not all")
+		is(e, "timeout", "timeout")
+		is(p, "12345", "what was there")
+		c:close()
+		copas.removeserver(srv)
+	end)
+
+	CH.run(copas, kind .. ": *a versus receivepartial on a stream", function()
+		local srv, port = server(function(skt)
+			for i = 1, 4 do
+				skt:send(("%d"):format(i):rep(1000))
+				copas.pause(0.05)
+			end
+		end, nil, nil, kind)
+		local c = client(port, kind)
+		c:settimeout(0.5)
+		local d = c:receive("*a")
+		is(d and #d, 4000, "*a with a timeout longer than the gaps reads all")
+		c:close()
+		c = client(port, kind)
+		c:settimeout(0.5)
+		local chunks, total = 0, 0
+		while true do
+			local all, err, part = c:receivepartial("*a")
+			if all then total = total + #all break end
+			if err ~= "timeout" then break end
+			chunks = chunks + 1
+			total = total + #part
+		end
+		is(total, 4000, "receivepartial got everything")
+		cmp_ok(chunks, ">=", 2, "in several chunks")
+		c:close()
+		copas.removeserver(srv)
+	end)
+
+	CH.run(copas, kind .. ": send(data, i, j) and names", function()
+		local got
+		local srv, port = server(function(skt)
+			got = skt:receive("*a")
+		end, nil, "named", kind)
+		local c = client(port, kind)
+		is(c:send("0123456789", 3, 5), 5, "returns the last index sent")
+		is(c:send("abcdef", -2), 6, "negative i")
+		is(c:send("xyz", 2), 3, "from i")
+		is(c:send(""), 0, "empty")
+		c:close()
+		copas.pause(0.05)
+		is(got, "234efyz", "the right bytes")
+		copas.removeserver(srv)
+	end)
+end
+
+CH.run(copas, "handler names and server timeouts", function()
+	local names_seen, tos = {}, {}
+	local srv = assert(S.bind("127.0.0.1", 0))
+	local _, port = srv:getsockname()
+	copas.addserver(srv, function(skt)
+		names_seen[#names_seen + 1] = copas.getthreadname() .. "|" .. copas.getsocketname(skt)
+		local _, _, r = copas.gettimeouts(skt)
+		tos[#tos + 1] = r
+		local w = copas.wrap(skt)
+		ok(copas.wrap(w) == w, "wrapping twice gives the same wrapper")
+		is(copas.getsocketname(w), copas.getsocketname(skt), "a wrapper has its socket's name")
+		w:receive()
+	end, 0.2, "srv")
+	for i = 1, 2 do
+		local c = client(port)
+		copas.pause(0.01)
+		c:close()
+	end
+	copas.pause(0.05)
+	table.sort(names_seen)
+	is(names_seen[1], "srv:handler_1|srv:client_1", "first names")
+	is(names_seen[2], "srv:handler_2|srv:client_2", "second names")
+	is(tos[1], 0.2, "timeout inherited by the client")
+	is(copas.removeserver(srv), 1, "removeserver closes")
+end)
+
+CH.run(copas, "closing from another thread wakes the reader and writer", function()
+	local srv, port = server(function(skt) copas.pause(0.3) end)
+	local c = client(port)
+	local res
+	copas.addthread(function()
+		res = table.pack(c:receive())
+	end)
+	copas.pause(0.02)
+	c:close()
+	copas.pause(0.02)
+	is(res and res[2], "closed", "blocked reader got closed")
+	local r, e = c:send("x")
+	is(e, "closed", "send on a closed socket")
+	copas.removeserver(srv)
+end)
+
+CH.run(copas, "status counts readers", function()
+	local srv, port = server(function(skt) copas.pause(0.1) skt:send("x\n") end)
+	local c = client(port)
+	local before = copas.status().read
+	copas.addthread(function() c:receive() end)
+	copas.pause(0.03)
+	is(copas.status().read, before + 1, "a thread waiting in receive is counted in read")
+	copas.pause(0.15)
+	is(copas.status().read, before, "and no longer once it returned")
+	c:close()
+	copas.removeserver(srv)
+end)
+
+CH.run(copas, "one reader per socket: a second gets an error, not a stale wait", function()
+	local srv, port = server(function(skt)
+		copas.pause(0.05)
+		skt:send("for the first\n")
+		copas.pause(0.05)
+	end)
+	local c = client(port)
+	local first
+	copas.addthread(function() first = c:receive() end)
+	copas.pause(0.01)
+	local l, e = c:receive()
+	is(l, nil, "second reader refused")
+	is(e, "Operation already in progress", "with Copas's error")
+	copas.pause(0.1)
+	is(first, "for the first", "the first reader got its line")
+	c:close()
+	copas.removeserver(srv)
+end)
+
+CH.run(copas, "send timeout returns the last byte sent", function()
+	local release = false
+	local srv, port = server(function(skt)
+		while not release do copas.pause(0.01) end
+	end)
+	local c = client(port)
+	c:settimeouts(nil, 0.1, nil)
+	local big = ("y"):rep(16 * 1024 * 1024)
+	local t0 = weft.clock()
+	local r, e, last = c:send(big)
+	is(r, nil, "not all sent")
+	is(e, "timeout", "timeout")
+	ok(last and last > 0 and last < #big, "the last byte sent: " .. tostring(last))
+	cmp_ok(weft.clock() - t0, "<", 3, "in bounded time")
+	release = true
+	c:close()
+	copas.removeserver(srv)
+end)
+
+if luasocket then
+	CH.run(copas, "connect timeout", function()
+		-- a listener nobody accepts from, its backlog filled
+		local l = luasocket.tcp()
+		assert(l:bind("127.0.0.1", 0))
+		assert(l:listen(0))
+		local _, port = l:getsockname()
+		local fill = {}
+		local timed_out, err
+		for i = 1, 8 do
+			local c = copas.wrap(S.tcp())
+			c:settimeouts(0.1, nil, nil)
+			local t0 = weft.clock()
+			local r, e = c:connect("127.0.0.1", port)
+			fill[#fill + 1] = c
+			if not r then
+				timed_out, err = weft.clock() - t0, e
+				break
+			end
+		end
+		if timed_out then
+			is(err, "timeout", "connect timed out")
+			cmp_ok(timed_out, "<", 2, "within the timeout, not the system's")
+			copas.usesockettimeouterrors(true)
+			local c = copas.wrap(S.tcp())
+			c:settimeouts(0.05, nil, nil)
+			local _, e2 = c:connect("127.0.0.1", port)
+			fill[#fill + 1] = c
+			is(e2, "Operation already in progress", "LuaSocket's error with usesockettimeouterrors")
+			copas.usesockettimeouterrors(false)
+		else
+			tap.skip("the system accepted every connection into the backlog", 3)
+		end
+		for _, c in ipairs(fill) do c:close() end
+		l:close()
+	end)
+end
+
+CH.run(copas, "one writer per socket", function()
+	local release = false
+	local srv, port = server(function(skt)
+		while not release do copas.pause(0.01) end
+		skt:receive("*a")
+	end)
+	local c = client(port)
+	local big = ("x"):rep(8 * 1024 * 1024)
+	local first
+	copas.addthread(function() first = c:send(big) end)
+	copas.pause(0.05)
+	local r, e = c:send("more")
+	is(r, nil, "second writer refused")
+	is(e, "Operation already in progress", "with Copas's error")
+	release = true
+	copas.pause(0.01)
+	while not first do copas.pause(0.01) end
+	is(first, #big, "the first writer sent everything")
+	c:close()
+	copas.removeserver(srv)
+end)
+
+CH.run(copas, "weft sockets handed to Copas directly", function()
+	local l = assert(weft.tcp())
+	assert(l:listen("127.0.0.1", 0))
+	copas.addserver(l, copas.handler(function(skt) skt:send(skt:receive() .. "!\n") end))
+	local c = copas.wrap(assert(weft.tcp()))
+	assert(c:connect("127.0.0.1", l.local_port))
+	c:send("w\n")
+	is(c:receive(), "w!", "weft listener and weft client through Copas")
+	c:close()
+	copas.removeserver(l)
+	local w = copas.wrap(S.tcp())
+	copas.settimeout(w, 1)
+	is(select(3, copas.gettimeouts(w)), 1, "the low-level functions take wrappers too")
+	ok(not pcall(copas.wrap, {}), "not a socket: raises")
+	ok(not pcall(copas.wrap, weft.buffer(1)), "a weft buffer is not a socket")
+end)
+
+CH.run(copas, "connect errors and twice", function()
+	local srv, port = server(function() end)
+	local c = client(port)
+	local r, e = c:connect("127.0.0.1", port)
+	is(r, nil, "second connect fails")
+	is(e, "already connected", "already connected")
+	c:close()
+	copas.removeserver(srv)
+	local d = copas.wrap(S.tcp())
+	local r2, e2 = d:connect("127.0.0.1", port)
+	is(r2, nil, "refused")
+	is(e2, "connection refused", "LuaSocket's message")
+end)
+
+for _, kind in ipairs({"weft", "luasocket"}) do
+	if kind == "luasocket" and not luasocket then break end
+	CH.run(copas, kind .. ": removeserver keep_open, then add it again", function()
+		local lib = kind == "weft" and S or luasocket
+		local srv = assert(lib.bind("127.0.0.1", 0))
+		local _, port = srv:getsockname()
+		local got = {}
+		for i = 1, 3 do
+			copas.addserver(srv, function(c)
+				got[#got + 1] = copas.receive(c)
+				copas.removeserver(srv, true)
+			end)
+			local c = copas.wrap(S.tcp())
+			assert(c:connect("127.0.0.1", port))
+			c:send("hi " .. i .. "\n")
+			copas.pause(0.05)
+			c:close()
+		end
+		is(table.concat(got, ","), "hi 1,hi 2,hi 3", "each connection served once, none lost")
+		ok(srv:getsockname() ~= nil, "still usable")
+		srv:close()
+	end)
+end
+
+if luasocket then
+	CH.run(copas, "a LuaSocket socket bound but not listening still serves", function()
+		local srv = luasocket.tcp()
+		assert(srv:bind("127.0.0.1", 0))
+		local _, port = srv:getsockname()
+		copas.addserver(srv, copas.handler(function(skt) skt:send("yes\n") end))
+		local c = client(port)
+		is(c:receive(), "yes", "accepted")
+		c:close()
+		copas.removeserver(srv)
+	end)
+end
+
+CH.run(copas, "UDP responder", function()
+	local u = S.udp()
+	assert(u:setsockname("127.0.0.1", 0))
+	local _, port = u:getsockname()
+	copas.addserver(u, function(skt)
+		is(copas.getthreadname(), copas.getsocketname(u) .. ":handler", "UDP handler name")
+		skt = copas.wrap(skt)
+		while true do
+			local data, ip, rport = skt:receivefrom()
+			if not data then break end
+			if data == "quit" then break end
+			skt:sendto(data:upper(), ip, rport)
+		end
+		is(skt:close(), true, "a wrapped server UDP socket's close is a no-op")
+	end, nil, "udp")
+	local c = copas.wrap(S.udp())
+	assert(c:setpeername("127.0.0.1", port))
+	c:send("hello")
+	c:settimeout(1)
+	is(c:receive(), "HELLO", "answer")
+	c:send("quit")
+	copas.pause(0.02)
+	copas.removeserver(u)
+	c:close()
+end)
+
+CH.run(copas, "weft's own constructors: connect, accept, options", function()
+	local l = assert(S.bind("127.0.0.1", 0))
+	local _, port = l:getsockname()
+	copas.addthread(function()
+		local s = assert(l:accept())
+		ok(s:getpeername() == "127.0.0.1", "accepted peer")
+		local w = copas.wrap(s)
+		w:send("hi\n")
+		w:close()
+	end)
+	local c = assert(S.connect("127.0.0.1", port))
+	ok(c:setoption("tcp-nodelay", true), "setoption")
+	is(c:getoption("tcp-nodelay"), true, "getoption")
+	ok(tostring(c):match("^tcp{client}"), "tostring like LuaSocket")
+	is(copas.receive(c), "hi", "copas.receive on a raw socket")
+	is(select(2, copas.receive(c)), "closed", "then closed")
+	ok(c:getfd() >= 0, "getfd")
+	c:close()
+	l:close()
+end)
+
+tap.test("more clients than FD_SETSIZE", function()
+	local n = 1100
+	local served, answered = 0, 0
+	copas.loop(function()
+		local srv = assert(S.bind("127.0.0.1", 0, 2048))
+		local _, port = srv:getsockname()
+		copas.addserver(srv, copas.handler(function(skt)
+			local l = skt:receive()
+			if l then skt:send(l .. "\n") served = served + 1 end
+		end))
+		local clients = {}
+		for i = 1, n do
+			clients[i] = copas.addthread(function()
+				local c = copas.wrap(S.tcp())
+				c:settimeout(20)
+				if c:connect("127.0.0.1", port) then
+					copas.pause(0.2) -- all connected at once
+					c:send("ping " .. i .. "\n")
+					if c:receive() == "ping " .. i then answered = answered + 1 end
+				end
+				c:close()
+			end)
+		end
+		while answered + 0 < n do
+			copas.pause(0.05)
+			if copas.status().active == 0 and answered < n and served >= n then break end
+		end
+		copas.removeserver(srv)
+	end)
+	is(served, n, "every client served")
+	is(answered, n, "every client answered")
+end)
+
+if luasocket then
+	CH.run(copas, "LuaSocket objects stay usable", function()
+		local srv = assert(luasocket.bind("127.0.0.1", 0))
+		local _, port = srv:getsockname()
+		copas.addserver(srv, copas.handler(function(skt)
+			skt:send(skt:receive() .. "!\n")
+		end))
+		local raw = luasocket.tcp()
+		local c = copas.wrap(raw)
+		assert(c:connect("127.0.0.1", port))
+		c:send("ls\n")
+		is(c:receive(), "ls!", "through LuaSocket objects")
+		ok(raw:getpeername() == "127.0.0.1", "the LuaSocket object still works")
+		c:close()
+		copas.removeserver(srv)
+	end)
+	tap.test("yield-safe socket.protect/newtry installed", function()
+		local try = luasocket.newtry(function() end)
+		local f = luasocket.protect(function() try(nil, "bad") end)
+		local r, e = f()
+		is(r, nil, "protect returns nil")
+		is(e, "bad", "and the error")
+	end)
+end
+
+tap.done()
