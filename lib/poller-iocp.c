@@ -191,13 +191,14 @@ static unsigned from_afd(ULONG e, unsigned interest)
 /* Submit r's poll request.  Lock held, nothing in flight.  0 or -errno. */
 static int submit(weft_poller_t *p, reg_t *r)
 {
+	ULONG mask = to_afd(r->interest);
 	NTSTATUS st;
 
 	r->info.timeout.QuadPart = INT64_MAX; /* no timeout */
 	r->info.handle_count = 1;
 	r->info.exclusive = FALSE;
 	r->info.handles[0].handle = (HANDLE)r->base;
-	r->info.handles[0].events = to_afd(r->interest);
+	r->info.handles[0].events = mask;
 	r->info.handles[0].status = 0;
 	r->iosb.Status = ST_PENDING;
 	/* The IO_STATUS_BLOCK's address is the completion's overlapped
@@ -207,8 +208,9 @@ static int submit(weft_poller_t *p, reg_t *r)
 	if (st != ST_SUCCESS && st != ST_PENDING)
 		return st == (NTSTATUS)0xC0000008L /* STATUS_INVALID_HANDLE */ ? -EBADF : -EINVAL;
 	/* Even a request that succeeds at once completes through the port
-	 * (the AFD handle skips no completions). */
-	r->submitted = r->info.handles[0].events;
+	 * (the AFD handle skips no completions).  Its buffer may hold the
+	 * answer already: remember the question from before. */
+	r->submitted = mask;
 	r->pending = 1;
 	p->inflight++;
 	return 0;
