@@ -50,6 +50,12 @@ static const char *errno_message(int e)
 		return "no_buffer_space";
 	case EAFNOSUPPORT:
 		return "address_family_not_supported";
+	case EDESTADDRREQ:
+		return "destination_address_required";
+	case EMSGSIZE:
+		return "message_too_long";
+	case EBUSY:
+		return "busy";
 	}
 	/* strerror() may write into a shared buffer for unknown values, and
 	 * strerror_r() needs a buffer we could not return; glibc's
@@ -70,6 +76,7 @@ static const char *eai_message(int eai)
 	case EAI_SERVICE:
 		return "service_not_found";
 	case EAI_FAMILY:
+	case EAI_ADDRFAMILY:
 		return "address_family_not_supported";
 	case EAI_MEMORY:
 		return "out_of_memory";
@@ -90,6 +97,8 @@ const char *weft_strerror(int err)
 		return "eof";
 	case WEFT_ENOMEM:
 		return "out_of_memory";
+	case WEFT_ETOOLARGE:
+		return "too_large";
 	}
 	if (err < 0 && err >= -ERRNO_MAX)
 		return errno_message(-err);

@@ -9,6 +9,7 @@ enum {
 	WEFT_ECLOSED = -10002,  /* the socket was closed under the waiter */
 	WEFT_EEOF = -10003,     /* the peer closed before the request was met */
 	WEFT_ENOMEM = -10004,   /* allocation failed (the hook, not errno) */
+	WEFT_ETOOLARGE = -10005, /* more data than the caller's limit */
 	WEFT_EAI_BASE = -11000  /* getaddrinfo: WEFT_EAI_BASE + EAI_* (EAI_* < 0) */
 };
 
@@ -22,7 +23,9 @@ enum {
  * "broken_pipe", "network_unreachable", "host_unreachable",
  * "not_connected", "already_connected", "too_many_open_files",
  * "out_of_memory", "no_buffer_space", "host_not_found", "try_again",
- * "service_not_found", "address_family_not_supported".  Anything else
+ * "service_not_found", "address_family_not_supported",
+ * "destination_address_required", "message_too_long", "busy",
+ * "too_large".  Anything else
  * gives the system message (strerror / gai_strerror).  The string is
  * static. */
 const char *weft_strerror(int err);

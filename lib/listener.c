@@ -6,6 +6,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <string.h>
 
 #include "alloc.h"
@@ -45,8 +46,11 @@ struct weft_listener {
 	int fd;
 	struct sockaddr_storage key; /* the address asked for (explicit port) */
 	socklen_t keylen;            /* 0: not shared (port 0) */
+	int backlog;                 /* as asked by the first listen */
 	pthread_mutex_t lock;        /* everything below */
 	int refs;
+	weft_worker_t **users; /* the worker of each reference (refs entries) */
+	size_t capusers;
 	int armed;  /* the one-shot registration is armed */
 	int closed; /* the last reference is gone */
 	int *queue; /* accepted fds, a ring */
@@ -193,6 +197,63 @@ static void rearm_unlocked(weft_listener_t *l)
 	pthread_mutex_unlock(reg);
 }
 
+/* Record one more reference held by worker w.  l->lock held (or l not
+ * yet shared). */
+static int add_user(weft_listener_t *l, weft_worker_t *w)
+{
+	if ((size_t)l->refs >= l->capusers) {
+		size_t c = l->capusers ? l->capusers * 2 : 4;
+		weft_worker_t **v = weft_realloc(l->users, c * sizeof *v);
+		if (!v)
+			return WEFT_ENOMEM;
+		l->users = v;
+		l->capusers = c;
+	}
+	l->users[l->refs] = w;
+	return 0;
+}
+
+/* Options that change how a listening socket behaves: a worker joining a
+ * listener must have asked for the same ones, since it gets that socket. */
+static const struct {
+	int level, name;
+} joined_opts[] = {
+	{SOL_SOCKET, SO_REUSEADDR}, {SOL_SOCKET, SO_REUSEPORT},  {SOL_SOCKET, SO_KEEPALIVE},
+	{SOL_SOCKET, SO_RCVBUF},    {SOL_SOCKET, SO_SNDBUF},     {IPPROTO_TCP, TCP_NODELAY},
+	{IPPROTO_TCP, TCP_DEFER_ACCEPT}, {IPPROTO_TCP, TCP_MAXSEG},
+};
+
+static int same_opts(int a, int b)
+{
+	for (size_t i = 0; i < sizeof joined_opts / sizeof *joined_opts; i++) {
+		int x = 0, y = 0;
+		socklen_t lx = sizeof x, ly = sizeof y;
+		int rx = getsockopt(a, joined_opts[i].level, joined_opts[i].name, &x, &lx);
+		int ry = getsockopt(b, joined_opts[i].level, joined_opts[i].name, &y, &ly);
+		if (rx != ry || (rx == 0 && x != y))
+			return 0;
+	}
+	return 1;
+}
+
+/* Worker w asks to listen where l listens.  Sharing is for the workers of
+ * a runtime, each listening once with the same backlog and options; a
+ * second listen from the same worker, or one that asks for something
+ * else, is refused as the kernel would refuse a second socket on the
+ * address.  l->lock held. */
+static int join(weft_listener_t *l, weft_worker_t *w, int fd, int backlog)
+{
+	for (int i = 0; i < l->refs; i++)
+		if (l->users[i] == w)
+			return -EADDRINUSE;
+	if (backlog != l->backlog || !same_opts(fd, l->fd))
+		return -EADDRINUSE;
+	if (add_user(l, w) < 0)
+		return WEFT_ENOMEM;
+	l->refs++;
+	return 0;
+}
+
 int weft_listener_listen(weft_worker_t *w, weft_fd_t *r, const struct sockaddr *sa,
 			 socklen_t salen, int backlog, weft_listener_t **out)
 {
@@ -209,9 +270,11 @@ int weft_listener_listen(weft_worker_t *w, weft_fd_t *r, const struct sockaddr *
 		for (weft_listener_t *l = *head; l; l = l->next) {
 			if (l->keylen && same_addr((struct sockaddr *)&l->key, sa)) {
 				pthread_mutex_lock(&l->lock);
-				l->refs++;
+				rc = join(l, w, fd, backlog);
 				pthread_mutex_unlock(&l->lock);
 				pthread_mutex_unlock(reg);
+				if (rc < 0)
+					return rc;
 				weft_worker_close_fd(w, r);
 				*out = l;
 				return 0;
@@ -220,7 +283,7 @@ int weft_listener_listen(weft_worker_t *w, weft_fd_t *r, const struct sockaddr *
 	}
 	weft_listener_t *l = weft_calloc(1, sizeof *l);
 	int *queue = weft_malloc(QUEUE_MAX * sizeof *queue);
-	if (!l || !queue) {
+	if (!l || !queue || add_user(l, w) < 0) {
 		rc = WEFT_ENOMEM;
 		goto fail;
 	}
@@ -233,6 +296,7 @@ int weft_listener_listen(weft_worker_t *w, weft_fd_t *r, const struct sockaddr *
 	l->fd = fd;
 	l->queue = queue;
 	l->qmax = backlog > 0 && backlog < QUEUE_MAX ? (size_t)backlog : QUEUE_MAX;
+	l->backlog = backlog;
 	l->refs = 1;
 	pthread_mutex_init(&l->lock, NULL);
 	if (shareable(sa)) {
@@ -272,6 +336,8 @@ int weft_listener_listen(weft_worker_t *w, weft_fd_t *r, const struct sockaddr *
 fail:
 	pthread_mutex_unlock(reg);
 	weft_free(queue);
+	if (l)
+		weft_free(l->users);
 	weft_free(l);
 	return rc;
 }
@@ -597,6 +663,12 @@ void weft_listener_release(weft_listener_t *l, weft_worker_t *w, const void *tag
 			i++;
 	}
 	dispatch(l, NULL, 0);
+	for (int i = 0; i < l->refs; i++) {
+		if (l->users[i] == w) {
+			l->users[i] = l->users[l->refs - 1];
+			break;
+		}
+	}
 	int last = --l->refs == 0;
 	if (last) {
 		l->closed = 1;
@@ -628,5 +700,6 @@ void weft_listener_release(weft_listener_t *l, weft_worker_t *w, const void *tag
 	weft_free(l->queue);
 	weft_free(l->waiters);
 	weft_free(l->handed);
+	weft_free(l->users);
 	weft_free(l);
 }

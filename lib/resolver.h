@@ -50,4 +50,13 @@ void weft_resolver_set_delay(unsigned ms);
  * submit. */
 void weft_resolver_shutdown(void);
 
+/* Stop the pool without waiting for lookups: queued requests are
+ * cancelled (their callbacks run on the calling thread with err
+ * -ECANCELED), idle threads are joined, and threads in a lookup finish
+ * it, run its callback and exit by themselves (detached).  For the last
+ * runtime going away: a dead DNS server must not stall it.  The pool
+ * restarts on the next submit.  Any thread but a pool thread (there it
+ * does nothing). */
+void weft_resolver_stop(void);
+
 #endif

@@ -7,9 +7,11 @@
 #include <net/if.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <netinet/udp.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -174,6 +176,52 @@ const weft_sockopt_t weft_sockopts[] = {
     {"ipv6_unicast_hops", IPPROTO_IPV6, IPV6_UNICAST_HOPS, WEFT_OPT_INT, RW},
     {"ipv6_multicast_hops", IPPROTO_IPV6, IPV6_MULTICAST_HOPS, WEFT_OPT_INT, RW},
     {"ipv6_multicast_loop", IPPROTO_IPV6, IPV6_MULTICAST_LOOP, WEFT_OPT_BOOL, RW},
+    /* The rest of socket(7), tcp(7), udp(7), ip(7) and ipv6(7) that takes
+     * a plain value. */
+    {"so_rcvtimeo", SOL_SOCKET, SO_RCVTIMEO, WEFT_OPT_TIME, RW},
+    {"so_sndtimeo", SOL_SOCKET, SO_SNDTIMEO, WEFT_OPT_TIME, RW},
+    {"so_timestamp", SOL_SOCKET, SO_TIMESTAMP, WEFT_OPT_BOOL, RW},
+    {"so_timestampns", SOL_SOCKET, SO_TIMESTAMPNS, WEFT_OPT_BOOL, RW},
+    {"so_passcred", SOL_SOCKET, SO_PASSCRED, WEFT_OPT_BOOL, RW},
+    {"so_peercred", SOL_SOCKET, SO_PEERCRED, WEFT_OPT_STRUCT, RO},
+    {"so_busy_poll", SOL_SOCKET, SO_BUSY_POLL, WEFT_OPT_INT, RW},
+    {"so_incoming_cpu", SOL_SOCKET, SO_INCOMING_CPU, WEFT_OPT_INT, RW},
+    {"so_peek_off", SOL_SOCKET, SO_PEEK_OFF, WEFT_OPT_INT, RW},
+    {"so_rxq_ovfl", SOL_SOCKET, SO_RXQ_OVFL, WEFT_OPT_BOOL, RW},
+    {"so_select_err_queue", SOL_SOCKET, SO_SELECT_ERR_QUEUE, WEFT_OPT_BOOL, RW},
+    {"so_lock_filter", SOL_SOCKET, SO_LOCK_FILTER, WEFT_OPT_BOOL, RW},
+    {"so_zerocopy", SOL_SOCKET, SO_ZEROCOPY, WEFT_OPT_BOOL, RW},
+    {"so_max_pacing_rate", SOL_SOCKET, SO_MAX_PACING_RATE, WEFT_OPT_INT, RW},
+    {"so_nofcs", SOL_SOCKET, SO_NOFCS, WEFT_OPT_BOOL, RW},
+    {"tcp_window_clamp", IPPROTO_TCP, TCP_WINDOW_CLAMP, WEFT_OPT_INT, RW},
+    {"tcp_info", IPPROTO_TCP, TCP_INFO, WEFT_OPT_STRUCT, RO},
+    {"tcp_thin_linear_timeouts", IPPROTO_TCP, TCP_THIN_LINEAR_TIMEOUTS, WEFT_OPT_BOOL, RW},
+    {"tcp_fastopen_connect", IPPROTO_TCP, TCP_FASTOPEN_CONNECT, WEFT_OPT_BOOL, RW},
+    {"tcp_inq", IPPROTO_TCP, TCP_INQ, WEFT_OPT_BOOL, RW},
+    {"tcp_mss", IPPROTO_TCP, TCP_MAXSEG, WEFT_OPT_INT, RW},
+    /* The reference's Windows name for the keep-alive idle time. */
+    {"tcp_keepalive", IPPROTO_TCP, TCP_KEEPIDLE, WEFT_OPT_INT, RW},
+    {"udp_cork", IPPROTO_UDP, UDP_CORK, WEFT_OPT_BOOL, RW},
+    {"udp_segment", IPPROTO_UDP, UDP_SEGMENT, WEFT_OPT_INT, RW},
+    {"udp_gro", IPPROTO_UDP, UDP_GRO, WEFT_OPT_BOOL, RW},
+    {"ip_hdrincl", IPPROTO_IP, IP_HDRINCL, WEFT_OPT_BOOL, RW},
+    {"ip_recvtos", IPPROTO_IP, IP_RECVTOS, WEFT_OPT_BOOL, RW},
+    {"ip_recvttl", IPPROTO_IP, IP_RECVTTL, WEFT_OPT_BOOL, RW},
+    {"ip_recverr", IPPROTO_IP, IP_RECVERR, WEFT_OPT_BOOL, RW},
+    {"ip_pktinfo", IPPROTO_IP, IP_PKTINFO, WEFT_OPT_BOOL, RW},
+    {"ip_recvorigdstaddr", IPPROTO_IP, IP_RECVORIGDSTADDR, WEFT_OPT_BOOL, RW},
+    {"ip_mtu_discover", IPPROTO_IP, IP_MTU_DISCOVER, WEFT_OPT_INT, RW},
+    {"ip_mtu", IPPROTO_IP, IP_MTU, WEFT_OPT_INT, RO},
+    {"ip_minttl", IPPROTO_IP, IP_MINTTL, WEFT_OPT_INT, RW},
+    {"ip_nodefrag", IPPROTO_IP, IP_NODEFRAG, WEFT_OPT_BOOL, RW},
+    {"ip_bind_address_no_port", IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, WEFT_OPT_BOOL, RW},
+    {"ip_multicast_all", IPPROTO_IP, IP_MULTICAST_ALL, WEFT_OPT_BOOL, RW},
+    {"ipv6_recvpktinfo", IPPROTO_IPV6, IPV6_RECVPKTINFO, WEFT_OPT_BOOL, RW},
+    {"ipv6_recverr", IPPROTO_IPV6, IPV6_RECVERR, WEFT_OPT_BOOL, RW},
+    {"ipv6_mtu_discover", IPPROTO_IPV6, IPV6_MTU_DISCOVER, WEFT_OPT_INT, RW},
+    {"ipv6_mtu", IPPROTO_IPV6, IPV6_MTU, WEFT_OPT_INT, RO},
+    {"ipv6_tclass", IPPROTO_IPV6, IPV6_TCLASS, WEFT_OPT_INT, RW},
+    {"ipv6_recvtclass", IPPROTO_IPV6, IPV6_RECVTCLASS, WEFT_OPT_BOOL, RW},
     {NULL, 0, 0, 0, 0},
 };
 
@@ -279,6 +327,41 @@ int weft_sockopt_get_str(int fd, const weft_sockopt_t *o, char *buf, size_t size
 	memcpy(buf, tmp, n);
 	buf[n] = '\0';
 	return 0;
+}
+
+int weft_sockopt_set_time(int fd, const weft_sockopt_t *o, double seconds)
+{
+	if (!o || o->readonly)
+		return -ENOPROTOOPT;
+	if (o->kind != WEFT_OPT_TIME || !(seconds >= 0) || seconds > 1e9)
+		return -EINVAL;
+	struct timeval tv;
+	tv.tv_sec = (time_t)seconds;
+	tv.tv_usec = (suseconds_t)((seconds - (double)tv.tv_sec) * 1e6);
+	return setsockopt(fd, o->level, o->optname, &tv, sizeof tv) < 0 ? -errno : 0;
+}
+
+int weft_sockopt_get_time(int fd, const weft_sockopt_t *o, double *seconds)
+{
+	if (!o)
+		return -ENOPROTOOPT;
+	if (o->kind != WEFT_OPT_TIME)
+		return -EINVAL;
+	struct timeval tv = {0};
+	socklen_t len = sizeof tv;
+	if (getsockopt(fd, o->level, o->optname, &tv, &len) < 0)
+		return -errno;
+	*seconds = (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
+	return 0;
+}
+
+int weft_sockopt_get_raw(int fd, const weft_sockopt_t *o, void *buf, socklen_t *len)
+{
+	if (!o)
+		return -ENOPROTOOPT;
+	if (o->kind != WEFT_OPT_STRUCT)
+		return -EINVAL;
+	return getsockopt(fd, o->level, o->optname, buf, len) < 0 ? -errno : 0;
 }
 
 /* Addresses. */

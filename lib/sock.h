@@ -54,7 +54,10 @@ enum {
 	WEFT_OPT_INT,    /* integer value */
 	WEFT_OPT_BOOL,   /* boolean (int 0/1 on the wire) */
 	WEFT_OPT_LINGER, /* seconds, or -1 = off (struct linger) */
-	WEFT_OPT_STRING  /* string (e.g. tcp_congestion, so_bindtodevice) */
+	WEFT_OPT_STRING, /* string (e.g. tcp_congestion, so_bindtodevice) */
+	WEFT_OPT_TIME,   /* seconds as a number (struct timeval) */
+	WEFT_OPT_STRUCT  /* read-only structure (so_peercred, tcp_info): see
+			    weft_sockopt_get_raw */
 };
 typedef struct weft_sockopt {
 	const char *name;
@@ -74,6 +77,13 @@ int weft_sockopt_get_int(int fd, const weft_sockopt_t *o, int *value);
 /* Set/get a string option; get writes a NUL-terminated string.  0 or -errno. */
 int weft_sockopt_set_str(int fd, const weft_sockopt_t *o, const char *s, size_t len);
 int weft_sockopt_get_str(int fd, const weft_sockopt_t *o, char *buf, size_t size);
+
+/* Set/get a TIME option, in seconds (0 = no timeout).  0 or -errno. */
+int weft_sockopt_set_time(int fd, const weft_sockopt_t *o, double seconds);
+int weft_sockopt_get_time(int fd, const weft_sockopt_t *o, double *seconds);
+/* Read a STRUCT option's bytes into buf (*len in: its size, out: the
+ * length the kernel gave).  0 or -errno. */
+int weft_sockopt_get_raw(int fd, const weft_sockopt_t *o, void *buf, socklen_t *len);
 
 /* Address helpers. */
 /* "a.b.c.d" or the IPv6 text, or the unix path; into buf (size >= 108). */

@@ -281,6 +281,16 @@ int weft_runtime_members(weft_runtime_t *rt)
 	return n;
 }
 
+int weft_runtime_count(void)
+{
+	int n = 0;
+	pthread_mutex_lock(&registry_lock);
+	for (weft_runtime_t *rt = registry; rt; rt = rt->_next)
+		n++;
+	pthread_mutex_unlock(&registry_lock);
+	return n;
+}
+
 weft_runtime_t *weft_runtime_ref(weft_runtime_t *rt)
 {
 	pthread_mutex_lock(&rt->lock);

@@ -155,6 +155,9 @@ void weft_runtime_exit_all(void);
  * did while attached to rt, so totals never go down.  Any thread. */
 int weft_runtime_stats(weft_runtime_t *rt, uint64_t sum[WEFT_NSTATS]);
 
+/* How many runtimes the process has now.  Any thread. */
+int weft_runtime_count(void);
+
 /* Member numbers: the 1-based numbers a runtime's Lua states report as
  * weft.worker(), kept here so that no two states of a runtime share one.
  * weft_runtime_claim takes number `index` of `count` (the count every

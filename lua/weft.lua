@@ -23,6 +23,7 @@ local weft = {
 	currentthread = core.currentthread,
 	onthreadfinish = core.onthreadfinish,
 	seterrorhandler = core.seterrorhandler,
+	setbudget = core.setbudget,
 	poll = core.poll,
 	start = core.start,
 	stop = core.stop,
@@ -51,8 +52,34 @@ setmetatable(weft, {__index = function(t, k)
 	end
 end})
 
--- Per-thread values, weakly keyed so finished threads are forgotten.
+-- Per-thread values, weakly keyed; the scheduler clears a thread's entry
+-- when it finishes.
 weft.threadenv = setmetatable({}, {__mode = "k"})
+core.set_threadenv(weft.threadenv)
+
+-- Argument errors name the public function and count its arguments as
+-- the caller wrote them (a method's self is not counted).
+local function argerror(n, fname, msg, level)
+	error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), (level or 2) + 1)
+end
+
+local function check_expires(v, n, fname)
+	if v ~= nil and type(v) ~= "number" then
+		argerror(n, fname, "number expected, got " .. type(v), 3)
+	end
+end
+
+local buffer_mt = getmetatable(core.buffer(0))
+
+local function check_data(data, len, n, fname)
+	local t = type(data)
+	if t ~= "string" and not (t == "userdata" and getmetatable(data) == buffer_mt) then
+		argerror(n, fname, "string or buffer expected, got " .. t, 3)
+	end
+	if len ~= nil and math.type(len) ~= "integer" then
+		argerror(n + 1, fname, "integer expected, got " .. (math.type(len) or type(len)), 3)
+	end
+end
 
 ------------------------------------------------------------------------
 -- Sockets: the methods that take host, port.
@@ -61,8 +88,10 @@ local M = core.socket_methods
 local addr = core.addr
 
 -- An address argument: an ai or sa passes through; host, port are looked
--- up for the socket's type and family.  `flags` are weft.addr's flags.
-local function resolve(s, host, port, flags, passive)
+-- up for the socket's type and family.  `flags` are weft.addr's flags;
+-- `expires` bounds the lookup (the caller's deadline covers all of its
+-- waiting).
+local function resolve(s, host, port, flags, passive, expires)
 	if type(host) == "userdata" then
 		return host
 	end
@@ -73,7 +102,7 @@ local function resolve(s, host, port, flags, passive)
 	end
 	local stype = s:type()
 	if stype == "raw" then stype = 0 end
-	return addr(host, port, stype, s:family(), nil, flags)
+	return addr(host, port, stype, s:family(), nil, flags, expires)
 end
 
 function M:bind(host, port, af)
@@ -85,6 +114,8 @@ end
 function M:listen(backlog, host, port, af)
 	if type(backlog) ~= "number" then
 		backlog, host, port, af = nil, backlog, host, port
+	elseif backlog ~= backlog then
+		argerror(1, "listen", "backlog is NaN")
 	end
 	local ai, err
 	if not self:bound() then
@@ -101,11 +132,26 @@ function weft._connhost(s)
 	return connhost[s]
 end
 
-function M:connect(host, port, expires, af)
+-- connect(host, port, [expires], [af], [bind_host], [bind_port], [bind_af]):
+-- the bind arguments bind the socket first (if it is not bound yet).
+function M:connect(host, port, expires, af, bind_host, bind_port, bind_af)
+	check_expires(expires, 3, "connect")
 	if self:type() ~= "tcp" and host == "*" and (port == 0 or port == nil) then
 		return self:_disconnect()
 	end
-	local ai, err = resolve(self, host, port, af)
+	if type(host) ~= "userdata" then
+		if host == nil then
+			argerror(1, "connect", "host expected")
+		end
+		if port == nil and self:family() ~= "unix" then
+			argerror(2, "connect", "port expected")
+		end
+	end
+	if (bind_host ~= nil or bind_port ~= nil) and not self:bound() then
+		local ok, err = self:bind(bind_host, bind_port, bind_af)
+		if not ok then return nil, err end
+	end
+	local ai, err = resolve(self, host, port, af, false, expires)
 	if not ai then return nil, err end
 	local ok
 	ok, err = self:_connect(ai, expires)
@@ -114,19 +160,20 @@ function M:connect(host, port, expires, af)
 end
 
 function M:sendto(host, port, data, len, expires, af)
-	local ai, err = resolve(self, host, port, af)
+	check_data(data, len, 3, "sendto")
+	check_expires(expires, 5, "sendto")
+	local ai, err = resolve(self, host, port, af, false, expires)
 	if not ai then return nil, err end
 	return self:_sendto(ai, data, len, expires)
 end
 
--- Receive everything, then serve it through a read(buf, maxlen) -> n
--- function that never yields (0 at the end).
-function M:recvall_read(expires)
-	local buf, len, ebuf = self:recvall(expires)
-	if not buf then return nil, len, ebuf end
+-- A read(buf, maxlen) -> n function over the first len bytes of buf that
+-- never yields: nil, "eof" once they are consumed.
+local function buffer_reader(buf, len)
 	local pos = 0
 	return function(dst, maxlen)
 		local n = len - pos
+		if n <= 0 then return nil, "eof" end
 		if maxlen == nil or maxlen > #dst then maxlen = #dst end
 		if n > maxlen then n = maxlen end
 		if n <= 0 then return 0 end
@@ -134,6 +181,14 @@ function M:recvall_read(expires)
 		pos = pos + n
 		return n
 	end
+end
+
+-- Receive everything, then serve it through a reader.  On an error
+-- before the end: nil, message, and a reader over what had arrived.
+function M:recvall_read(expires, limit)
+	local buf, len, ebuf, elen = self:recvall(expires, limit)
+	if not buf then return nil, len, buffer_reader(ebuf, elen) end
+	return buffer_reader(buf, len)
 end
 
 ------------------------------------------------------------------------
@@ -147,14 +202,21 @@ end
 
 local MW, MS, MT = core.markers.wait, core.markers.suspend, core.markers.transfer
 
--- Like coroutine.wrap, but the body may wait: a wait (or suspend or
+-- The sock API's cowrap (coro.safewrap): like coroutine.wrap, but the
+-- body is called as f(yield, ...) and may wait: a wait (or suspend or
 -- transfer) inside it is passed up to the weft thread running the
 -- wrapper, and what the scheduler resumes the thread with is passed back
--- down.  Plain yields (weft.yield) come back to the wrapper's caller.
+-- down.  Plain yields (the `yield` argument, or weft.yield) come back to
+-- the wrapper's caller.  Returns the wrapper and the coroutine.
 function weft.cowrap(f)
-	local co = coroutine.create(f)
-	core.cowrap_tag(co)
+	if type(f) ~= "function" then
+		error(("bad argument #1 to 'cowrap' (function expected, got %s)"):format(type(f)), 2)
+	end
 	local resume, yield, status = coroutine.resume, coroutine.yield, coroutine.status
+	local co = coroutine.create(function(...)
+		return f(yield, ...)
+	end)
+	core.cowrap_tag(co)
 	local function step(ok, first, ...)
 		if not ok then error(first, 0) end
 		if (first == MW or first == MS or first == MT) and status(co) == "suspended" then
@@ -164,7 +226,7 @@ function weft.cowrap(f)
 	end
 	return function(...)
 		return step(resume(co, ...))
-	end
+	end, co
 end
 
 function weft.run(f, ...)
@@ -217,15 +279,30 @@ local function timer(first, interval, f)
 	}
 end
 
+local function check_timer(name, t, f)
+	if type(t) ~= "number" or t ~= t then
+		argerror(1, name, "number expected, got " .. (t ~= t and "NaN" or type(t)), 3)
+	end
+	if type(f) ~= "function" then
+		local mt = getmetatable(f)
+		if not (mt and mt.__call) then
+			argerror(2, name, "function expected, got " .. type(f), 3)
+		end
+	end
+end
+
 function weft.runat(t, f)
+	check_timer("runat", t, f)
 	return timer(t, nil, f)
 end
 
 function weft.runafter(s, f)
+	check_timer("runafter", s, f)
 	return timer(core.clock() + s, nil, f)
 end
 
 function weft.runevery(s, f)
+	check_timer("runevery", s, f)
 	return timer(core.clock() + s, s, f)
 end
 

@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "alloc.h"
+#include "clock.h"
 #include "error.h"
 #include "lweft.h"
 #include "resolver.h"
@@ -92,20 +93,57 @@ int lw_protocol_value(lua_State *L, int idx, int def)
 	return value_of(L, idx, def, "protocol", protocols);
 }
 
+/* One flag name: its AI_* bit; raises for an unknown name. */
+static int flag_bit(lua_State *L, int idx, const char *name, size_t len)
+{
+	for (int i = 0; flags[i].name; i++)
+		if (strlen(flags[i].name) == len && memcmp(flags[i].name, name, len) == 0)
+			return flags[i].value;
+	return luaL_argerror(L, idx, lua_pushfstring(L, "unknown flag '%s'",
+						       lua_pushlstring(L, name, len)));
+}
+
+/* Flags as glue.bor() takes them: a number, a string of names separated
+ * by spaces, a list of names, or a set {name = true}. */
 static int flags_value(lua_State *L, int idx)
 {
 	if (lua_isnoneornil(L, idx))
 		return 0;
 	if (lua_type(L, idx) == LUA_TNUMBER)
 		return (int)luaL_checkinteger(L, idx);
-	if (lua_type(L, idx) == LUA_TSTRING)
-		return value_of(L, idx, 0, "flag", flags);
+	if (lua_type(L, idx) == LUA_TSTRING) {
+		const char *s = lua_tostring(L, idx);
+		int f = 0;
+		for (;;) {
+			s += strspn(s, " \t");
+			size_t n = strcspn(s, " \t");
+			if (n == 0)
+				return f;
+			f |= flag_bit(L, idx, s, n);
+			s += n;
+		}
+	}
 	luaL_checktype(L, idx, LUA_TTABLE);
 	int f = 0;
-	lua_Integer n = luaL_len(L, idx);
-	for (lua_Integer i = 1; i <= n; i++) {
-		lua_rawgeti(L, idx, i);
-		f |= value_of(L, lua_gettop(L), 0, "flag", flags);
+	lua_pushnil(L);
+	while (lua_next(L, idx)) {
+		if (lua_type(L, -2) == LUA_TNUMBER) {
+			/* list form: {"passive", "numerichost"} */
+			size_t n;
+			const char *name = lua_tolstring(L, -1, &n);
+			if (!name || lua_type(L, -1) != LUA_TSTRING)
+				luaL_argerror(L, idx, "flags: list items must be names");
+			f |= flag_bit(L, idx, name, n);
+		} else if (lua_type(L, -2) == LUA_TSTRING) {
+			/* set form: {numerichost = true}; false leaves it out */
+			size_t n;
+			const char *name = lua_tolstring(L, -2, &n);
+			int bit = flag_bit(L, idx, name, n);
+			if (lua_toboolean(L, -1))
+				f |= bit;
+		} else {
+			luaL_argerror(L, idx, "flags: keys must be names or list indices");
+		}
 		lua_pop(L, 1);
 	}
 	return f;
@@ -399,13 +437,44 @@ static int ip_tostring(lua_State *L)
 /* ------------------------------------------------------------------ */
 /* weft.addr */
 
+/* Where resolver threads post completions for one state.  It outlives
+ * the state while lookups are in flight: closing the state only clears
+ * `w` (under the lock), so it never waits for a lookup, and a lookup that
+ * finishes later finds nobody to tell.  Each lookup and the state hold a
+ * reference. */
+struct lw_rtarget {
+	pthread_mutex_t lock;
+	weft_worker_t *w; /* NULL once the state is closed */
+	_Atomic long refs;
+};
+
+static void target_unref(lw_rtarget_t *t)
+{
+	if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) != 1)
+		return;
+	pthread_mutex_destroy(&t->lock);
+	weft_free(t);
+}
+
+void lw_close_addr(lw_state_t *S)
+{
+	lw_rtarget_t *t = S->rtarget;
+	if (!t)
+		return;
+	S->rtarget = NULL;
+	pthread_mutex_lock(&t->lock);
+	t->w = NULL;
+	pthread_mutex_unlock(&t->lock);
+	target_unref(t);
+}
+
 /* A pooled lookup.  Two parties hold it: the waiting thread (through a
  * holder userdata on its stack, so that a collected thread lets go too)
  * and the resolver thread; the last one frees it. */
 typedef struct lreq {
 	weft_resolve_t r;
 	_Atomic int refs;
-	lw_state_t *S;
+	lw_rtarget_t *t;
 	uint32_t slot, seq;
 } lreq_t;
 
@@ -432,21 +501,27 @@ static int holder_gc(lua_State *L)
 	return 0;
 }
 
-/* Runs on a resolver thread. */
+/* Runs on a resolver thread (or on the thread stopping the pool, for a
+ * cancelled lookup). */
 static void resolved(weft_resolve_t *r, void *arg)
 {
 	lreq_t *q = arg;
-	lw_state_t *S = q->S;
+	lw_rtarget_t *t = q->t;
 	weft_msg_t m = {WEFT_MSG_WAKE, q->slot, q->seq, 0, NULL};
 	/* This is a resolver thread: it can afford to wait for memory rather
 	 * than leave the waiter hanging (a lookup may have no deadline).  A
-	 * closed inbox (the state is going) or a long shortage gives up. */
-	for (int tries = 0; weft_worker_post(S->w, &m) == WEFT_ENOMEM && tries < 1000; tries++) {
+	 * closed state or inbox, or a long shortage, gives up.  The lock is
+	 * let go between tries, so closing the state never waits long. */
+	for (int tries = 0; tries < 1000; tries++) {
+		pthread_mutex_lock(&t->lock);
+		int rc = t->w ? weft_worker_post(t->w, &m) : WEFT_ECLOSED;
+		pthread_mutex_unlock(&t->lock);
+		if (rc != WEFT_ENOMEM)
+			break;
 		struct timespec ts = {0, 1000000};
 		nanosleep(&ts, NULL);
 	}
-	/* The last touch of S: the state's finaliser waits for this count. */
-	atomic_fetch_sub(&S->ext_pending, 1);
+	target_unref(t);
 	req_unref(q);
 }
 
@@ -477,6 +552,7 @@ static int addr_k(lua_State *L, int status, lua_KContext ctx)
 	int code = lw_wakecode(L);
 	lreq_t **h = lua_touserdata(L, -1);
 	lreq_t *q = *h;
+	/* A deadline that passed leaves the lookup to finish alone. */
 	int n = code < 0 ? lw_error(L, code) : push_result(L, &q->r);
 	*h = NULL;
 	req_unref(q);
@@ -504,7 +580,7 @@ static int unix_addr(lua_State *L, const char *path, int socktype)
 	return 1;
 }
 
-/* weft.addr(host, port, [type], [family], [protocol], [flags]) -> ai */
+/* weft.addr(host, port, [type], [family], [protocol], [flags], [expires]) -> ai */
 static int l_addr(lua_State *L)
 {
 	lw_state_t *S = lw_S(L);
@@ -513,6 +589,9 @@ static int l_addr(lua_State *L)
 		lua_settop(L, 1);
 		return 1;
 	}
+	/* Both missing is a mistake, not "any address, any port". */
+	if (lua_isnoneornil(L, 1) && lua_isnoneornil(L, 2))
+		return luaL_argerror(L, 1, "host (or '*') and port expected");
 	const char *host = lua_isnoneornil(L, 1) ? NULL : luaL_checkstring(L, 1);
 	char port[32];
 	const char *service = NULL;
@@ -528,6 +607,7 @@ static int l_addr(lua_State *L)
 	int family = lw_family_value(L, 4, AF_UNSPEC);
 	int protocol = lw_protocol_value(L, 5, 0);
 	int aiflags = flags_value(L, 6);
+	uint64_t deadline = lw_deadline(L, 7);
 	if (family == AF_UNIX) {
 		luaL_argcheck(L, host != NULL, 1, "a socket path is required");
 		return unix_addr(L, host, socktype);
@@ -561,6 +641,17 @@ static int l_addr(lua_State *L)
 		return push_result(L, &r);
 	}
 	uint32_t slot = lw_waiter(L, S);
+	if (deadline != UINT64_MAX && weft_clock_ns() >= deadline)
+		return lw_error(L, WEFT_ETIMEOUT);
+	if (!S->rtarget) {
+		lw_rtarget_t *t = weft_calloc(1, sizeof *t);
+		if (!t)
+			return lw_error(L, WEFT_ENOMEM);
+		pthread_mutex_init(&t->lock, NULL);
+		t->w = S->w;
+		atomic_init(&t->refs, 1);
+		S->rtarget = t;
+	}
 	lreq_t *q = weft_calloc(1, sizeof *q);
 	lreq_t **h = lua_newuserdatauv(L, sizeof *h, 0);
 	*h = NULL;
@@ -576,15 +667,15 @@ static int l_addr(lua_State *L)
 		req_unref(q);
 		return lw_error(L, WEFT_ENOMEM);
 	}
-	q->S = S;
+	q->t = S->rtarget;
 	q->slot = slot;
-	q->seq = weft_worker_wait_ext(S->w, slot);
+	q->seq = weft_worker_wait_ext_until(S->w, slot, deadline);
 	atomic_store(&q->refs, 2);
 	*h = q;
-	atomic_fetch_add(&S->ext_pending, 1);
+	atomic_fetch_add(&q->t->refs, 1);
 	rc = weft_resolver_submit(&q->r, resolved, q);
 	if (rc < 0) {
-		atomic_fetch_sub(&S->ext_pending, 1);
+		atomic_fetch_sub(&q->t->refs, 1);
 		atomic_fetch_sub(&q->refs, 1);
 		/* The wait is abandoned: make the thread runnable again. */
 		weft_worker_wake(S->w, slot, q->seq, rc);

@@ -11,6 +11,7 @@
  * run queue and the loop resumes the thread with the wake-up code. */
 #include "config.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,9 +24,9 @@
 #include "lweft.h"
 
 static char MARK_SUSPEND, MARK_TRANSFER;
-static char THREADS_KEY, NAMES_KEY, FINISH_KEY, ERRH_KEY, BADYIELD_KEY;
+static char THREADS_KEY, NAMES_KEY, FINISH_KEY, ERRH_KEY, ENV_KEY, BADYIELD_KEY;
 
-enum { DONE_WAIT, DONE_SUSPEND, DONE_FINISHED, DONE_ERROR, DONE_KILLED };
+enum { DONE_WAIT, DONE_SUSPEND, DONE_FINISHED, DONE_ERROR, DONE_ERRMEM, DONE_KILLED };
 
 /* Wake handles (weft.wakehandle): a handle names one thread of one worker
  * and may travel to any worker, whose wakeup(...) makes the thread's
@@ -261,6 +262,15 @@ static void finish(lua_State *L, lw_state_t *S, uint32_t slot, int ok, int err_i
 	}
 	lua_pop(L, 3); /* list or nil, thread, FINISH */
 
+	/* weft.threadenv forgets the thread now, not when it is collected. */
+	if (lua_rawgetp(L, LUA_REGISTRYINDEX, &ENV_KEY) == LUA_TTABLE) {
+		lua_pushthread(co);
+		lua_xmove(co, L, 1);
+		lua_pushnil(L);
+		lua_rawset(L, -3);
+	}
+	lua_pop(L, 1);
+
 	lua_rawgetp(L, LUA_REGISTRYINDEX, &BADYIELD_KEY);
 	lua_pushthread(co);
 	lua_xmove(co, L, 1);
@@ -281,6 +291,25 @@ static void finish(lua_State *L, lw_state_t *S, uint32_t slot, int ok, int err_i
 	lua_pushnil(L);
 	lua_rawseti(L, -2, (lua_Integer)slot + 1);
 	lua_pop(L, 1);
+}
+
+/* The count hook of weft.setbudget: a thread that runs its whole budget
+ * of instructions without waiting fails, rather than freeze its worker. */
+static void budget_hook(lua_State *co, lua_Debug *ar)
+{
+	(void)ar;
+	luaL_error(co, "weft: instruction budget exceeded (the thread ran too long without "
+		       "waiting; see weft.setbudget)");
+}
+
+/* Arm (or disarm) the budget on co for one resume: setting the hook
+ * restarts its count. */
+static void arm_budget(lw_state_t *S, lua_State *co)
+{
+	if (S->ibudget > 0)
+		lua_sethook(co, budget_hook, LUA_MASKCOUNT, S->ibudget);
+	else if (lua_gethook(co) == budget_hook)
+		lua_sethook(co, NULL, 0, 0);
 }
 
 /* A plain yield from a thread that has a bad-yield handler (set with
@@ -336,6 +365,7 @@ static int dispatch(lua_State *L, lw_state_t *S, uint32_t slot, int nargs, uint3
 			abort();
 		}
 #endif
+		arm_budget(S, co);
 		int st = lua_resume(co, L, nargs, nres);
 		if (st == LUA_OK) {
 			done = DONE_FINISHED;
@@ -343,7 +373,7 @@ static int dispatch(lua_State *L, lw_state_t *S, uint32_t slot, int nargs, uint3
 		}
 		if (st != LUA_YIELD) {
 			*nres = 1;
-			done = DONE_ERROR;
+			done = st == LUA_ERRMEM ? DONE_ERRMEM : DONE_ERROR;
 			break;
 		}
 		int base = lua_gettop(co) - *nres + 1;
@@ -397,11 +427,13 @@ static int dispatch(lua_State *L, lw_state_t *S, uint32_t slot, int nargs, uint3
 /* Report the error object at the top of L (left there) for thread slot:
  * through the handler set with weft.seterrorhandler(f) as f(th, message
  * with traceback), or by default on stderr. */
-static void report(lua_State *L, lw_state_t *S, uint32_t slot)
+static int preport(lua_State *L)
 {
+	lw_state_t *S = lua_touserdata(L, 1);
+	uint32_t slot = (uint32_t)lua_tointeger(L, 2);
 	lua_State *co = S->threads[slot];
-	/* error object at the top of L */
-	const char *msg = luaL_tolstring(L, -1, NULL);
+	/* error object at 3 */
+	const char *msg = luaL_tolstring(L, 3, NULL);
 	luaL_traceback(L, co, msg, 0);
 	lua_remove(L, -2);
 	if (lua_rawgetp(L, LUA_REGISTRYINDEX, &ERRH_KEY) == LUA_TFUNCTION) {
@@ -410,18 +442,49 @@ static void report(lua_State *L, lw_state_t *S, uint32_t slot)
 		lua_pushvalue(L, -3);
 		if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
 			fprintf(stderr, "weft: error in the error handler: %s\n",
-				luaL_tolstring(L, -1, NULL));
-			lua_pop(L, 2);
+				lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?");
+			fflush(stderr);
 		}
-		lua_pop(L, 1);
-		return;
+		return 0;
 	}
-	lua_pop(L, 1);
 	char name[64];
 	fprintf(stderr, "weft: error in thread %s: %s\n", thread_name(L, slot, name, sizeof name),
-		lua_tostring(L, -1));
+		lua_tostring(L, -2));
 	fflush(stderr);
-	lua_pop(L, 1);
+	return 0;
+}
+
+/* Reporting needs memory (the traceback, the handler's call): run it
+ * protected, so that a thread that failed for want of memory (weft -M)
+ * cannot take the loop down with it. */
+static void report(lua_State *L, lw_state_t *S, uint32_t slot)
+{
+	if (!lua_checkstack(L, 4)) {
+		fprintf(stderr, "weft: error in a thread (no stack left to report it)\n");
+		return;
+	}
+	lua_pushcfunction(L, preport);
+	lua_pushlightuserdata(L, S);
+	lua_pushinteger(L, (lua_Integer)slot);
+	lua_pushvalue(L, -4);
+	if (lua_pcall(L, 3, 0, 0) != LUA_OK) {
+		const char *why = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?";
+		const char *what = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
+		fprintf(stderr, "weft: error in a thread: %s (and reporting it failed: %s)\n", what,
+			why);
+		fflush(stderr);
+		lua_pop(L, 1);
+	}
+}
+
+static void reset_thread(lua_State *co, lua_State *from)
+{
+#if LUA_VERSION_RELEASE_NUM >= 50406
+	lua_closethread(co, from);
+#else
+	(void)from;
+	lua_resetthread(co);
+#endif
 }
 
 /* Handle a dispatch result in the loop: values are dropped, errors
@@ -438,6 +501,17 @@ static void settle(lua_State *L, lw_state_t *S, int done, uint32_t slot, int nre
 	case DONE_FINISHED:
 		lua_pop(co, nres);
 		finish(L, S, slot, 1, 0);
+		break;
+	case DONE_ERRMEM:
+		/* Out of memory (weft -M): what the thread holds is what is
+		 * lacking, so let go of its stack before reporting (the
+		 * traceback is lost, the worker is saved). */
+		lua_xmove(co, L, 1);
+		reset_thread(co, L);
+		lua_gc(L, LUA_GCCOLLECT);
+		report(L, S, slot);
+		finish(L, S, slot, 0, -1);
+		lua_pop(L, 1);
 		break;
 	case DONE_ERROR:
 		lua_xmove(co, L, 1);
@@ -534,7 +608,7 @@ static uint64_t timeout_arg(lua_State *L, int idx)
 	return (uint64_t)(s * 1e9);
 }
 
-/* weft.poll([timeout]) -> ran.  Waits until some thread ran or the
+/* weft.poll([timeout]) -> ran | nil, "empty".  Waits until some thread ran or the
  * timeout passed: a poller wake-up that made nothing runnable (a timer of
  * an upper wheel level moving down, a stale event) does not count. */
 static int l_poll(lua_State *L)
@@ -544,6 +618,13 @@ static int l_poll(lua_State *L)
 	S->owner = pthread_self();
 	uint64_t timeout = timeout_arg(L, 1);
 	uint64_t deadline = timeout == UINT64_MAX ? UINT64_MAX : weft_clock_ns() + timeout;
+	/* Nothing waits for anything: as in the sock API, say so at once
+	 * rather than sleep through the timeout. */
+	if (!weft_worker_alive(S->w)) {
+		luaL_pushfail(L);
+		lua_pushliteral(L, "empty");
+		return 2;
+	}
 	S->looping = 1;
 	int ran = 0, rc = 0;
 	for (;;) {
@@ -761,6 +842,22 @@ static int l_onthreadfinish(lua_State *L)
 	return 0;
 }
 
+/* weft.setbudget([n]) -> previous: each resume of a weft thread may run
+ * n VM instructions (nil or 0: no limit). */
+static int l_setbudget(lua_State *L)
+{
+	lw_state_t *S = lw_S(L);
+	int prev = S->ibudget;
+	lua_Integer n = luaL_optinteger(L, 1, 0);
+	luaL_argcheck(L, n >= 0 && n <= INT_MAX, 1, "budget out of range");
+	S->ibudget = (int)n;
+	if (prev > 0)
+		lua_pushinteger(L, prev);
+	else
+		lua_pushnil(L);
+	return 1;
+}
+
 /* weft.seterrorhandler(f | nil) */
 static int l_seterrorhandler(lua_State *L)
 {
@@ -768,6 +865,16 @@ static int l_seterrorhandler(lua_State *L)
 		luaL_checktype(L, 1, LUA_TFUNCTION);
 	lua_settop(L, 1);
 	lua_rawsetp(L, LUA_REGISTRYINDEX, &ERRH_KEY);
+	return 0;
+}
+
+/* weft.core.set_threadenv(t): the weft.threadenv table, whose entry for
+ * a thread is cleared when the thread finishes. */
+static int l_set_threadenv(lua_State *L)
+{
+	luaL_checktype(L, 1, LUA_TTABLE);
+	lua_settop(L, 1);
+	lua_rawsetp(L, LUA_REGISTRYINDEX, &ENV_KEY);
 	return 0;
 }
 
@@ -1222,8 +1329,10 @@ static const luaL_Reg sched_funcs[] = {
 	{"onthreadfinish", l_onthreadfinish},
 	{"onbadyield", l_onbadyield},
 	{"seterrorhandler", l_seterrorhandler},
+	{"setbudget", l_setbudget},
 	{"inthread", l_inthread},
 	{"cowrap_tag", l_cowrap_tag},
+	{"set_threadenv", l_set_threadenv},
 	{"poll", l_poll},
 	{"start", l_start},
 	{"stop", l_stop},

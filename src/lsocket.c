@@ -11,6 +11,8 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stddef.h>
 #include <string.h>
 #include <sys/socket.h>
 
@@ -122,6 +124,32 @@ static int s_close(lua_State *L)
 	return 1;
 }
 
+/* At most this much unread input is discarded by a graceful close. */
+#define DRAIN_MAX (256 * 1024)
+
+/* __gc: a socket the program let go of (or every socket, when the state
+ * closes at exit) is closed gracefully.  Closing a TCP connection with
+ * unread input makes the kernel send RST, which throws away what send()
+ * had already accepted and not yet delivered; so the unread input is
+ * read and dropped first (a bounded amount, without waiting), and the
+ * close sends FIN after the pending data.  An explicit close keeps the
+ * sock API's meaning (RST when input is unread). */
+static int s_gc(lua_State *L)
+{
+	lsock_t *s = checksock(L, 1);
+	if (s->fd >= 0 && !s->lst && s->type == SOCK_STREAM && s->connected) {
+		char scratch[4096];
+		size_t total = 0;
+		while (total < DRAIN_MAX) {
+			ssize_t n = weft_sock_recv(s->fd, scratch, sizeof scratch, 0);
+			if (n <= 0)
+				break;
+			total += (size_t)n;
+		}
+	}
+	return s_close(L);
+}
+
 static int s_type(lua_State *L)
 {
 	lua_pushstring(L, lw_type_name(checksock(L, 1)->type));
@@ -185,7 +213,11 @@ static int s_listen(lua_State *L)
 {
 	lw_state_t *S = lw_S(L);
 	lsock_t *s = checktype(L, 1, SOCK_STREAM, "listen");
-	lua_Integer backlog = luaL_optinteger(L, 2, 0);
+	/* 0, nil or anything beyond INT_MAX (1/0 included) = the system
+	 * maximum: the kernel caps at somaxconn. */
+	lua_Number nb = luaL_optnumber(L, 2, 0);
+	luaL_argcheck(L, nb == nb, 1, "backlog is NaN");
+	int backlog = nb <= 0 || nb >= (lua_Number)INT_MAX ? INT_MAX : (int)nb;
 	CHECK_OPEN(L, s);
 	if (s->lst)
 		return lw_error(L, -EINVAL);
@@ -193,13 +225,10 @@ static int s_listen(lua_State *L)
 	const struct sockaddr *sa = NULL;
 	if (!lua_isnoneornil(L, 3))
 		sa = lw_checkaddr(L, 3, &len, NULL);
-	/* 0 (or nothing) = the system maximum: the kernel caps at somaxconn. */
-	if (backlog <= 0 || backlog > INT_MAX)
-		backlog = INT_MAX;
 	/* Workers listening on the same address share one socket (see
 	 * lib/listener.h); this socket's own fd is then closed. */
 	weft_listener_t *l;
-	int rc = weft_listener_listen(S->w, s->rec, sa, len, (int)backlog, &l);
+	int rc = weft_listener_listen(S->w, s->rec, sa, len, backlog, &l);
 	if (rc < 0)
 		return lw_error(L, rc);
 	s->lst = l;
@@ -215,10 +244,13 @@ static int s_bound(lua_State *L)
 {
 	lsock_t *s = checksock(L, 1);
 	struct sockaddr_storage ss;
+	memset(&ss, 0, sizeof ss);
 	socklen_t len = sizeof ss;
 	int bound = 0;
+	/* A unix socket is bound once it has a name: more than the family. */
 	if (s->fd >= 0 && getsockname(s->fd, (struct sockaddr *)&ss, &len) == 0)
-		bound = weft_sa_port((struct sockaddr *)&ss) != 0 || ss.ss_family == AF_UNIX;
+		bound = ss.ss_family == AF_UNIX ? len > sizeof(sa_family_t)
+						: weft_sa_port((struct sockaddr *)&ss) != 0;
 	lua_pushboolean(L, bound);
 	return 1;
 }
@@ -594,6 +626,11 @@ static int s_recv(lua_State *L)
 	lsock_t *s = checksock(L, 1);
 	size_t maxlen;
 	recv_args(L, 2, &maxlen);
+	/* On TCP a 0 from recv means end of stream: asking for 0 bytes would
+	 * wait for data and then read as the peer having closed. */
+	if (maxlen == 0 && s->type == SOCK_STREAM)
+		return luaL_argerror(L, lua_isnoneornil(L, 3) ? 2 : 3,
+				     "tcp recv needs room for at least 1 byte");
 	CHECK_OPEN(L, s);
 	lua_settop(L, 4);
 	return recv_k(L, LUA_OK, 0);
@@ -644,19 +681,38 @@ static int s_recvn(lua_State *L)
 	return recvn_k(L, LUA_OK, 0);
 }
 
-/* tcp:recvall([expires]) -> buf, len | nil, err, buf, len.  The growing
- * buffer sits at index 3. */
+/* The limit argument of recvall: bytes, or no limit. */
+static size_t recvall_limit(lua_State *L, int idx)
+{
+	if (lua_isnoneornil(L, idx))
+		return SIZE_MAX - 1;
+	lua_Integer n = luaL_checkinteger(L, idx);
+	luaL_argcheck(L, n >= 0, idx, "limit must be >= 0");
+	return (lua_Unsigned)n >= SIZE_MAX - 1 ? SIZE_MAX - 1 : (size_t)n;
+}
+
+/* tcp:recvall([expires], [limit]) -> buf, len | nil, err, buf, len.  The
+ * growing buffer sits at index 4.  It never grows past limit + 1 bytes:
+ * one byte beyond the limit tells that the peer sent too much. */
 static int recvall_k(lua_State *L, int status, lua_KContext ctx)
 {
 	lw_state_t *S = lw_S(L);
 	lsock_t *s = checksock(L, 1);
 	size_t got = (size_t)ctx;
-	lw_buffer_t *b = lua_touserdata(L, 3);
+	lw_buffer_t *b = lua_touserdata(L, 4);
 	int code = resumed(L, status, s);
 	uint64_t deadline = lw_deadline(L, 2);
+	size_t limit = recvall_limit(L, 3);
 	while (code >= 0) {
-		if (b->len - got < 16384) {
+		if (got > limit) {
+			got = limit;
+			code = WEFT_ETOOLARGE;
+			break;
+		}
+		if (b->len - got < 16384 && b->len <= limit) {
 			size_t want = b->len < 65536 ? 65536 : b->len * 2;
+			if (want > limit + 1)
+				want = limit + 1;
 			if (lw_buffer_resize(b, want) < 0) {
 				code = WEFT_ENOMEM;
 				break;
@@ -684,7 +740,7 @@ static int recvall_k(lua_State *L, int status, lua_KContext ctx)
 	}
 	lw_buffer_resize(b, got);
 	lw_error(L, code);
-	lua_pushvalue(L, 3);
+	lua_pushvalue(L, 4);
 	lua_pushinteger(L, (lua_Integer)got);
 	return 4;
 }
@@ -693,8 +749,9 @@ static int s_recvall(lua_State *L)
 {
 	lw_waiter(L, lw_S(L)); /* I/O runs inside weft threads only */
 	lsock_t *s = checktype(L, 1, SOCK_STREAM, "recvall");
+	recvall_limit(L, 3);
 	CHECK_OPEN(L, s);
-	lua_settop(L, 2);
+	lua_settop(L, 3);
 	lw_buffer_push(L, NULL, 0);
 	return recvall_k(L, LUA_OK, 0);
 }
@@ -777,11 +834,26 @@ static int s_setopt(lua_State *L)
 		return luaL_error(L, "weft: socket option '%s' is read-only", o->name);
 	int rc;
 	switch (o->kind) {
-	case WEFT_OPT_BOOL:
-		luaL_checkany(L, 3);
+	case WEFT_OPT_BOOL: {
+		/* A boolean, or a number as C has it: 0 is off. */
+		int v;
+		if (lua_type(L, 3) == LUA_TNUMBER)
+			v = lua_tonumber(L, 3) != 0;
+		else if (lua_type(L, 3) == LUA_TBOOLEAN)
+			v = lua_toboolean(L, 3);
+		else
+			return luaL_typeerror(L, 3, "boolean or number");
 		CHECK_OPEN(L, s);
-		rc = weft_sockopt_set_int(s->fd, o, lua_toboolean(L, 3));
+		rc = weft_sockopt_set_int(s->fd, o, v);
 		break;
+	}
+	case WEFT_OPT_TIME: {
+		lua_Number t = luaL_checknumber(L, 3);
+		luaL_argcheck(L, t >= 0 && t <= 1e9, 3, "seconds out of range");
+		CHECK_OPEN(L, s);
+		rc = weft_sockopt_set_time(s->fd, o, (double)t);
+		break;
+	}
 	case WEFT_OPT_LINGER: {
 		int v = -1;
 		if (lua_type(L, 3) == LUA_TNUMBER) {
@@ -813,6 +885,62 @@ static int s_setopt(lua_State *L)
 	return ok_or_error(L, rc);
 }
 
+#define FIELD(name, value)                                                                         \
+	(lua_pushinteger(L, (lua_Integer)(value)), lua_setfield(L, -2, name))
+
+/* The read-only structures, as tables. */
+static int getopt_struct(lua_State *L, lsock_t *s, const weft_sockopt_t *o)
+{
+	union {
+		struct ucred cred;
+		struct tcp_info ti;
+	} u;
+	memset(&u, 0, sizeof u);
+	socklen_t len = o->optname == SO_PEERCRED ? sizeof u.cred : sizeof u.ti;
+	int rc = weft_sockopt_get_raw(s->fd, o, &u, &len);
+	if (rc < 0)
+		return lw_error(L, rc);
+	lua_newtable(L);
+	if (o->optname == SO_PEERCRED && o->level == SOL_SOCKET) {
+		FIELD("pid", u.cred.pid);
+		FIELD("uid", u.cred.uid);
+		FIELD("gid", u.cred.gid);
+		return 1;
+	}
+	const struct tcp_info *t = &u.ti;
+	FIELD("state", t->tcpi_state);
+	FIELD("ca_state", t->tcpi_ca_state);
+	FIELD("retransmits", t->tcpi_retransmits);
+	FIELD("probes", t->tcpi_probes);
+	FIELD("backoff", t->tcpi_backoff);
+	FIELD("options", t->tcpi_options);
+	FIELD("snd_wscale", t->tcpi_snd_wscale);
+	FIELD("rcv_wscale", t->tcpi_rcv_wscale);
+	FIELD("rto", t->tcpi_rto);
+	FIELD("ato", t->tcpi_ato);
+	FIELD("snd_mss", t->tcpi_snd_mss);
+	FIELD("rcv_mss", t->tcpi_rcv_mss);
+	FIELD("unacked", t->tcpi_unacked);
+	FIELD("sacked", t->tcpi_sacked);
+	FIELD("lost", t->tcpi_lost);
+	FIELD("retrans", t->tcpi_retrans);
+	FIELD("last_data_sent", t->tcpi_last_data_sent);
+	FIELD("last_ack_recv", t->tcpi_last_ack_recv);
+	FIELD("last_data_recv", t->tcpi_last_data_recv);
+	FIELD("pmtu", t->tcpi_pmtu);
+	FIELD("rcv_ssthresh", t->tcpi_rcv_ssthresh);
+	FIELD("rtt", t->tcpi_rtt);
+	FIELD("rttvar", t->tcpi_rttvar);
+	FIELD("snd_ssthresh", t->tcpi_snd_ssthresh);
+	FIELD("snd_cwnd", t->tcpi_snd_cwnd);
+	FIELD("advmss", t->tcpi_advmss);
+	FIELD("reordering", t->tcpi_reordering);
+	FIELD("rcv_rtt", t->tcpi_rcv_rtt);
+	FIELD("rcv_space", t->tcpi_rcv_space);
+	FIELD("total_retrans", t->tcpi_total_retrans);
+	return 1;
+}
+
 /* s:getopt(name) -> value | nil, err */
 static int s_getopt(lua_State *L)
 {
@@ -827,6 +955,16 @@ static int s_getopt(lua_State *L)
 		lua_pushstring(L, buf);
 		return 1;
 	}
+	if (o->kind == WEFT_OPT_TIME) {
+		double t;
+		int rc = weft_sockopt_get_time(s->fd, o, &t);
+		if (rc < 0)
+			return lw_error(L, rc);
+		lua_pushnumber(L, (lua_Number)t);
+		return 1;
+	}
+	if (o->kind == WEFT_OPT_STRUCT)
+		return getopt_struct(L, s, o);
 	int v;
 	int rc = weft_sockopt_get_int(s->fd, o, &v);
 	if (rc < 0)
@@ -865,21 +1003,34 @@ static int s_index(lua_State *L)
 	int port = strcmp(what, "port") == 0;
 	if (!port && strcmp(what, "addr") != 0)
 		return 0;
-	struct sockaddr_storage ss;
-	socklen_t len = sizeof ss;
-	int rc = remote ? getpeername(s->fd, (struct sockaddr *)&ss, &len)
-			: getsockname(s->fd, (struct sockaddr *)&ss, &len);
-	if (rc < 0 || (ss.ss_family != AF_INET && ss.ss_family != AF_INET6 &&
-		       ss.ss_family != AF_UNIX))
+	/* Zeroed, with room for a terminating NUL after the longest unix
+	 * path, and only `len` bytes of it are the kernel's: an unnamed unix
+	 * socket (unbound, or a client accepted from one) reports just the
+	 * family. */
+	struct {
+		struct sockaddr_storage ss;
+		char nul;
+	} a;
+	memset(&a, 0, sizeof a);
+	struct sockaddr_storage *ssp = &a.ss;
+	socklen_t len = sizeof a.ss;
+	int rc = remote ? getpeername(s->fd, (struct sockaddr *)ssp, &len)
+			: getsockname(s->fd, (struct sockaddr *)ssp, &len);
+	if (rc < 0 || len <= offsetof(struct sockaddr, sa_data) ||
+	    (ssp->ss_family != AF_INET && ssp->ss_family != AF_INET6 &&
+	     ssp->ss_family != AF_UNIX))
 		return 0;
 	/* An unbound socket reports the wildcard address with port 0. */
-	if (!remote && ss.ss_family != AF_UNIX && weft_sa_port((struct sockaddr *)&ss) == 0)
+	if (!remote && ssp->ss_family != AF_UNIX && weft_sa_port((struct sockaddr *)ssp) == 0)
 		return 0;
 	if (port) {
-		lua_pushinteger(L, weft_sa_port((struct sockaddr *)&ss));
+		lua_pushinteger(L, weft_sa_port((struct sockaddr *)ssp));
 	} else {
 		char buf[128];
-		lua_pushstring(L, weft_sa_ip((struct sockaddr *)&ss, buf, sizeof buf));
+		const char *ip = weft_sa_ip((struct sockaddr *)ssp, buf, sizeof buf);
+		if (!ip)
+			return 0;
+		lua_pushstring(L, ip);
 	}
 	return 1;
 }
@@ -919,7 +1070,7 @@ static const luaL_Reg methods[] = {
 };
 
 static const luaL_Reg meta[] = {
-	{"__gc", s_close},
+	{"__gc", s_gc},
 	{"__close", s_close},
 	{"__tostring", s_tostring},
 	{NULL, NULL},

@@ -303,23 +303,30 @@ static int l_stats(lua_State *L)
 	return 1;
 }
 
+/* Drop a runtime reference.  The last runtime of the process to go
+ * stops the resolver pool (without waiting for lookups in flight), so
+ * that nothing of weft is left running once every state is closed. */
+static void release_runtime(weft_runtime_t *rt)
+{
+	weft_runtime_free(rt);
+	if (weft_runtime_count() == 0)
+		weft_resolver_stop();
+}
+
 static int state_gc(lua_State *L)
 {
 	lw_state_t *S = lua_touserdata(L, 1);
 	if (S->closed)
 		return 0;
 	S->closed = 1;
-	/* Resolver threads post their completions to this worker: wait for
-	 * the ones in flight so that none touches a freed inbox. */
-	while (atomic_load(&S->ext_pending) > 0) {
-		struct timespec ts = {0, 1000000};
-		nanosleep(&ts, NULL);
-	}
+	/* Resolver threads post their completions to this worker: cut them
+	 * off (lookups in flight finish alone, never waited for). */
+	lw_close_addr(S);
 	lw_close_sched(S);
 	lw_spawn_close(L, S);
 	weft_worker_free(S->w);
 	weft_runtime_release(S->rt, S->worker_index, S->declared);
-	weft_runtime_free(S->rt);
+	release_runtime(S->rt);
 	weft_free(S->threads);
 	S->w = NULL;
 	S->rt = NULL;
@@ -363,7 +370,7 @@ int weft_lua_runtime_new(weft_runtime_t **out)
 
 void weft_lua_runtime_free(weft_runtime_t *rt)
 {
-	weft_runtime_free(rt);
+	release_runtime(rt);
 }
 
 void weft_lua_runtime_exit(weft_runtime_t *rt)
@@ -407,7 +414,7 @@ static int attach_gc(lua_State *L)
 	attach_t *a = lua_touserdata(L, 1);
 	if (a->rt) { /* attached but never loaded */
 		weft_runtime_release(a->rt, a->index, 1);
-		weft_runtime_free(a->rt);
+		release_runtime(a->rt);
 	}
 	a->rt = NULL;
 	return 0;

@@ -38,9 +38,10 @@ typedef struct lw_state {
 	uint32_t cap;
 	uint32_t current; /* slot of the running weft thread, or LW_NONE */
 	int budget;       /* I/O calls left in this run (LW_IO_BUDGET) */
+	int ibudget;      /* instructions a thread may run per resume; 0 = no limit */
 	int stopping;     /* weft.stop() was called */
 	int looping;      /* inside weft.start/poll */
-	_Atomic int ext_pending; /* resolver requests in flight */
+	struct lw_rtarget *rtarget; /* where name lookups post completions */
 	int closed;       /* the state is being closed */
 	int worker_index; /* weft.worker(): its member number in rt */
 	int declared;     /* the number came from weft_lua_attach */
@@ -134,6 +135,11 @@ int lw_spawn_step(lua_State *L, lw_state_t *S);
 /* The state is closing: hand its queued jobs to another worker, or fail
  * their futures when there is none. */
 void lw_spawn_close(lua_State *L, lw_state_t *S);
+
+/* Where resolver threads post completions for a state (laddr.c). */
+typedef struct lw_rtarget lw_rtarget_t;
+/* The state is closing: lookups in flight finish without it, unwaited. */
+void lw_close_addr(lw_state_t *S);
 
 /* Module parts. */
 void lw_open_buffer(lua_State *L, lw_state_t *S);

@@ -36,6 +36,9 @@ static void print_usage(FILE *f)
 		"  -m        run the script in the main thread (no implicit loop)\n"
 		"  -t N      run N workers (threads, each with its own Lua state)\n"
 		"            sharing one runtime; 0 = one per CPU (default 1, at most %d)\n"
+		"  -M size   limit each worker's Lua memory to size bytes (suffix\n"
+		"            k, m or g); an allocation over it fails in the thread\n"
+		"            that made it\n"
 		"  -v        show version information\n"
 		"  -E        ignore environment variables\n"
 		"  -W        turn warnings on\n"
@@ -47,7 +50,7 @@ static void print_usage(FILE *f)
 
 static void usage(const char *badoption)
 {
-	if (badoption[1] == 'e' || badoption[1] == 'l')
+	if (badoption[1] == 'e' || badoption[1] == 'l' || badoption[1] == 'M' || badoption[1] == 't')
 		fprintf(stderr, "%s: '%s' needs argument\n", progname, badoption);
 	else
 		fprintf(stderr, "%s: unrecognized option '%s'\n", progname, badoption);
@@ -182,6 +185,7 @@ static int collectargs(char **argv, int *flags)
 			*flags |= HAS_E;
 			/* fallthrough */
 		case 't':
+		case 'M':
 		case 'l':
 			if (argv[i][2] == '\0') {
 				i++;
@@ -208,7 +212,7 @@ static int runargs(lua_State *L, char **argv, int n)
 			lua_warning(L, "@on", 0);
 			continue;
 		}
-		if (opt == 't') {
+		if (opt == 't' || opt == 'M') {
 			if (argv[i][2] == '\0')
 				i++;
 			continue;
@@ -335,11 +339,106 @@ static int pmain(lua_State *L)
 	return 1;
 }
 
+/* -M: each worker's Lua state allocates through a counter with a limit.
+ * An allocation that would pass the limit fails; Lua then collects
+ * garbage and tries once more, and if that fails too raises a memory
+ * error in the thread that asked.  The scheduler reports that error
+ * protected (lsched.c), so the failing thread ends and its worker goes
+ * on. */
+typedef struct memlimit {
+	size_t used, limit;
+} memlimit_t;
+
+static size_t mem_limit; /* from -M; 0 = none */
+
+static void *limited_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+	memlimit_t *m = ud;
+	size_t old = ptr ? osize : 0;
+	if (nsize == 0) {
+		free(ptr);
+		m->used -= old;
+		return NULL;
+	}
+	if (nsize > old && m->used - old + nsize > m->limit)
+		return NULL;
+	void *p = realloc(ptr, nsize);
+	if (p == NULL)
+		return NULL;
+	m->used = m->used - old + nsize;
+	return p;
+}
+
+/* "-M size": bytes with an optional k, m or g.  0 when invalid. */
+static size_t parse_size(const char *v)
+{
+	char *end;
+	errno = 0;
+	unsigned long long n = v ? strtoull(v, &end, 10) : 0;
+	if (!v || end == v || errno)
+		return 0;
+	unsigned long long mul = 1;
+	switch (*end) {
+	case 'k': case 'K': mul = 1ull << 10; end++; break;
+	case 'm': case 'M': mul = 1ull << 20; end++; break;
+	case 'g': case 'G': mul = 1ull << 30; end++; break;
+	}
+	if (*end || n == 0 || n > SIZE_MAX / mul)
+		return 0;
+	return (size_t)(n * mul);
+}
+
+/* -M before the script: the limit, or -1 when it is malformed. */
+static int memory_limit(char **argv)
+{
+	for (int i = 1; argv[i] && argv[i][0] == '-'; i++) {
+		if (strcmp(argv[i], "--") == 0 || strcmp(argv[i], "-") == 0)
+			break;
+		if (argv[i][1] == 'e' || argv[i][1] == 'l' || argv[i][1] == 't') {
+			if (argv[i][2] == '\0' && argv[i + 1])
+				i++;
+			continue;
+		}
+		if (argv[i][1] != 'M')
+			continue;
+		const char *v = argv[i][2] ? argv[i] + 2 : argv[i + 1];
+		mem_limit = parse_size(v);
+		if (mem_limit < 1024 * 1024) {
+			fprintf(stderr, "%s: -M wants a size of at least 1m (bytes, or with k, m, g)\n",
+				progname);
+			return -1;
+		}
+		if (argv[i][2] == '\0')
+			i++;
+	}
+	return 0;
+}
+
+static int panic(lua_State *L)
+{
+	const char *msg = lua_tostring(L, -1);
+	fprintf(stderr, "%s: unprotected error: %s\n", progname, msg ? msg : "?");
+	return 0;
+}
+
+static lua_State *new_state(memlimit_t *m)
+{
+	if (!mem_limit)
+		return luaL_newstate();
+	m->used = 0;
+	m->limit = mem_limit;
+	lua_State *L = lua_newstate(limited_alloc, m);
+	if (L)
+		lua_atpanic(L, panic);
+	return L;
+}
+
 /* Run the program in a new state: the whole launcher for one worker.
  * Returns whether it succeeded. */
 static int run_state(int argc, char **argv, weft_runtime_t *rt, int index, int count)
 {
-	lua_State *L = luaL_newstate();
+	memlimit_t mem;
+	lua_State *L = new_state(&mem);
 	if (L == NULL) {
 		message("cannot create state: not enough memory");
 		return 0;
@@ -441,6 +540,9 @@ static void *signal_main(void *arg)
 	return NULL;
 }
 
+static pthread_t signal_tid;
+static int signal_thread;
+
 static void handle_signals(void)
 {
 	static sigset_t set;
@@ -449,11 +551,23 @@ static void handle_signals(void)
 	sigaddset(&set, SIGTERM);
 	if (pthread_sigmask(SIG_BLOCK, &set, NULL) != 0)
 		return;
-	pthread_t tid;
-	if (pthread_create(&tid, NULL, signal_main, &set) == 0)
-		pthread_detach(tid);
+	if (pthread_create(&signal_tid, NULL, signal_main, &set) == 0)
+		signal_thread = 1;
 	else
 		pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+}
+
+/* The signal thread waits in sigwait(), a cancellation point: stop it on
+ * the way out, so that the process ends with no thread of weft's left
+ * (leak checkers count a running thread's stack as lost). */
+static int stop_signals(int status)
+{
+	if (signal_thread) {
+		pthread_cancel(signal_tid);
+		pthread_join(signal_tid, NULL);
+		signal_thread = 0;
+	}
+	return status;
 }
 
 int main(int argc, char **argv)
@@ -468,10 +582,10 @@ int main(int argc, char **argv)
 	raise_nofile();
 	handle_signals();
 	int n = thread_count(argv);
-	if (n < 0)
-		return EXIT_FAILURE;
+	if (n < 0 || memory_limit(argv) < 0)
+		return stop_signals(EXIT_FAILURE);
 	if (n == 1)
-		return run_state(argc, argv, NULL, 1, 1) ? EXIT_SUCCESS : EXIT_FAILURE;
+		return stop_signals(run_state(argc, argv, NULL, 1, 1) ? EXIT_SUCCESS : EXIT_FAILURE);
 
 	/* N workers: each thread runs the whole program in its own state,
 	 * all attached to one runtime (one poller). */
@@ -503,5 +617,5 @@ int main(int argc, char **argv)
 	weft_lua_runtime_free(rt);
 	free(args);
 	free(tids);
-	return ok ? EXIT_SUCCESS : EXIT_FAILURE;
+	return stop_signals(ok ? EXIT_SUCCESS : EXIT_FAILURE);
 }

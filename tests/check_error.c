@@ -16,6 +16,7 @@ static const struct {
     {WEFT_ECLOSED, "closed"},
     {WEFT_EEOF, "eof"},
     {WEFT_ENOMEM, "out_of_memory"},
+    {WEFT_ETOOLARGE, "too_large"},
     {-ETIMEDOUT, "timeout"},
     {-EACCES, "access_denied"},
     {-EPERM, "access_denied"},
@@ -34,11 +35,15 @@ static const struct {
     {-ENOMEM, "out_of_memory"},
     {-ENOBUFS, "no_buffer_space"},
     {-EAFNOSUPPORT, "address_family_not_supported"},
+    {-EDESTADDRREQ, "destination_address_required"},
+    {-EMSGSIZE, "message_too_long"},
+    {-EBUSY, "busy"},
     {WEFT_EAI(EAI_NONAME), "host_not_found"},
     {WEFT_EAI(EAI_NODATA), "host_not_found"},
     {WEFT_EAI(EAI_AGAIN), "try_again"},
     {WEFT_EAI(EAI_SERVICE), "service_not_found"},
     {WEFT_EAI(EAI_FAMILY), "address_family_not_supported"},
+    {WEFT_EAI(EAI_ADDRFAMILY), "address_family_not_supported"},
     {WEFT_EAI(EAI_MEMORY), "out_of_memory"},
 };
 #define NNORMALIZED (int)(sizeof normalized / sizeof normalized[0])
@@ -91,7 +96,7 @@ static const int unknown[] = {
     -4095,
     -4096,
     -10000,
-    -10005,
+    -10006,
     WEFT_EAI_BASE, /* EAI code 0 is success, not an error */
     WEFT_EAI_BASE - 1000,
     -20000,

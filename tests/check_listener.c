@@ -358,16 +358,18 @@ END_TEST
 START_TEST(test_release_wakes_tag)
 {
 	env_t e = setup();
+	weft_worker_t *b;
+	ck_assert_int_eq(weft_worker_new(e.rt, &b), 0);
 	int port = free_port();
-	/* Two references (two sockets of one worker on one address), each
-	 * with a waiter of its own tag. */
+	/* Two references (sockets of two workers on one address), each with
+	 * a waiter of its own tag. */
 	weft_listener_t *l = listen_on(e.w, port);
-	ck_assert_ptr_eq(listen_on(e.w, port), l);
+	ck_assert_ptr_eq(listen_on(b, port), l);
 	int tag1, tag2;
 	uint32_t s1, q1 = wait_accept(e.w, &s1);
-	uint32_t s2, q2 = wait_accept(e.w, &s2);
+	uint32_t s2, q2 = wait_accept(b, &s2);
 	ck_assert_int_eq(weft_listener_take(l, e.w, s1, q1, &tag1), -EAGAIN);
-	ck_assert_int_eq(weft_listener_take(l, e.w, s2, q2, &tag2), -EAGAIN);
+	ck_assert_int_eq(weft_listener_take(l, b, s2, q2, &tag2), -EAGAIN);
 
 	/* Closing one socket wakes only the coroutines accepting on it. */
 	weft_listener_release(l, e.w, &tag1);
@@ -375,18 +377,53 @@ START_TEST(test_release_wakes_tag)
 	ck_assert_uint_eq(wk.slot, s1);
 	ck_assert_uint_eq(wk.seq, q1);
 	ck_assert_int_eq(wk.code, WEFT_ECLOSED);
-	ck_assert_int_eq(weft_worker_poll(e.w, 0), 0);
-	ck_assert_int_eq(weft_worker_next(e.w, &wk), 0);
-	ck_assert_int_eq(weft_worker_co(e.w, s2)->state, WEFT_CO_WAIT_EXT);
+	ck_assert_int_eq(weft_worker_poll(b, 0), 0);
+	ck_assert_int_eq(weft_worker_next(b, &wk), 0);
+	ck_assert_int_eq(weft_worker_co(b, s2)->state, WEFT_CO_WAIT_EXT);
 
 	/* The last reference too, and the socket goes with it. */
-	weft_listener_release(l, e.w, &tag2);
-	wk = next_wake(e.w);
+	weft_listener_release(l, b, &tag2);
+	wk = next_wake(b);
 	ck_assert_uint_eq(wk.slot, s2);
 	ck_assert_uint_eq(wk.seq, q2);
 	ck_assert_int_eq(wk.code, WEFT_ECLOSED);
 	weft_worker_co_free(e.w, s1);
-	weft_worker_co_free(e.w, s2);
+	weft_worker_co_free(b, s2);
+	weft_worker_free(b);
+	teardown(e);
+}
+END_TEST
+
+/* A worker listens on an address once: a second listen from it, or one
+ * from another worker with another backlog, is refused as the kernel
+ * refuses a second socket, and leaves the caller's socket as it was. */
+START_TEST(test_listen_twice_refused)
+{
+	env_t e = setup();
+	weft_worker_t *b;
+	ck_assert_int_eq(weft_worker_new(e.rt, &b), 0);
+	int port = free_port();
+	weft_listener_t *l = listen_backlog(e.w, port, 16);
+	struct sockaddr_in sa = loopback(port);
+	for (int i = 0; i < 2; i++) {
+		weft_worker_t *w = i == 0 ? e.w : b;
+		int fd = weft_sock_open(AF_INET, SOCK_STREAM, 0), err = 0;
+		ck_assert_int_ge(fd, 0);
+		weft_fd_t *r = weft_worker_open_fd(w, fd, &err);
+		ck_assert_ptr_nonnull(r);
+		weft_listener_t *l2 = NULL;
+		/* the same worker with the same backlog; the other one with
+		 * another backlog */
+		ck_assert_int_eq(weft_listener_listen(w, r, (struct sockaddr *)&sa, sizeof sa,
+						      i == 0 ? 16 : 32, &l2),
+				 -EADDRINUSE);
+		ck_assert_ptr_null(l2);
+		weft_worker_close_fd(w, r);
+	}
+	ck_assert_ptr_eq(listen_backlog(b, port, 16), l);
+	weft_listener_release(l, b, NULL);
+	weft_listener_release(l, e.w, NULL);
+	weft_worker_free(b);
 	teardown(e);
 }
 END_TEST
@@ -960,6 +997,7 @@ static Suite *listener_suite(void)
 	tcase_add_test(tc, test_cancel_gives_back);
 	tcase_add_test(tc, test_cancel_passes_on);
 	tcase_add_test(tc, test_release_wakes_tag);
+	tcase_add_test(tc, test_listen_twice_refused);
 	tcase_add_test(tc, test_backlog_bounds_queue);
 	tcase_add_test(tc, test_claim_rearms);
 	tcase_add_test(tc, test_dead_waiter_passes_on);

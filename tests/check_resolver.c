@@ -22,6 +22,7 @@ struct done {
 	int count;
 	int wrong_thread; /* a callback ran on the submitting thread */
 	int signals_open; /* a callback ran with some signal unblocked */
+	int cancelled;    /* callbacks that found -ECANCELED */
 	pthread_t submitter;
 };
 
@@ -47,7 +48,6 @@ static void on_done(weft_resolve_t *req, void *arg)
 {
 	struct done *d = arg;
 	sigset_t mask;
-	(void)req;
 	pthread_sigmask(SIG_SETMASK, NULL, &mask);
 	pthread_mutex_lock(&d->lock);
 	if (pthread_equal(pthread_self(), d->submitter))
@@ -55,6 +55,8 @@ static void on_done(weft_resolve_t *req, void *arg)
 	if (!sigismember(&mask, SIGINT) || !sigismember(&mask, SIGTERM) ||
 	    !sigismember(&mask, SIGUSR1) || !sigismember(&mask, SIGCHLD))
 		d->signals_open++;
+	if (req->err == -ECANCELED)
+		d->cancelled++;
 	d->count++;
 	pthread_cond_broadcast(&d->cond);
 	pthread_mutex_unlock(&d->lock);
@@ -416,6 +418,55 @@ START_TEST(test_submit_from_callback)
 }
 END_TEST
 
+/* weft_resolver_stop never waits for a lookup: the queued ones are
+ * cancelled at once, the ones in progress finish by themselves (their
+ * threads detached), and the pool restarts on the next submit. */
+START_TEST(test_stop_does_not_wait)
+{
+	weft_resolve_t req[6];
+	struct done d;
+	done_init(&d);
+	weft_resolver_set_delay(400);
+	for (int i = 0; i < 6; i++) {
+		req_init(&req[i], "localhost", "7", AF_INET);
+		ck_assert_int_eq(weft_resolver_submit(&req[i], on_done, &d), 0);
+	}
+	/* Let the four threads take the first four. */
+	struct timespec ts = {0, 100 * 1000000L};
+	nanosleep(&ts, NULL);
+	long long start = now_ms();
+	weft_resolver_stop();
+	long long took = now_ms() - start;
+	ck_assert_msg(took < 250, "stop took %lld ms", took);
+	/* 6 > the thread cap: the last ones were still queued, and were
+	 * cancelled on this thread before stop returned (the others are
+	 * still being looked up: their requests are not ours to read yet). */
+	pthread_mutex_lock(&d.lock);
+	int cancelled = d.cancelled, count = d.count;
+	pthread_mutex_unlock(&d.lock);
+	ck_assert_int_eq(cancelled, 6 - WEFT_RESOLVER_THREADS);
+	ck_assert_int_eq(count, cancelled);
+	/* The lookups in progress complete by themselves. */
+	ck_assert_int_eq(done_wait(&d, 6, 5000), 6);
+	for (int i = 0; i < 6; i++) {
+		if (req[i].err != -ECANCELED) {
+			ck_assert_int_eq(req[i].err, 0);
+			freeaddrinfo(req[i].result);
+		}
+	}
+	weft_resolver_set_delay(0);
+	/* And the pool starts again. */
+	req_init(&req[0], "localhost", "8", AF_INET);
+	ck_assert_int_eq(weft_resolver_submit(&req[0], on_done, &d), 0);
+	ck_assert_int_eq(done_wait(&d, 7, 5000), 7);
+	ck_assert_int_eq(req[0].err, 0);
+	freeaddrinfo(req[0].result);
+	weft_resolver_stop();
+	weft_resolver_stop(); /* idle: joins, then nothing to do */
+	done_destroy(&d);
+}
+END_TEST
+
 static Suite *resolver_suite(void)
 {
 	Suite *s = suite_create("resolver");
@@ -435,6 +486,7 @@ static Suite *resolver_suite(void)
 	tcase_add_test(pool, test_delay_parallel);
 	tcase_add_test(pool, test_shutdown_restart);
 	tcase_add_test(pool, test_submit_from_callback);
+	tcase_add_test(pool, test_stop_does_not_wait);
 	suite_add_tcase(s, pool);
 	return s;
 }

@@ -176,6 +176,16 @@ START_TEST(test_options)
 	ck_assert_int_eq(weft_sockopt_set_int(fd, o, -1), 0);
 	ck_assert_int_eq(weft_sockopt_get_int(fd, o, &v), 0);
 	ck_assert_int_eq(v, -1);
+	{
+		double sec = -1;
+
+		o = weft_sockopt_find("so_rcvtimeo");
+		ck_assert_int_eq(weft_sockopt_set_time(fd, o, 1.5), 0);
+		ck_assert_int_eq(weft_sockopt_get_time(fd, o, &sec), 0);
+		ck_assert(sec > 1.49 && sec < 1.51);
+		ck_assert_int_eq(weft_sockopt_set_time(fd, o, -1), -EINVAL);
+		ck_assert_int_eq(weft_sockopt_set_int(fd, o, 1), -EINVAL); /* not an int */
+	}
 	o = weft_sockopt_find("so_type");
 	ck_assert_int_eq(weft_sockopt_get_int(fd, o, &v), 0);
 	ck_assert_int_eq(v, SOCK_STREAM);

@@ -1449,6 +1449,7 @@ end
 local function poll(timeout)
 	local t0 = stats and clock()
 	local ok, ran = pcall(weft.poll, timeout)
+	if ok and ran == nil then ran = false end -- nil, "empty": nothing waits
 	if t0 then
 		local d = (clock() - t0) * 1000
 		st.steps = st.steps + 1

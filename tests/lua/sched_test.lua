@@ -18,11 +18,20 @@ end
 -- poll first, while nothing else is pending in the loop.
 test("poll", function()
 	local t0 = weft.clock()
-	local r = weft.poll(0.05)
+	local r, err = weft.poll(5)
 	local dt = weft.clock() - t0
-	is(r, false, "poll with nothing to do returns false on timeout")
+	is_deeply({r, err}, {nil, "empty"}, "poll with nothing to wait for returns nil, \"empty\"")
+	cmp_ok(dt, "<", 1, "at once, not at its timeout")
+	local sj = weft.sleep_job()
+	weft.thread(function() sj:sleep(0.5) end)
+	t0 = weft.clock()
+	r = weft.poll(0.05)
+	dt = weft.clock() - t0
+	is(r, false, "poll with a thread waiting returns false on timeout")
 	cmp_ok(dt, ">=", 0.045, "poll waited for its timeout")
-	cmp_ok(dt, "<", 0.5, "poll did not wait much longer")
+	cmp_ok(dt, "<", 0.45, "poll did not wait much longer")
+	sj:wakeup()
+	weft.poll(1)
 	local flag = false
 	weft.thread(function()
 		weft.sleep(0.02)
@@ -34,7 +43,7 @@ test("poll", function()
 	is(r2, true, "poll returns true when a thread ran")
 	is(flag, true, "the sleeping thread ran")
 	cmp_ok(dt, "<", 1, "poll returned when the timer fired, not at its timeout")
-	is(weft.poll(0), false, "poll(0) with nothing ready returns false")
+	is_deeply({weft.poll(0)}, {nil, "empty"}, "poll(0) with nothing left is empty")
 end)
 
 test("currentthread in the main thread", function()
@@ -173,7 +182,7 @@ H.test("currentthread inside a thread", function()
 end)
 
 H.test("cowrap generator and weft.yield", function()
-	local gen = weft.cowrap(function(a)
+	local gen = weft.cowrap(function(_, a)
 		local b = weft.yield(a + 1)
 		local c = weft.yield(b .. "!")
 		return "ret", c
@@ -196,10 +205,10 @@ H.test("cowrap: a wait inside f suspends the weft thread, others run", function(
 			ticks = ticks + 1
 		end
 	end)
-	local gen = weft.cowrap(function(n)
+	local gen = weft.cowrap(function(yield, n)
 		for i = 1, n do
 			weft.sleep(0.02)
-			weft.yield(i)
+			yield(i)
 		end
 		return nil
 	end)
@@ -250,15 +259,15 @@ H.test("cowrap iterator doing I/O inside", function()
 		c:shutdown("w")
 	end)
 	local function chunks(sock)
-		return weft.cowrap(function()
+		return (weft.cowrap(function(yield)
 			local buf = weft.buffer(100)
 			while true do
 				local n, err = sock:recv(buf, 100, deadline())
 				assert(n, err)
 				if n == 0 then return end
-				weft.yield(buf:tostring(1, n))
+				yield(buf:tostring(1, n))
 			end
-		end)
+		end))
 	end
 	local got = {}
 	for piece in chunks(s) do
@@ -316,11 +325,15 @@ H.test("threadenv", function()
 	local th = weft.newthread(function()
 		seen = weft.threadenv[weft.currentthread()]
 		weft.threadenv[weft.currentthread()] = "set inside"
+		weft.suspend()
 	end)
 	weft.threadenv[th] = { x = 1 }
 	weft.resume(th)
 	is(seen and seen.x, 1, "value set outside is seen inside")
 	is(weft.threadenv[th], "set inside", "value set inside is seen outside")
+	weft.resume(th)
+	is(coroutine.status(th), "dead", "the thread finished")
+	is(weft.threadenv[th], nil, "a finished thread's value is cleared at once")
 	is(weft.threadenv[weft.newthread(function() end)], nil, "unset is nil")
 	local me = weft.currentthread()
 	weft.threadenv[me] = 42
