@@ -10,6 +10,7 @@
  * LuaSocket's texts for the usual system errors. */
 #include "config.h"
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
@@ -27,29 +28,59 @@ enum { UV_SOCK = 1, UV_RECV, UV_STORE, UV_VIEW, UV_COUNTER, UV_COUNT = UV_COUNTE
 #define READER_MIN 4096
 #define READER_MAX ((size_t)1 << 30)
 
+/* What the readers of one Copas instance share: how many wait in recv
+ * (for copas.status) and the most bytes a line ("*l") or "*a" may buffer
+ * while its end has not come (copas.setreceivelimit). */
+typedef struct shared {
+	lua_Integer receiving;
+	size_t limit;
+} shared_t;
+
+#define DEFAULT_LIMIT ((size_t)64 << 20)
+
 typedef struct reader {
 	size_t start, end; /* pending bytes: store[start, end) */
 	int busy;          /* a receive waits in recv: others are refused */
 	int hits;          /* results from the buffer since the last counted one */
 	lw_buffer_t *store; /* the storage (kept alive as a uservalue) */
-	lua_Integer *receiving; /* the instance's count of readers in recv, or NULL */
+	shared_t *shared; /* the instance's shared part, or NULL */
 } reader_t;
 
 #define LW_COUNTER "weft.copas_counter"
 
-/* core.copas_counter() -> a counter of readers waiting in recv, shared by
- * the readers of one Copas instance (for copas.status). */
+/* core.copas_counter() -> the part the readers of one Copas instance
+ * share: a counter of readers waiting in recv (for copas.status) and the
+ * receive limit. */
 static int l_counter(lua_State *L)
 {
-	lua_Integer *n = lua_newuserdatauv(L, sizeof *n, 0);
-	*n = 0;
+	shared_t *sh = lua_newuserdatauv(L, sizeof *sh, 0);
+	sh->receiving = 0;
+	sh->limit = DEFAULT_LIMIT;
 	luaL_setmetatable(L, LW_COUNTER);
 	return 1;
 }
 
 static int counter_get(lua_State *L)
 {
-	lua_pushinteger(L, *(lua_Integer *)luaL_checkudata(L, 1, LW_COUNTER));
+	lua_pushinteger(L, ((shared_t *)luaL_checkudata(L, 1, LW_COUNTER))->receiving);
+	return 1;
+}
+
+/* counter:limit([bytes]) -> the limit before the call.  math.huge (or any
+ * number beyond what a reader can hold) means as much as a reader holds. */
+static int counter_limit(lua_State *L)
+{
+	shared_t *sh = luaL_checkudata(L, 1, LW_COUNTER);
+	size_t old = sh->limit;
+	if (!lua_isnoneornil(L, 2)) {
+		lua_Number n = luaL_checknumber(L, 2);
+		luaL_argcheck(L, n >= 1, 2, "limit must be at least 1 byte");
+		sh->limit = n >= (lua_Number)READER_MAX ? READER_MAX : (size_t)n;
+	}
+	if (old >= READER_MAX)
+		lua_pushnumber(L, HUGE_VAL);
+	else
+		lua_pushinteger(L, (lua_Integer)old);
 	return 1;
 }
 
@@ -97,12 +128,12 @@ static int l_errstr(lua_State *L)
 static int l_reader(lua_State *L)
 {
 	luaL_checkany(L, 1);
-	lua_Integer *counter = luaL_testudata(L, 2, LW_COUNTER);
+	shared_t *counter = luaL_testudata(L, 2, LW_COUNTER);
 	reader_t *r = lua_newuserdatauv(L, sizeof *r, UV_COUNT);
 	r->start = r->end = 0;
 	r->busy = 0;
 	r->hits = 0;
-	r->receiving = counter; /* may be NULL */
+	r->shared = counter; /* may be NULL */
 	if (counter) {
 		lua_pushvalue(L, 2);
 		lua_setiuservalue(L, -2, UV_COUNTER);
@@ -274,8 +305,8 @@ static int receive_k(lua_State *L, int status, lua_KContext ctx)
 	if (status != LUA_OK) {
 		/* Back from recv: n, or nil, err. */
 		r->busy = 0;
-		if (r->receiving)
-			(*r->receiving)--;
+		if (r->shared)
+			r->shared->receiving--;
 		int isnum;
 		lua_Integer n = lua_tointegerx(L, 6, &isnum);
 		if (!isnum) {
@@ -313,8 +344,15 @@ static int receive_k(lua_State *L, int status, lua_KContext ctx)
 		r->end -= r->start;
 		r->start = 0;
 	}
+	/* A line or "*a" that outgrows the limit ends here: a peer sending a
+	 * 1 GiB line costs the limit, not the line. */
+	size_t limit = r->shared ? r->shared->limit : DEFAULT_LIMIT;
+	if (pat != PAT_COUNT && r->end - r->start >= limit)
+		return fail(L, r, st->data, pat, "too_large");
 	if (st->len - r->end < READER_MIN / 2) {
 		size_t want = st->len * 2;
+		if (pat != PAT_COUNT && want > limit + READER_MIN)
+			want = limit + READER_MIN;
 		if (pat == PAT_COUNT && (size_t)count > st->len && (size_t)count < READER_MAX)
 			want = (size_t)count + READER_MIN;
 		if (want > READER_MAX || lw_buffer_resize(st, want) < 0)
@@ -330,8 +368,8 @@ static int receive_k(lua_State *L, int status, lua_KContext ctx)
 	push_expires(L);
 	ctx = (lua_KContext)(r->end - r->start);
 	r->busy = 1;
-	if (r->receiving)
-		(*r->receiving)++;
+	if (r->shared)
+		r->shared->receiving++;
 	lua_callk(L, 4, 2, ctx, receive_k);
 	return receive_k(L, LUA_YIELD, ctx);
 }
@@ -405,6 +443,7 @@ static int l_gettime(lua_State *L)
 
 static const luaL_Reg counter_methods[] = {
 	{"get", counter_get},
+	{"limit", counter_limit},
 	{NULL, NULL},
 };
 

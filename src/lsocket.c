@@ -681,8 +681,8 @@ static int s_recvn(lua_State *L)
 	return recvn_k(L, LUA_OK, 0);
 }
 
-/* The limit argument of recvall: bytes, or no limit. */
-static size_t recvall_limit(lua_State *L, int idx)
+/* The limit argument of recvall: bytes, or no limit (also for ltls.c). */
+size_t lw_recvall_limit(lua_State *L, int idx)
 {
 	if (lua_isnoneornil(L, idx))
 		return SIZE_MAX - 1;
@@ -702,7 +702,7 @@ static int recvall_k(lua_State *L, int status, lua_KContext ctx)
 	lw_buffer_t *b = lua_touserdata(L, 4);
 	int code = resumed(L, status, s);
 	uint64_t deadline = lw_deadline(L, 2);
-	size_t limit = recvall_limit(L, 3);
+	size_t limit = lw_recvall_limit(L, 3);
 	while (code >= 0) {
 		if (got > limit) {
 			got = limit;
@@ -749,7 +749,7 @@ static int s_recvall(lua_State *L)
 {
 	lw_waiter(L, lw_S(L)); /* I/O runs inside weft threads only */
 	lsock_t *s = checktype(L, 1, SOCK_STREAM, "recvall");
-	recvall_limit(L, 3);
+	lw_recvall_limit(L, 3);
 	CHECK_OPEN(L, s);
 	lua_settop(L, 3);
 	lw_buffer_push(L, NULL, 0);

@@ -1373,10 +1373,6 @@ static int recv_k(lua_State *L, int status, lua_KContext ctx)
 	size_t maxlen;
 	char *p = recv_args(L, 2, &maxlen);
 	uint64_t deadline = lw_deadline(L, 4);
-	if (maxlen == 0) {
-		lua_pushinteger(L, 0);
-		return 1;
-	}
 	for (;;) {
 		ssize_t n = tls_read(L, t, p, maxlen);
 		if (n >= 0) {
@@ -1401,6 +1397,10 @@ static int t_recv(lua_State *L)
 	ltls_t *t = checktls(L, 1);
 	size_t maxlen;
 	recv_args(L, 2, &maxlen);
+	/* As on TCP: 0 from recv means the end of the stream. */
+	if (maxlen == 0)
+		return luaL_argerror(L, lua_isnoneornil(L, 3) ? 2 : 3,
+				     "tls recv needs room for at least 1 byte");
 	TLS_OPEN(L, t);
 	lua_settop(L, 4);
 	return recv_k(L, LUA_OK, 0);
@@ -1451,20 +1451,29 @@ static int t_recvn(lua_State *L)
 	return recvn_k(L, LUA_OK, 0);
 }
 
-/* tls:recvall([expires]) -> buf, len | nil, err, buf, len.  The growing
- * buffer sits at index 3. */
+/* tls:recvall([expires], [limit]) -> buf, len | nil, err, buf, len, as
+ * tcp:recvall: the growing buffer sits at index 4 and never grows past
+ * limit + 1 bytes; more than limit is nil, "too_large". */
 static int recvall_k(lua_State *L, int status, lua_KContext ctx)
 {
 	lw_state_t *S = lw_S(L);
 	ltls_t *t = checktls(L, 1);
 	size_t got = (size_t)ctx;
-	lw_buffer_t *b = lua_touserdata(L, 3);
+	lw_buffer_t *b = lua_touserdata(L, 4);
 	int code = tls_resumed(L, status, t);
 	uint64_t deadline = lw_deadline(L, 2);
+	size_t limit = lw_recvall_limit(L, 3);
 	int failed = 0;
 	while (code >= 0 && !failed) {
-		if (b->len - got < 16384) {
+		if (got > limit) {
+			got = limit;
+			code = WEFT_ETOOLARGE;
+			break;
+		}
+		if (b->len - got < 16384 && b->len <= limit) {
 			size_t want = b->len < 65536 ? 65536 : b->len * 2;
+			if (want > limit + 1)
+				want = limit + 1;
 			if (lw_buffer_resize(b, want) < 0) {
 				code = WEFT_ENOMEM;
 				break;
@@ -1495,7 +1504,7 @@ static int recvall_k(lua_State *L, int status, lua_KContext ctx)
 		push_fail(L, t);
 	else
 		lw_error(L, code);
-	lua_pushvalue(L, 3);
+	lua_pushvalue(L, 4);
 	lua_pushinteger(L, (lua_Integer)got);
 	return 4;
 }
@@ -1504,8 +1513,9 @@ static int t_recvall(lua_State *L)
 {
 	lw_waiter(L, lw_S(L));
 	ltls_t *t = checktls(L, 1);
+	lw_recvall_limit(L, 3);
 	TLS_OPEN(L, t);
-	lua_settop(L, 2);
+	lua_settop(L, 3);
 	lw_buffer_push(L, NULL, 0);
 	return recvall_k(L, LUA_OK, 0);
 }

@@ -163,6 +163,8 @@ lsock_t *lw_checktcp(lua_State *L, int idx);
 int lw_sock_fd(const lsock_t *s);
 int lw_sock_wait(lua_State *L, lw_state_t *S, lsock_t *s, int dir, uint64_t deadline);
 void lw_open_tls(lua_State *L, lw_state_t *S);
+/* recvall's limit argument at idx: bytes, or SIZE_MAX - 1 for none. */
+size_t lw_recvall_limit(lua_State *L, int idx);
 
 /* Push a new addrinfo userdata owning list; for laddr.c and lsocket.c. */
 void lw_addrinfo_push(lua_State *L, struct addrinfo *list);

@@ -990,6 +990,18 @@ function copas.gettimeouts(skt)
 	return h.cto, h.sto, h.rto
 end
 
+-- copas.setreceivelimit([bytes]) -> the previous limit (weft's own): the
+-- most a "*l" line or a "*a" read may hold before its end has come; past
+-- it receive returns nil, "too_large", partial (the bytes so far), and the
+-- next receive goes on from there.  Default 64 MiB; math.huge lifts it (a
+-- reader then holds at most 1 GiB).
+function copas.setreceivelimit(bytes)
+	if bytes ~= nil and type(bytes) ~= "number" then
+		error("bad argument #1 to 'setreceivelimit' (number expected, got " .. type(bytes) .. ")", 2)
+	end
+	return receiving:limit(bytes)
+end
+
 function copas.usesockettimeouterrors(use)
 	sockerrs[running()] = use and true or nil
 	return true

@@ -64,6 +64,46 @@ for _, kind in ipairs({"weft", "luasocket"}) do
 		copas.removeserver(srv)
 	end)
 
+	CH.run(copas, kind .. ": the receive limit bounds a line and *a", function()
+		local srv, port = server(function(skt)
+			local what = skt:receive()
+			-- 3 MiB without a newline, then a short line; or 3 MiB then close
+			local big = ("z"):rep(3 * 1024 * 1024)
+			skt:send(big)
+			if what == "line" then skt:send("tail\n") end
+		end, nil, nil, kind)
+		is(copas.setreceivelimit(1024 * 1024), 64 * 1024 * 1024, "the default limit is 64 MiB")
+		local c = client(port, kind)
+		c:send("line\n")
+		local l, err, partial = c:receive("*l")
+		is(l, nil, "a line past the limit fails")
+		is(err, "too_large", "with too_large")
+		ok(partial and #partial >= 1024 * 1024 and #partial < 1024 * 1024 + 65536,
+			"the partial line is about the limit: " .. tostring(partial and #partial))
+		local rest = #partial
+		while true do
+			local l2, e2, p2 = c:receive("*l")
+			if l2 then rest = rest + #l2; is(l2:sub(-4), "tail", "the next receive goes on to the line's end"); break end
+			if e2 ~= "too_large" then ok(false, "unexpected " .. tostring(e2)); break end
+			rest = rest + #p2
+		end
+		is(rest, 3 * 1024 * 1024 + 4, "every byte of the line came out, limit by limit")
+		c:close()
+		c = client(port, kind)
+		c:send("all\n")
+		local a, aerr = c:receive("*a")
+		ok(a == nil and aerr == "too_large", "*a past the limit fails too")
+		c:close()
+		is(copas.setreceivelimit(math.huge), 1024 * 1024, "setreceivelimit returns the previous limit")
+		c = client(port, kind)
+		c:send("all\n")
+		local all = c:receive("*a")
+		is(all and #all, 3 * 1024 * 1024, "math.huge lifts it")
+		c:close()
+		copas.setreceivelimit(64 * 1024 * 1024)
+		copas.removeserver(srv)
+	end)
+
 	CH.run(copas, kind .. ": *a, closed and partial results", function()
 		local srv, port = server(function(skt)
 			local what = skt:receive()

@@ -463,6 +463,18 @@ H.test("a peer closing mid-record: eof, never a hang", function()
 	is(table.concat(parts), "0123456789", "the reader serves every byte")
 	c:close()
 
+	-- recvall's limit, as on TCP.
+	c, cerr, s = pair(SERVER, CLIENT)
+	weft.thread(function()
+		s:send(("L"):rep(50000))
+		s:close()
+	end)
+	local lb, lerr, lbuf, llen = c:recvall(deadline(), 10000)
+	ok(lb == nil and lerr == "too_large" and llen == 10000, "recvall over its limit: nil, too_large, 10000 bytes")
+	ok(lbuf and #lbuf <= 10001, "the buffer never grew past the limit")
+	ok(not pcall(c.recv, c, weft.buffer(4), 0), "recv into 0 bytes raises, as on TCP")
+	c:close()
+
 	-- The peer resets: a clear error, no SIGPIPE.
 	c, cerr, s = pair(SERVER, CLIENT)
 	assert(s:tcp():setopt("so_linger", 0))
