@@ -25,14 +25,13 @@ int weft_inbox_init(weft_inbox_t *in)
 	in->_spare_cap = 0;
 	atomic_init(&in->_pending, 0);
 	in->_closed = 0;
-	int rc = pthread_mutex_init(&in->_lock, NULL);
-	return rc ? -rc : 0;
+	return weft_mutex_init(&in->_lock);
 }
 
 /* Owner only, with no producer left running. */
 void weft_inbox_destroy(weft_inbox_t *in)
 {
-	pthread_mutex_destroy(&in->_lock);
+	weft_mutex_destroy(&in->_lock);
 	weft_free(in->_items);
 	weft_free(in->_spare);
 	in->_items = in->_spare = NULL;
@@ -57,7 +56,7 @@ static int grow(weft_inbox_t *in)
 int weft_inbox_push(weft_inbox_t *in, const weft_msg_t *m)
 {
 	int rc = 0;
-	pthread_mutex_lock(&in->_lock);
+	weft_mutex_lock(&in->_lock);
 	if (in->_closed)
 		rc = WEFT_ECLOSED;
 	else if (in->_len == in->_cap)
@@ -66,7 +65,7 @@ int weft_inbox_push(weft_inbox_t *in, const weft_msg_t *m)
 		in->_items[in->_len++] = *m;
 		atomic_store_explicit(&in->_pending, in->_len, memory_order_release);
 	}
-	pthread_mutex_unlock(&in->_lock);
+	weft_mutex_unlock(&in->_lock);
 	return rc;
 }
 
@@ -81,7 +80,7 @@ size_t weft_inbox_drain(weft_inbox_t *in, weft_msg_t **out)
 		return 0;
 	}
 
-	pthread_mutex_lock(&in->_lock);
+	weft_mutex_lock(&in->_lock);
 	weft_msg_t *batch = in->_items;
 	size_t batch_cap = in->_cap, n = in->_len;
 	/* The spare held the previous batch, which the caller has finished
@@ -90,7 +89,7 @@ size_t weft_inbox_drain(weft_inbox_t *in, weft_msg_t **out)
 	in->_cap = in->_spare_cap;
 	in->_len = 0;
 	atomic_store_explicit(&in->_pending, 0, memory_order_release);
-	pthread_mutex_unlock(&in->_lock);
+	weft_mutex_unlock(&in->_lock);
 
 	in->_spare = batch;
 	in->_spare_cap = batch_cap;
@@ -100,7 +99,7 @@ size_t weft_inbox_drain(weft_inbox_t *in, weft_msg_t **out)
 
 void weft_inbox_close(weft_inbox_t *in)
 {
-	pthread_mutex_lock(&in->_lock);
+	weft_mutex_lock(&in->_lock);
 	in->_closed = 1;
-	pthread_mutex_unlock(&in->_lock);
+	weft_mutex_unlock(&in->_lock);
 }

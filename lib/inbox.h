@@ -5,13 +5,13 @@
 #ifndef WEFT_INBOX_H
 #define WEFT_INBOX_H
 
-#include <pthread.h>
+#include "thread.h"
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
 typedef struct weft_msg {
-	uint32_t kind;  /* defined by the user of the inbox */
+	uint32_t kind; /* defined by the user of the inbox */
 	uint32_t slot;
 	uint32_t seq;
 	int32_t code;
@@ -19,13 +19,13 @@ typedef struct weft_msg {
 } weft_msg_t;
 
 typedef struct weft_inbox {
-	pthread_mutex_t _lock;
+	weft_mutex_t _lock;
 	weft_msg_t *_items;
 	size_t _len, _cap;
 	weft_msg_t *_spare; /* the consumer's array, swapped in on drain */
 	size_t _spare_cap;
 	_Atomic size_t _pending; /* approximate length, for a lock-free peek */
-	int _closed;              /* under _lock: pushes fail (the owner is gone) */
+	int _closed;             /* under _lock: pushes fail (the owner is gone) */
 } weft_inbox_t;
 
 /* 0 or -errno. */

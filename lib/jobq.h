@@ -9,7 +9,7 @@
 #ifndef WEFT_JOBQ_H
 #define WEFT_JOBQ_H
 
-#include <pthread.h>
+#include "thread.h"
 #include <stdatomic.h>
 #include <stddef.h>
 
@@ -19,7 +19,7 @@ typedef struct weft_job {
 } weft_job_t;
 
 typedef struct weft_jobq {
-	pthread_mutex_t _lock;
+	weft_mutex_t _lock;
 	weft_job_t *_head, *_tail;
 	_Atomic size_t len; /* a hint without the lock */
 } weft_jobq_t;

@@ -5,8 +5,19 @@
 #define WEFT_SOCK_H
 
 #include <stddef.h>
-#include <sys/socket.h>
 #include <sys/types.h>
+#if defined(_WIN32)
+/* sock-win32.c: a SOCKET handle travels as an int (handle values fit),
+ * Winsock's errors come back as the same -errno values, and shutdown
+ * takes the POSIX names. */
+#include <winsock2.h>
+#include <ws2tcpip.h>
+#define SHUT_RD SD_RECEIVE
+#define SHUT_WR SD_SEND
+#define SHUT_RDWR SD_BOTH
+#else
+#include <sys/socket.h>
+#endif
 
 /* socket(2), non-blocking and close-on-exec.  fd or -errno. */
 int weft_sock_open(int family, int type, int protocol);
