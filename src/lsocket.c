@@ -338,20 +338,16 @@ static void drained(lsock_t *s, int dir, uint32_t edges)
 		weft_fd_drained(s->rec, dir, edges);
 }
 
-static int fair(lua_State *L, lw_state_t *S)
-{
-	return lw_spend(S) && lua_isyieldable(L);
-}
-
-/* Continuations that return what was saved before a fairness yield. */
-static int return_true_k(lua_State *L, int status, lua_KContext ctx)
+/* Continuations that return what was saved before a fairness yield (also
+ * for ltls.c). */
+int lw_return_true_k(lua_State *L, int status, lua_KContext ctx)
 {
 	lw_wakecode(L);
 	lua_pushboolean(L, 1);
 	return 1;
 }
 
-static int return_ctx_k(lua_State *L, int status, lua_KContext ctx)
+int lw_return_ctx_k(lua_State *L, int status, lua_KContext ctx)
 {
 	lw_wakecode(L);
 	lua_pushinteger(L, (lua_Integer)ctx);
@@ -480,7 +476,7 @@ static int accept_k(lua_State *L, int status, lua_KContext ctx)
 	int n = push_sock(L, S, fd, s->family, s->type, s->protocol);
 	if (n == 1)
 		((lsock_t *)lua_touserdata(L, -1))->connected = 1;
-	if (n == 1 && fair(L, S))
+	if (n == 1 && lw_fair(L, S))
 		return lw_fair_yield(L, S, 0, return_top_k);
 	return n;
 }
@@ -500,6 +496,13 @@ static int s_accept(lua_State *L)
 
 /* The bytes to send: data at idx, optional len at idx+1.  `known`: the
  * data's type was checked already (see known_sock). */
+static const char *send_args_(lua_State *L, int idx, size_t *len, int known);
+
+const char *lw_send_args(lua_State *L, int idx, size_t *len)
+{
+	return send_args_(L, idx, len, 0);
+}
+
 static const char *send_args_(lua_State *L, int idx, size_t *len, int known)
 {
 	size_t n;
@@ -550,8 +553,8 @@ static int tcp_send_k(lua_State *L, int status, lua_KContext ctx)
 		if (rc == 0)
 			return lw_await(L, (lua_KContext)sent, tcp_send_k);
 	}
-	if (len && fair(L, S))
-		return lw_fair_yield(L, S, 0, return_true_k);
+	if (len && lw_fair(L, S))
+		return lw_fair_yield(L, S, 0, lw_return_true_k);
 	lua_pushboolean(L, 1);
 	return 1;
 }
@@ -581,8 +584,8 @@ static int count_op(lua_State *L, int status, int dir, int expires_idx, count_fn
 				else
 					weft_fd_undrain(s->rec, dir);
 			}
-			if (fair(L, S))
-				return lw_fair_yield(L, S, (lua_KContext)n, return_ctx_k);
+			if (lw_fair(L, S))
+				return lw_fair_yield(L, S, (lua_KContext)n, lw_return_ctx_k);
 			lua_pushinteger(L, (lua_Integer)n);
 			return 1;
 		}
@@ -658,6 +661,13 @@ static int s_sendto(lua_State *L)
 /* recv */
 
 /* The buffer target at idx with maxlen at idx+1 (default: all of it). */
+static char *recv_args_(lua_State *L, int idx, size_t *maxlen, int known);
+
+char *lw_recv_args(lua_State *L, int idx, size_t *maxlen)
+{
+	return recv_args_(L, idx, maxlen, 0);
+}
+
 static char *recv_args_(lua_State *L, int idx, size_t *maxlen, int known)
 {
 	size_t n;

@@ -1255,25 +1255,6 @@ static int tls_resumed(lua_State *L, int status, ltls_t *t)
 	return code;
 }
 
-static int fair(lua_State *L, lw_state_t *S)
-{
-	return lw_spend(S) && lua_isyieldable(L);
-}
-
-static int return_true_k(lua_State *L, int status, lua_KContext ctx)
-{
-	lw_wakecode(L);
-	lua_pushboolean(L, 1);
-	return 1;
-}
-
-static int return_ctx_k(lua_State *L, int status, lua_KContext ctx)
-{
-	lw_wakecode(L);
-	lua_pushinteger(L, (lua_Integer)ctx);
-	return 1;
-}
-
 #define TLS_OPEN(L, t)                                                                             \
 	do {                                                                                       \
 		if (!(t)->ssl || lw_sock_fd((t)->s) < 0)                                           \
@@ -1326,21 +1307,6 @@ static int t_handshake(lua_State *L)
 	return handshake_k(L, LUA_OK, 0);
 }
 
-/* The buffer target at idx with maxlen at idx+1 (default: all of it). */
-static char *recv_args(lua_State *L, int idx, size_t *maxlen)
-{
-	size_t n;
-	char *p = lw_buffer_bytes(L, idx, &n);
-	if (!lua_isnoneornil(L, idx + 1)) {
-		lua_Integer m = luaL_checkinteger(L, idx + 1);
-		luaL_argcheck(L, m >= 0 && (lua_Unsigned)m <= n, idx + 1,
-			      "length out of range (larger than the buffer?)");
-		n = (size_t)m;
-	}
-	*maxlen = n;
-	return p;
-}
-
 /* One SSL_read of up to len bytes: > 0 bytes, 0 at a clean end (the
  * peer's close_notify), or an ST_* wait / failure as a negative value
  * (-ST_READ, -ST_WRITE, ST_FAIL). */
@@ -1371,13 +1337,13 @@ static int recv_k(lua_State *L, int status, lua_KContext ctx)
 	if (code < 0)
 		return lw_error(L, code);
 	size_t maxlen;
-	char *p = recv_args(L, 2, &maxlen);
+	char *p = lw_recv_args(L, 2, &maxlen);
 	uint64_t deadline = lw_deadline(L, 4);
 	for (;;) {
 		ssize_t n = tls_read(L, t, p, maxlen);
 		if (n >= 0) {
-			if (n > 0 && fair(L, S))
-				return lw_fair_yield(L, S, (lua_KContext)n, return_ctx_k);
+			if (n > 0 && lw_fair(L, S))
+				return lw_fair_yield(L, S, (lua_KContext)n, lw_return_ctx_k);
 			lua_pushinteger(L, (lua_Integer)n);
 			return 1;
 		}
@@ -1396,7 +1362,7 @@ static int t_recv(lua_State *L)
 	lw_waiter(L, lw_S(L));
 	ltls_t *t = checktls(L, 1);
 	size_t maxlen;
-	recv_args(L, 2, &maxlen);
+	lw_recv_args(L, 2, &maxlen);
 	/* As on TCP: 0 from recv means the end of the stream. */
 	if (maxlen == 0)
 		return luaL_argerror(L, lua_isnoneornil(L, 3) ? 2 : 3,
@@ -1416,7 +1382,7 @@ static int recvn_k(lua_State *L, int status, lua_KContext ctx)
 	if (code < 0)
 		return lw_error_partial(L, code, (lua_Integer)got);
 	size_t len;
-	char *p = recv_args(L, 2, &len);
+	char *p = lw_recv_args(L, 2, &len);
 	uint64_t deadline = lw_deadline(L, 4);
 	while (got < len) {
 		ssize_t n = tls_read(L, t, p + got, len - got);
@@ -1445,7 +1411,7 @@ static int t_recvn(lua_State *L)
 	ltls_t *t = checktls(L, 1);
 	size_t len;
 	luaL_checkinteger(L, 3);
-	recv_args(L, 2, &len);
+	lw_recv_args(L, 2, &len);
 	TLS_OPEN(L, t);
 	lua_settop(L, 4);
 	return recvn_k(L, LUA_OK, 0);
@@ -1520,20 +1486,6 @@ static int t_recvall(lua_State *L)
 	return recvall_k(L, LUA_OK, 0);
 }
 
-/* The bytes to send: data at idx, optional len at idx+1. */
-static const char *send_args(lua_State *L, int idx, size_t *len)
-{
-	size_t n;
-	const char *p = lw_checkbytes(L, idx, &n);
-	if (!lua_isnoneornil(L, idx + 1)) {
-		lua_Integer l = luaL_checkinteger(L, idx + 1);
-		luaL_argcheck(L, l >= 0 && (lua_Unsigned)l <= n, idx + 1, "length out of range");
-		n = (size_t)l;
-	}
-	*len = n;
-	return p;
-}
-
 /* tls:send(data, [len], [expires]) -> true | nil, err, sent */
 static int send_k(lua_State *L, int status, lua_KContext ctx)
 {
@@ -1546,7 +1498,7 @@ static int send_k(lua_State *L, int status, lua_KContext ctx)
 	if (t->failed)
 		return push_fail_partial(L, t, (lua_Integer)sent);
 	size_t len;
-	const char *p = send_args(L, 2, &len);
+	const char *p = lw_send_args(L, 2, &len);
 	uint64_t deadline = lw_deadline(L, 4);
 	while (sent < len) {
 		size_t n;
@@ -1569,8 +1521,8 @@ static int send_k(lua_State *L, int status, lua_KContext ctx)
 		if (rc == 0)
 			return lw_await(L, (lua_KContext)sent, send_k);
 	}
-	if (len && fair(L, S))
-		return lw_fair_yield(L, S, 0, return_true_k);
+	if (len && lw_fair(L, S))
+		return lw_fair_yield(L, S, 0, lw_return_true_k);
 	lua_pushboolean(L, 1);
 	return 1;
 }
@@ -1580,7 +1532,7 @@ static int t_send(lua_State *L)
 	lw_waiter(L, lw_S(L));
 	ltls_t *t = checktls(L, 1);
 	size_t len;
-	send_args(L, 2, &len);
+	lw_send_args(L, 2, &len);
 	TLS_OPEN(L, t);
 	lua_settop(L, 4);
 	return send_k(L, LUA_OK, 0);

@@ -113,6 +113,12 @@ static inline int lw_spend(lw_state_t *S)
 	return --S->budget <= 0 && S->current != LW_NONE;
 }
 
+/* Whether a thread that just did I/O should yield for fairness now. */
+static inline int lw_fair(lua_State *L, lw_state_t *S)
+{
+	return lw_spend(S) && lua_isyieldable(L);
+}
+
 /* Yield for fairness (the thread runs again on the next step); k then
  * gets code 0. */
 int lw_fair_yield(lua_State *L, lw_state_t *S, lua_KContext ctx, lua_KFunction k);
@@ -197,6 +203,14 @@ lsock_t *lw_checktcp(lua_State *L, int idx);
 int lw_sock_fd(const lsock_t *s);
 int lw_sock_wait(lua_State *L, lw_state_t *S, lsock_t *s, int dir, uint64_t deadline);
 void lw_open_tls(lua_State *L, lw_state_t *S);
+/* Socket arguments as the TCP methods take them: the bytes to send at idx
+ * (a string or buffer) with an optional length at idx+1; the buffer to
+ * receive into at idx with an optional maximum at idx+1. */
+const char *lw_send_args(lua_State *L, int idx, size_t *len);
+char *lw_recv_args(lua_State *L, int idx, size_t *maxlen);
+/* Continuations after a fairness yield: return true / the integer ctx. */
+int lw_return_true_k(lua_State *L, int status, lua_KContext ctx);
+int lw_return_ctx_k(lua_State *L, int status, lua_KContext ctx);
 /* recvall's limit argument at idx: bytes, or SIZE_MAX - 1 for none. */
 size_t lw_recvall_limit(lua_State *L, int idx);
 
