@@ -39,11 +39,11 @@ typedef struct shared {
 #define DEFAULT_LIMIT ((size_t)64 << 20)
 
 typedef struct reader {
-	size_t start, end; /* pending bytes: store[start, end) */
-	int busy;          /* a receive waits in recv: others are refused */
-	int hits;          /* results from the buffer since the last counted one */
+	size_t start, end;  /* pending bytes: store[start, end) */
+	int busy;           /* a receive waits in recv: others are refused */
+	int hits;           /* results from the buffer since the last counted one */
 	lw_buffer_t *store; /* the storage (kept alive as a uservalue) */
-	shared_t *shared; /* the instance's shared part, or NULL */
+	shared_t *shared;   /* the instance's shared part, or NULL */
 } reader_t;
 
 #define LW_COUNTER "weft.copas_counter"
@@ -84,26 +84,25 @@ static int counter_limit(lua_State *L)
 	return 1;
 }
 
-
 enum { PAT_LINE, PAT_ALL, PAT_COUNT };
 
 /* weft's error names as LuaSocket spells them; others pass through. */
 static const char *const errmap[][2] = {
-	{"eof", "closed"},
-	{"connection_reset", "connection reset by peer"},
-	{"connection_refused", "connection refused"},
-	{"connection_aborted", "connection aborted"},
-	{"broken_pipe", "closed"},
-	{"not_connected", "closed"},
-	{"Device or resource busy", "Operation already in progress"},
-	{"address_already_in_use", "address already in use"},
-	{"address_not_available", "address not available"},
-	{"network_unreachable", "network is unreachable"},
-	{"host_unreachable", "host is unreachable"},
-	{"host_not_found", "host not found"},
-	{"access_denied", "permission denied"},
-	{"already_connected", "already connected"},
-	{NULL, NULL},
+    {"eof", "closed"},
+    {"connection_reset", "connection reset by peer"},
+    {"connection_refused", "connection refused"},
+    {"connection_aborted", "connection aborted"},
+    {"broken_pipe", "closed"},
+    {"not_connected", "closed"},
+    {"Device or resource busy", "Operation already in progress"},
+    {"address_already_in_use", "address already in use"},
+    {"address_not_available", "address not available"},
+    {"network_unreachable", "network is unreachable"},
+    {"host_unreachable", "host is unreachable"},
+    {"host_not_found", "host not found"},
+    {"access_denied", "permission denied"},
+    {"already_connected", "already connected"},
+    {NULL, NULL},
 };
 
 static const char *luasocket_error(const char *err)
@@ -122,7 +121,6 @@ static int l_errstr(lua_State *L)
 	lua_pushstring(L, luasocket_error(luaL_optstring(L, 1, NULL)));
 	return 1;
 }
-
 
 /* core.copas_reader(sock [, counter]) -> reader */
 static int l_reader(lua_State *L)
@@ -192,7 +190,7 @@ static int pattern_of(lua_State *L, lua_Integer *count)
 
 /* Push prefix .. bytes (with every CR dropped when strip_cr). */
 static void push_result(lua_State *L, const char *prefix, size_t plen, const char *p, size_t n,
-			int strip_cr)
+                        int strip_cr)
 {
 	if (!plen && !(strip_cr && memchr(p, '\r', n))) {
 		lua_pushlstring(L, p, n);
@@ -320,11 +318,10 @@ static int receive_k(lua_State *L, int status, lua_KContext ctx)
 			 * LuaSocket: then "closed", with the prefix). */
 			if (pat == PAT_ALL && r->end > r->start) {
 				size_t plen = 0;
-				const char *prefix = lua_type(L, 3) == LUA_TSTRING
-							     ? lua_tolstring(L, 3, &plen)
-							     : "";
+				const char *prefix =
+				    lua_type(L, 3) == LUA_TSTRING ? lua_tolstring(L, 3, &plen) : "";
 				push_result(L, prefix, plen, st->data + r->start, r->end - r->start,
-					    0);
+				            0);
 				r->start = r->end = 0;
 				return 1;
 			}
@@ -426,10 +423,10 @@ static int l_yield(lua_State *L)
 }
 
 static const luaL_Reg reader_methods[] = {
-	{"receive", rd_receive},
-	{"buffered", rd_buffered},
-	{"take", rd_take},
-	{NULL, NULL},
+    {"receive", rd_receive},
+    {"buffered", rd_buffered},
+    {"take", rd_take},
+    {NULL, NULL},
 };
 
 /* core.copas_gettime() -> seconds since the epoch (fractional) */
@@ -442,18 +439,14 @@ static int l_gettime(lua_State *L)
 }
 
 static const luaL_Reg counter_methods[] = {
-	{"get", counter_get},
-	{"limit", counter_limit},
-	{NULL, NULL},
+    {"get", counter_get},
+    {"limit", counter_limit},
+    {NULL, NULL},
 };
 
 static const luaL_Reg funcs[] = {
-	{"copas_counter", l_counter},
-	{"copas_gettime", l_gettime},
-	{"copas_reader", l_reader},
-	{"copas_errstr", l_errstr},
-	{"copas_yield", l_yield},
-	{NULL, NULL},
+    {"copas_counter", l_counter}, {"copas_gettime", l_gettime}, {"copas_reader", l_reader},
+    {"copas_errstr", l_errstr},   {"copas_yield", l_yield},     {NULL, NULL},
 };
 
 void lw_open_copas(lua_State *L, lw_state_t *S)

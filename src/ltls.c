@@ -42,7 +42,7 @@
 #include "sock.h"
 
 #define LW_TLSCTX "weft.tls.context"
-#define LW_TLS "weft.tls.socket"
+#define LW_TLS    "weft.tls.socket"
 
 /* Files (certificates, keys, CA bundles) larger than this are refused. */
 #define MAX_FILE (64u << 20)
@@ -98,7 +98,7 @@ typedef struct sni_name {
 typedef struct lctx {
 	ctx_entry_t *e; /* NULL once collected */
 	int server;
-	int verify; /* SSL_VERIFY_* of the context */
+	int verify;   /* SSL_VERIFY_* of the context */
 	int alpn_ref; /* a server's selector function, or LUA_NOREF */
 	sni_name_t *sni;
 	int nsni, sni_strict;
@@ -189,7 +189,7 @@ static int bio_destroy(BIO *b)
 
 static int servername_cb(SSL *ssl, int *al, void *arg);
 static int alpn_cb(SSL *ssl, const unsigned char **out, unsigned char *outlen,
-		   const unsigned char *in, unsigned inlen, void *arg);
+                   const unsigned char *in, unsigned inlen, void *arg);
 
 static void init(void)
 {
@@ -302,7 +302,7 @@ static int pem_or_file(lua_State *L, cfg_t *c, const char *name, const char **v,
 /* A string or a list of strings at field `name`, each passed to fn.
  * Pushes nothing (the values stay in the table). */
 static int each_name(lua_State *L, cfg_t *c, const char *name,
-		     int (*fn)(lua_State *, cfg_t *, const char *, size_t))
+                     int (*fn)(lua_State *, cfg_t *, const char *, size_t))
 {
 	int t = lua_getfield(L, 1, name);
 	int rc = 0;
@@ -314,7 +314,8 @@ static int each_name(lua_State *L, cfg_t *c, const char *name,
 		lua_Integer n = luaL_len(L, -1);
 		for (lua_Integer i = 1; i <= n && rc == 0; i++) {
 			if (lua_geti(L, -1, i) != LUA_TSTRING)
-				rc = cfg_fail(c, "%s: item %lld is not a string", name, (long long)i);
+				rc = cfg_fail(c, "%s: item %lld is not a string", name,
+				              (long long)i);
 			else {
 				size_t len;
 				const char *s = lua_tolstring(L, -1, &len);
@@ -324,7 +325,7 @@ static int each_name(lua_State *L, cfg_t *c, const char *name,
 		}
 	} else if (t != LUA_TNIL) {
 		rc = cfg_fail(c, "%s: a string or a list of strings expected, got %s", name,
-			      lua_typename(L, t));
+		              lua_typename(L, t));
 	}
 	lua_pop(L, 1);
 	return rc;
@@ -336,10 +337,10 @@ static int add_verify(lua_State *L, cfg_t *c, const char *s, size_t len)
 		const char *name;
 		int bits;
 	} modes[] = {
-		{"none", SSL_VERIFY_NONE},
-		{"peer", SSL_VERIFY_PEER},
-		{"fail_if_no_peer_cert", SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT},
-		{"client_once", SSL_VERIFY_PEER | SSL_VERIFY_CLIENT_ONCE},
+	    {"none", SSL_VERIFY_NONE},
+	    {"peer", SSL_VERIFY_PEER},
+	    {"fail_if_no_peer_cert", SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT},
+	    {"client_once", SSL_VERIFY_PEER | SSL_VERIFY_CLIENT_ONCE},
 	};
 	for (size_t i = 0; i < sizeof modes / sizeof *modes; i++)
 		if (strcmp(s, modes[i].name) == 0) {
@@ -359,47 +360,47 @@ static int add_option(lua_State *L, cfg_t *c, const char *s, size_t len)
 		const char *name;
 		uint64_t op;
 	} opts[] = {
-		{"all", SSL_OP_ALL},
-		{"allow_client_renegotiation", SSL_OP_ALLOW_CLIENT_RENEGOTIATION},
-		{"allow_no_dhe_kex", SSL_OP_ALLOW_NO_DHE_KEX},
-		{"allow_unsafe_legacy_renegotiation", SSL_OP_ALLOW_UNSAFE_LEGACY_RENEGOTIATION},
-		{"cipher_server_preference", SSL_OP_CIPHER_SERVER_PREFERENCE},
-		{"cisco_anyconnect", SSL_OP_CISCO_ANYCONNECT},
-		{"cookie_exchange", SSL_OP_COOKIE_EXCHANGE},
-		{"cryptopro_tlsext_bug", SSL_OP_CRYPTOPRO_TLSEXT_BUG},
-		{"dont_insert_empty_fragments", SSL_OP_DONT_INSERT_EMPTY_FRAGMENTS},
-		{"enable_middlebox_compat", SSL_OP_ENABLE_MIDDLEBOX_COMPAT},
-		{"ignore_unexpected_eof", SSL_OP_IGNORE_UNEXPECTED_EOF},
-		{"legacy_server_connect", SSL_OP_LEGACY_SERVER_CONNECT},
-		{"microsoft_big_sslv3_buffer", 0},
-		{"microsoft_sess_id_bug", 0},
-		{"msie_sslv2_rsa_padding", 0},
-		{"netscape_ca_dn_bug", 0},
-		{"netscape_challenge_bug", 0},
-		{"netscape_demo_cipher_change_bug", 0},
-		{"netscape_reuse_cipher_change_bug", 0},
-		{"no_anti_replay", SSL_OP_NO_ANTI_REPLAY},
-		{"no_compression", SSL_OP_NO_COMPRESSION},
-		{"no_encrypt_then_mac", SSL_OP_NO_ENCRYPT_THEN_MAC},
-		{"no_query_mtu", SSL_OP_NO_QUERY_MTU},
-		{"no_renegotiation", SSL_OP_NO_RENEGOTIATION},
-		{"no_session_resumption_on_renegotiation",
-		 SSL_OP_NO_SESSION_RESUMPTION_ON_RENEGOTIATION},
-		{"no_sslv2", 0},
-		{"no_sslv3", 0},
-		{"no_ticket", SSL_OP_NO_TICKET},
-		{"no_tlsv1", 0},
-		{"no_tlsv1_1", 0},
-		{"no_tlsv1_2", SSL_OP_NO_TLSv1_2},
-		{"no_tlsv1_3", SSL_OP_NO_TLSv1_3},
-		{"prioritize_chacha", SSL_OP_PRIORITIZE_CHACHA},
-		{"single_dh_use", 0},
-		{"single_ecdh_use", 0},
-		{"ssleay_080_client_dh_bug", 0},
-		{"sslref2_reuse_cert_type_bug", 0},
-		{"tls_block_padding_bug", 0},
-		{"tls_d5_bug", 0},
-		{"tls_rollback_bug", SSL_OP_TLS_ROLLBACK_BUG},
+	    {"all", SSL_OP_ALL},
+	    {"allow_client_renegotiation", SSL_OP_ALLOW_CLIENT_RENEGOTIATION},
+	    {"allow_no_dhe_kex", SSL_OP_ALLOW_NO_DHE_KEX},
+	    {"allow_unsafe_legacy_renegotiation", SSL_OP_ALLOW_UNSAFE_LEGACY_RENEGOTIATION},
+	    {"cipher_server_preference", SSL_OP_CIPHER_SERVER_PREFERENCE},
+	    {"cisco_anyconnect", SSL_OP_CISCO_ANYCONNECT},
+	    {"cookie_exchange", SSL_OP_COOKIE_EXCHANGE},
+	    {"cryptopro_tlsext_bug", SSL_OP_CRYPTOPRO_TLSEXT_BUG},
+	    {"dont_insert_empty_fragments", SSL_OP_DONT_INSERT_EMPTY_FRAGMENTS},
+	    {"enable_middlebox_compat", SSL_OP_ENABLE_MIDDLEBOX_COMPAT},
+	    {"ignore_unexpected_eof", SSL_OP_IGNORE_UNEXPECTED_EOF},
+	    {"legacy_server_connect", SSL_OP_LEGACY_SERVER_CONNECT},
+	    {"microsoft_big_sslv3_buffer", 0},
+	    {"microsoft_sess_id_bug", 0},
+	    {"msie_sslv2_rsa_padding", 0},
+	    {"netscape_ca_dn_bug", 0},
+	    {"netscape_challenge_bug", 0},
+	    {"netscape_demo_cipher_change_bug", 0},
+	    {"netscape_reuse_cipher_change_bug", 0},
+	    {"no_anti_replay", SSL_OP_NO_ANTI_REPLAY},
+	    {"no_compression", SSL_OP_NO_COMPRESSION},
+	    {"no_encrypt_then_mac", SSL_OP_NO_ENCRYPT_THEN_MAC},
+	    {"no_query_mtu", SSL_OP_NO_QUERY_MTU},
+	    {"no_renegotiation", SSL_OP_NO_RENEGOTIATION},
+	    {"no_session_resumption_on_renegotiation",
+	     SSL_OP_NO_SESSION_RESUMPTION_ON_RENEGOTIATION},
+	    {"no_sslv2", 0},
+	    {"no_sslv3", 0},
+	    {"no_ticket", SSL_OP_NO_TICKET},
+	    {"no_tlsv1", 0},
+	    {"no_tlsv1_1", 0},
+	    {"no_tlsv1_2", SSL_OP_NO_TLSv1_2},
+	    {"no_tlsv1_3", SSL_OP_NO_TLSv1_3},
+	    {"prioritize_chacha", SSL_OP_PRIORITIZE_CHACHA},
+	    {"single_dh_use", 0},
+	    {"single_ecdh_use", 0},
+	    {"ssleay_080_client_dh_bug", 0},
+	    {"sslref2_reuse_cert_type_bug", 0},
+	    {"tls_block_padding_bug", 0},
+	    {"tls_d5_bug", 0},
+	    {"tls_rollback_bug", SSL_OP_TLS_ROLLBACK_BUG},
 	};
 	for (size_t i = 0; i < sizeof opts / sizeof *opts; i++)
 		if (strcmp(s, opts[i].name) == 0) {
@@ -429,10 +430,18 @@ static int proto_version(const char *s)
 		const char *name;
 		int v;
 	} names[] = {
-		{"any", 0},	       {"sslv23", 0},	      {"tls", 0},
-		{"tlsv1_2", TLS1_2_VERSION}, {"tlsv1.2", TLS1_2_VERSION}, {"tlsv1_3", TLS1_3_VERSION},
-		{"tlsv1.3", TLS1_3_VERSION}, {"sslv2", -2},	      {"sslv3", -2},
-		{"tlsv1", -2},	       {"tlsv1_1", -2},	      {"tlsv1.1", -2},
+	    {"any", 0},
+	    {"sslv23", 0},
+	    {"tls", 0},
+	    {"tlsv1_2", TLS1_2_VERSION},
+	    {"tlsv1.2", TLS1_2_VERSION},
+	    {"tlsv1_3", TLS1_3_VERSION},
+	    {"tlsv1.3", TLS1_3_VERSION},
+	    {"sslv2", -2},
+	    {"sslv3", -2},
+	    {"tlsv1", -2},
+	    {"tlsv1_1", -2},
+	    {"tlsv1.1", -2},
 	};
 	for (size_t i = 0; i < sizeof names / sizeof *names; i++)
 		if (strcasecmp(s, names[i].name) == 0)
@@ -454,7 +463,7 @@ static int get_version(lua_State *L, cfg_t *c, const char *field, int *v)
 		return cfg_fail(c, "%s: unknown protocol '%s'", field, s);
 	if (*v == -2)
 		return cfg_fail(c, "%s: '%s' is not supported (TLS 1.2 is the oldest weft speaks)",
-				field, s);
+		                field, s);
 	return 0;
 }
 
@@ -463,10 +472,10 @@ static int call_for_string(lua_State *L, cfg_t *c, const char *field, int nargs)
 {
 	if (lua_pcall(L, nargs, 1, 0) != LUA_OK)
 		return cfg_fail(c, "%s: the function failed: %s", field,
-				luaL_tolstring(L, -1, NULL));
+		                luaL_tolstring(L, -1, NULL));
 	if (lua_type(L, -1) != LUA_TSTRING)
 		return cfg_fail(c, "%s: the function returned %s, not a string", field,
-				luaL_typename(L, -1));
+		                luaL_typename(L, -1));
 	return 0;
 }
 
@@ -528,7 +537,7 @@ static int read_params(lua_State *L, cfg_t *c)
 		return -1;
 	if (!c->cert != !c->key)
 		return cfg_fail(c, "%s: a certificate needs its key and a key its certificate",
-				c->cert ? "key" : "certificate");
+		                c->cert ? "key" : "certificate");
 	if (c->server && !c->cert)
 		return cfg_fail(c, "certificate: a server needs a certificate and a key");
 
@@ -538,7 +547,7 @@ static int read_params(lua_State *L, cfg_t *c)
 			return -1;
 	} else if (t != LUA_TNIL && t != LUA_TSTRING) {
 		return cfg_fail(c, "password: a string or a function expected, got %s",
-				lua_typename(L, t));
+		                lua_typename(L, t));
 	}
 	if (lua_type(L, -1) == LUA_TSTRING)
 		c->password = lua_tolstring(L, -1, &c->password_len);
@@ -586,7 +595,8 @@ static int read_params(lua_State *L, cfg_t *c)
 	lua_pop(L, 1);
 	if (t == LUA_TFUNCTION) {
 		if (!c->server)
-			return cfg_fail(c, "alpn: a client gives a list of protocols, not a function");
+			return cfg_fail(c,
+			                "alpn: a client gives a list of protocols, not a function");
 		c->alpn_fn = 1;
 	} else if (each_name(L, c, "alpn", add_alpn) < 0) {
 		return -1;
@@ -788,7 +798,8 @@ static int build(cfg_t *c, ctx_entry_t *e)
 		} else {
 			SSL_CTX_set_dh_auto(ctx, 1);
 		}
-	} else if (c->alpn_len && SSL_CTX_set_alpn_protos(ctx, c->alpn, (unsigned)c->alpn_len) != 0) {
+	} else if (c->alpn_len &&
+	           SSL_CTX_set_alpn_protos(ctx, c->alpn, (unsigned)c->alpn_len) != 0) {
 		return ssl_fail(c, "alpn");
 	}
 	return 0;
@@ -905,8 +916,9 @@ static int ctx_sni(lua_State *L)
 			return luaL_error(L, "weft.tls: sni: names must be strings");
 		lctx_t *y = checkctx(L, -1);
 		if (!y->server)
-			return luaL_error(L, "weft.tls: sni: the context for '%s' is not a server's",
-					  lua_tostring(L, -2));
+			return luaL_error(L,
+			                  "weft.tls: sni: the context for '%s' is not a server's",
+			                  lua_tostring(L, -2));
 		n++;
 		lua_pop(L, 1);
 	}
@@ -964,8 +976,7 @@ static int ctx_mode(lua_State *L)
 static int ctx_tostring(lua_State *L)
 {
 	lctx_t *x = luaL_checkudata(L, 1, LW_TLSCTX);
-	lua_pushfstring(L, "weft.tls.context (%s): %p", x->server ? "server" : "client",
-			(void *)x);
+	lua_pushfstring(L, "weft.tls.context (%s): %p", x->server ? "server" : "client", (void *)x);
 	return 1;
 }
 
@@ -1020,7 +1031,7 @@ static int servername_cb(SSL *ssl, int *al, void *arg)
 
 /* The offered protocol equal to name, pointed at inside `in`. */
 static int alpn_find(const unsigned char *in, unsigned inlen, const char *name, size_t len,
-		     const unsigned char **out, unsigned char *outlen)
+                     const unsigned char **out, unsigned char *outlen)
 {
 	for (unsigned i = 0; i < inlen; i += 1u + in[i]) {
 		unsigned n = in[i];
@@ -1036,7 +1047,7 @@ static int alpn_find(const unsigned char *in, unsigned inlen, const char *name, 
 }
 
 static int alpn_cb(SSL *ssl, const unsigned char **out, unsigned char *outlen,
-		   const unsigned char *in, unsigned inlen, void *arg)
+                   const unsigned char *in, unsigned inlen, void *arg)
 {
 	ltls_t *t = SSL_get_ex_data(ssl, ex_tls);
 	if (!t)
@@ -1058,7 +1069,7 @@ static int alpn_cb(SSL *ssl, const unsigned char **out, unsigned char *outlen,
 		int rc = SSL_TLSEXT_ERR_NOACK;
 		if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
 			snprintf(t->msg, sizeof t->msg, "alpn: the selector failed: %s",
-				 lua_tostring(L, -1) ? lua_tostring(L, -1) : "(error object)");
+			         lua_tostring(L, -1) ? lua_tostring(L, -1) : "(error object)");
 			rc = SSL_TLSEXT_ERR_ALERT_FATAL;
 		} else if (lua_type(L, -1) == LUA_TSTRING) {
 			size_t len;
@@ -1066,9 +1077,10 @@ static int alpn_cb(SSL *ssl, const unsigned char **out, unsigned char *outlen,
 			if (alpn_find(in, inlen, name, len, out, outlen))
 				rc = SSL_TLSEXT_ERR_OK;
 			else {
-				snprintf(t->msg, sizeof t->msg,
-					 "alpn: the selector chose '%s', which the client did not offer",
-					 name);
+				snprintf(
+				    t->msg, sizeof t->msg,
+				    "alpn: the selector chose '%s', which the client did not offer",
+				    name);
 				rc = SSL_TLSEXT_ERR_ALERT_FATAL;
 			}
 		}
@@ -1146,7 +1158,7 @@ static int l_wrap(lua_State *L)
 		/* Verifying a chain without a name to match is no verification. */
 		luaL_pushfail(L);
 		lua_pushliteral(L, "servername: no host name to check the certificate against "
-				   "(connect first, give servername, or set verify = \"none\")");
+		                   "(connect first, give servername, or set verify = \"none\")");
 		return 2;
 	}
 	unsigned char ip[16];
@@ -1192,8 +1204,8 @@ static int tls_status(ltls_t *t, int r)
 	case SSL_ERROR_SYSCALL:
 		if (!t->msg[0])
 			snprintf(t->msg, sizeof t->msg, "%s",
-				 t->bio_errno ? weft_strerror(-t->bio_errno)
-					      : weft_strerror(WEFT_EEOF));
+			         t->bio_errno ? weft_strerror(-t->bio_errno)
+			                      : weft_strerror(WEFT_EEOF));
 		break;
 	case SSL_ERROR_SSL: {
 		unsigned long err = ERR_peek_last_error();
@@ -1205,9 +1217,9 @@ static int tls_status(ltls_t *t, int r)
 		} else if (ERR_GET_REASON(err) == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
 			snprintf(t->msg, sizeof t->msg, "%s", weft_strerror(WEFT_EEOF));
 		} else if (ERR_GET_REASON(err) == SSL_R_CERTIFICATE_VERIFY_FAILED &&
-			   vr != X509_V_OK) {
+		           vr != X509_V_OK) {
 			snprintf(t->msg, sizeof t->msg, "certificate verify failed: %s",
-				 X509_verify_cert_error_string(vr));
+			         X509_verify_cert_error_string(vr));
 		} else {
 			const char *why = ERR_reason_error_string(err);
 			snprintf(t->msg, sizeof t->msg, "%s", why ? why : "TLS error");
@@ -1366,7 +1378,7 @@ static int t_recv(lua_State *L)
 	/* As on TCP: 0 from recv means the end of the stream. */
 	if (maxlen == 0)
 		return luaL_argerror(L, lua_isnoneornil(L, 3) ? 2 : 3,
-				     "tls recv needs room for at least 1 byte");
+		                     "tls recv needs room for at least 1 byte");
 	TLS_OPEN(L, t);
 	lua_settop(L, 4);
 	return recv_k(L, LUA_OK, 0);
@@ -1734,7 +1746,7 @@ static void push_altnames(lua_State *L, X509 *x)
 			continue;
 		}
 		lua_pushlstring(L, (const char *)ASN1_STRING_get0_data(s),
-				(size_t)ASN1_STRING_length(s));
+		                (size_t)ASN1_STRING_length(s));
 		lua_rawseti(L, at, ++*count);
 	}
 	GENERAL_NAMES_free(gens);
@@ -1826,47 +1838,44 @@ static int t_tostring(lua_State *L)
 }
 
 static const luaL_Reg tls_methods[] = {
-	{"handshake", t_handshake},
-	{"send", t_send},
-	{"recv", t_recv},
-	{"recvn", t_recvn},
-	{"recvall", t_recvall},
-	{"close", t_close},
-	{"_close_notify", t_close_notify},
-	{"tcp", t_tcp},
-	{"getalpn", t_getalpn},
-	{"getsniname", t_getsniname},
-	{"info", t_info},
-	{"getpeerverification", t_getpeerverification},
-	{"getpeercertificate", t_getpeercertificate},
-	{NULL, NULL},
+    {"handshake", t_handshake},
+    {"send", t_send},
+    {"recv", t_recv},
+    {"recvn", t_recvn},
+    {"recvall", t_recvall},
+    {"close", t_close},
+    {"_close_notify", t_close_notify},
+    {"tcp", t_tcp},
+    {"getalpn", t_getalpn},
+    {"getsniname", t_getsniname},
+    {"info", t_info},
+    {"getpeerverification", t_getpeerverification},
+    {"getpeercertificate", t_getpeercertificate},
+    {NULL, NULL},
 };
 
 static const luaL_Reg tls_meta[] = {
-	{"__gc", t_gc},
-	{"__close", t_close},
-	{"__tostring", t_tostring},
-	{NULL, NULL},
+    {"__gc", t_gc},
+    {"__close", t_close},
+    {"__tostring", t_tostring},
+    {NULL, NULL},
 };
 
 static const luaL_Reg ctx_methods[] = {
-	{"_sni", ctx_sni},
-	{"mode", ctx_mode},
-	{NULL, NULL},
+    {"_sni", ctx_sni},
+    {"mode", ctx_mode},
+    {NULL, NULL},
 };
 
 static const luaL_Reg ctx_meta[] = {
-	{"__gc", ctx_gc},
-	{"__tostring", ctx_tostring},
-	{NULL, NULL},
+    {"__gc", ctx_gc},
+    {"__tostring", ctx_tostring},
+    {NULL, NULL},
 };
 
 static const luaL_Reg funcs[] = {
-	{"tls_context", l_context},
-	{"tls_wrap", l_wrap},
-	{"tls_isctx", l_isctx},
-	{"tls_contexts", l_contexts},
-	{NULL, NULL},
+    {"tls_context", l_context},   {"tls_wrap", l_wrap}, {"tls_isctx", l_isctx},
+    {"tls_contexts", l_contexts}, {NULL, NULL},
 };
 
 void lw_open_tls(lua_State *L, lw_state_t *S)
