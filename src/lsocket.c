@@ -775,6 +775,26 @@ size_t lw_recvall_limit(lua_State *L, int idx)
 	return (lua_Unsigned)n >= SIZE_MAX - 1 ? SIZE_MAX - 1 : (size_t)n;
 }
 
+/* Before each read of recvall (TCP and TLS): 0 with room for 16 KiB more
+ * in b, grown by doubling but never past limit + 1 bytes (one byte beyond
+ * the limit tells that the peer sent too much); WEFT_ETOOLARGE with *got
+ * cut to the limit once more than that arrived; WEFT_ENOMEM. */
+int lw_recvall_room(lw_buffer_t *b, size_t *got, size_t limit)
+{
+	if (*got > limit) {
+		*got = limit;
+		return WEFT_ETOOLARGE;
+	}
+	if (b->len - *got < 16384 && b->len <= limit) {
+		size_t want = b->len < 65536 ? 65536 : b->len * 2;
+		if (want > limit + 1)
+			want = limit + 1;
+		if (lw_buffer_resize(b, want) < 0)
+			return WEFT_ENOMEM;
+	}
+	return 0;
+}
+
 /* tcp:recvall([expires], [limit]) -> buf, len | nil, err, buf, len.  The
  * growing buffer sits at index 4.  It never grows past limit + 1 bytes:
  * one byte beyond the limit tells that the peer sent too much. */
@@ -788,20 +808,8 @@ static int recvall_k(lua_State *L, int status, lua_KContext ctx)
 	uint64_t deadline = lw_deadline(L, 2);
 	size_t limit = lw_recvall_limit(L, 3);
 	while (code >= 0) {
-		if (got > limit) {
-			got = limit;
-			code = WEFT_ETOOLARGE;
+		if ((code = lw_recvall_room(b, &got, limit)) < 0)
 			break;
-		}
-		if (b->len - got < 16384 && b->len <= limit) {
-			size_t want = b->len < 65536 ? 65536 : b->len * 2;
-			if (want > limit + 1)
-				want = limit + 1;
-			if (lw_buffer_resize(b, want) < 0) {
-				code = WEFT_ENOMEM;
-				break;
-			}
-		}
 		uint32_t edges = 0;
 		size_t want = b->len - got;
 		ssize_t n = -EAGAIN;

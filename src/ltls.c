@@ -66,6 +66,7 @@ static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 static int ex_tls = -1;   /* SSL: the ltls_t */
 static int ex_entry = -1; /* SSL_CTX: the ctx_entry_t */
 static BIO_METHOD *bio_method;
+static const weft_sockopt_t *opt_nodelay; /* set by wrap, looked up once */
 
 static void entry_release(ctx_entry_t *e)
 {
@@ -196,6 +197,7 @@ static void init(void)
 	OPENSSL_init_ssl(0, NULL);
 	ex_tls = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
 	ex_entry = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+	opt_nodelay = weft_sockopt_find("tcp_nodelay");
 	bio_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "weft socket");
 	if (bio_method) {
 		BIO_meth_set_write(bio_method, bio_write);
@@ -1133,7 +1135,7 @@ static int l_wrap(lua_State *L)
 	 * tickets, then its first reply): with Nagle's algorithm the later
 	 * ones wait for the peer's delayed ACK, some 40 ms.  Like nginx, send
 	 * at once; setopt("tcp_nodelay", false) turns it back. */
-	weft_sockopt_set_int(lw_sock_fd(s), weft_sockopt_find("tcp_nodelay"), 1);
+	weft_sockopt_set_int(lw_sock_fd(s), opt_nodelay, 1);
 	ERR_clear_error();
 	SSL *ssl = SSL_new(x->e->ctx);
 	BIO *bio = ssl ? BIO_new(bio_method) : NULL;
@@ -1443,20 +1445,8 @@ static int recvall_k(lua_State *L, int status, lua_KContext ctx)
 	size_t limit = lw_recvall_limit(L, 3);
 	int failed = 0;
 	while (code >= 0 && !failed) {
-		if (got > limit) {
-			got = limit;
-			code = WEFT_ETOOLARGE;
+		if ((code = lw_recvall_room(b, &got, limit)) < 0)
 			break;
-		}
-		if (b->len - got < 16384 && b->len <= limit) {
-			size_t want = b->len < 65536 ? 65536 : b->len * 2;
-			if (want > limit + 1)
-				want = limit + 1;
-			if (lw_buffer_resize(b, want) < 0) {
-				code = WEFT_ENOMEM;
-				break;
-			}
-		}
 		ssize_t n = tls_read(L, t, b->data + got, b->len - got);
 		if (n > 0) {
 			got += (size_t)n;

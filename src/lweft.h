@@ -213,6 +213,9 @@ int lw_return_true_k(lua_State *L, int status, lua_KContext ctx);
 int lw_return_ctx_k(lua_State *L, int status, lua_KContext ctx);
 /* recvall's limit argument at idx: bytes, or SIZE_MAX - 1 for none. */
 size_t lw_recvall_limit(lua_State *L, int idx);
+/* recvall's buffer before each read: 0, WEFT_ETOOLARGE or WEFT_ENOMEM
+ * (see lsocket.c). */
+int lw_recvall_room(lw_buffer_t *b, size_t *got, size_t limit);
 
 /* Push a new addrinfo userdata owning list; for laddr.c and lsocket.c. */
 void lw_addrinfo_push(lua_State *L, struct addrinfo *list);
