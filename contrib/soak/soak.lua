@@ -79,6 +79,32 @@ local function setup_listener()
 	end
 end
 
+-- A client's turn on an echo connection (TCP or TLS): up to `rounds`
+-- messages of random size sent and read back byte for byte; one time in
+-- ten the connection is dropped mid-message instead (`drop` decides how).
+-- Counts into c: exchanges, bytes, aborted, errors.
+local function exchange(s, rbuf, c, rounds, what, drop)
+	for _ = 1, rng(1, rounds) do
+		local len = rng(1, 60000)
+		local msg = string.char(rng(0, 255)):rep(len)
+		if rng(10) == 1 then
+			s:send(msg:sub(1, rng(1, len)))
+			drop()
+			c.aborted = c.aborted + 1
+			return
+		end
+		local sent = s:send(msg, nil, weft.clock() + 10)
+		local got, gerr = s:recvn(rbuf, len, weft.clock() + 10)
+		if not sent or not got or rbuf:tostring(1, len) ~= msg then
+			c.errors = c.errors + 1
+			log(what .. " mismatch or error:", tostring(gerr))
+			return
+		end
+		c.exchanges = c.exchanges + 1
+		c.bytes = c.bytes + len
+	end
+end
+
 function workloads.echo(stop)
 	local c = {exchanges = 0, bytes = 0, aborted = 0, errors = 0, served = 0}
 	-- server: echo until the peer closes or resets
@@ -113,26 +139,9 @@ function workloads.echo(stop)
 					c.errors = c.errors + 1
 					log("connect:", err)
 				else
-					for _ = 1, rng(1, 20) do
-						local len = rng(1, 60000)
-						local msg = string.char(rng(0, 255)):rep(len)
-						if rng(10) == 1 then
-							-- drop the connection mid-message
-							s:send(msg:sub(1, rng(1, len)))
-							if rng(2) == 1 then s:setopt("so_linger", 0) end
-							c.aborted = c.aborted + 1
-							break
-						end
-						local sent = s:send(msg, nil, weft.clock() + 10)
-						local got, gerr = s:recvn(rbuf, len, weft.clock() + 10)
-						if not sent or not got or rbuf:tostring(1, len) ~= msg then
-							c.errors = c.errors + 1
-							log("echo mismatch or error:", tostring(gerr))
-							break
-						end
-						c.exchanges = c.exchanges + 1
-						c.bytes = c.bytes + len
-					end
+					exchange(s, rbuf, c, 20, "echo", function()
+						if rng(2) == 1 then s:setopt("so_linger", 0) end
+					end)
 				end
 				s:close()
 			end
@@ -319,25 +328,9 @@ function workloads.tls(stop)
 					log("tls connect:", err)
 				else
 					c.handshakes = c.handshakes + 1
-					for _ = 1, rng(1, 10) do
-						local len = rng(1, 60000)
-						local msg = string.char(rng(0, 255)):rep(len)
-						if rng(10) == 1 then
-							t:send(msg:sub(1, rng(1, len)))
-							t:tcp():close() -- no close_notify
-							c.aborted = c.aborted + 1
-							break
-						end
-						local sent = t:send(msg, nil, weft.clock() + 10)
-						local got, gerr = t:recvn(rbuf, len, weft.clock() + 10)
-						if not sent or not got or rbuf:tostring(1, len) ~= msg then
-							c.errors = c.errors + 1
-							log("tls echo mismatch or error:", tostring(gerr))
-							break
-						end
-						c.exchanges = c.exchanges + 1
-						c.bytes = c.bytes + len
-					end
+					exchange(t, rbuf, c, 10, "tls", function()
+						t:tcp():close() -- no close_notify
+					end)
 					t:close()
 				end
 			end
