@@ -80,6 +80,9 @@ server_cmd() {
 }
 
 start_server() { # -> sets server_pid, port, group
+	# Emptied here: the background child may open them after the first look.
+	: >"$tmp/out"
+	: >"$tmp/err"
 	setsid taskset -c "$SERVER_CPU" "${cmd[@]}" >"$tmp/out" 2>"$tmp/err" &
 	server_pid=$!
 	local line='' i

@@ -16,7 +16,10 @@
 #              libnginx-mod-http-lua)
 #   luv        http-luv.lua on lua5.4 with luv (lua-luv)
 #   cqueues    http-cqueues.lua on lua5.4 with cqueues (lua-cqueues)
-# All send the same 14-byte body; nginx adds its Server and Date headers.
+#   lua-http   http-luahttp.lua with lua-http (Debian package lua-http, for
+#              Lua 5.1 to 5.3: the newest Lua that finds it runs it)
+# All send the same 14-byte body; nginx adds its Server and Date headers,
+# lua-http writes its headers in lower case.
 #
 # Each server runs alone on SERVER_CPU, wrk on LOAD_CPU.  After WARMUP
 # seconds of load not counted, the figure is the server's utime+stime
@@ -48,7 +51,7 @@ ROUNDS=${ROUNDS:-3}
 WARMUP=${WARMUP:-1}
 CONNS=${CONNS:-50}
 PIPELINE=${PIPELINE:-16}
-PEERS=${PEERS:-raw weft nginx nginx-lua luv cqueues}
+PEERS=${PEERS:-raw weft nginx nginx-lua luv cqueues lua-http}
 TESTS=${TESTS:-keepalive pipeline}
 SERVER_CPU=${SERVER_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
@@ -107,7 +110,17 @@ available() {
 		lua_has cqueues && return 0
 		echo "no Lua 5.4 with the cqueues module (Debian package lua-cqueues)"
 		;;
-	*) die "unknown peer '$1' (known: raw weft nginx nginx-lua luv cqueues)" ;;
+	lua-http)
+		local l
+		for l in lua5.4 lua5.3 lua5.2 lua5.1; do
+			if command -v $l >/dev/null && $l -e 'require "http.server"' 2>/dev/null; then
+				LUAHTTP_LUA=$l
+				return 0
+			fi
+		done
+		echo "no Lua with the lua-http module (Debian package lua-http, with lua5.1, lua5.2 or lua5.3)"
+		;;
+	*) die "unknown peer '$1' (known: raw weft nginx nginx-lua luv cqueues lua-http)" ;;
 	esac
 	return 1
 }
@@ -163,6 +176,7 @@ server_cmd() {
 		;;
 	luv) cmd=("$LUA" "$here/http-luv.lua" 127.0.0.1 "$2") ;;
 	cqueues) cmd=("$LUA" "$here/http-cqueues.lua" 127.0.0.1 "$2") ;;
+	lua-http) cmd=("$LUAHTTP_LUA" "$here/http-luahttp.lua" 127.0.0.1 "$2") ;;
 	esac
 }
 
@@ -187,6 +201,9 @@ start_server() {
 	for ((try = 1; try <= 3; try++)); do
 		port=$(free_port)
 		server_cmd "$1" "$port"
+		# Emptied here: the background child may open them after the first look.
+		: >"$tmp/out"
+		: >"$tmp/err"
 		setsid taskset -c "$SERVER_CPU" "${cmd[@]}" >"$tmp/out" 2>"$tmp/err" </dev/null &
 		server_pid=$!
 		up=0
@@ -242,11 +259,13 @@ measure() {
 }
 
 peers=()
+LUAHTTP_LUA=
 for p in $PEERS; do
-	if why=$(available "$p"); then
+	if available "$p" >"$tmp/why"; then
 		peers+=("$p")
+		[[ $p == lua-http ]] && echo "lua-http runs on $LUAHTTP_LUA (Debian has no lua-http for Lua 5.4)"
 	else
-		echo "skipped $p: $why"
+		echo "skipped $p: $(cat "$tmp/why")"
 	fi
 done
 ((${#peers[@]} > 0)) || die "no peer to measure"

@@ -143,6 +143,9 @@ stop_server() {
 measure() {
 	local name=$1 n=$2 line='' i
 	server_cmd "$name" >/dev/null
+	# Emptied here: the background child may open them after the first look.
+	: >"$tmp/out"
+	: >"$tmp/err"
 	setsid taskset -c "$SERVER_CPU" "${cmd[@]}" >"$tmp/out" 2>"$tmp/err" </dev/null &
 	server_pid=$!
 	for ((i = 0; i < 200; i++)); do
