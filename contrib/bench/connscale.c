@@ -170,7 +170,8 @@ static void ping_all(struct sconn *conns, size_t n)
 				fail("recv (connection %u): %s", c->id, strerror(errno));
 			}
 			if (got == 0)
-				fail("connection %u: closed by the server with %zu of %zu bytes back",
+				fail("connection %u: closed by the server with %zu of %zu bytes "
+				     "back",
 				     c->id, c->got, msgsize);
 			for (ssize_t i2 = 0; i2 < got; i2++)
 				if (buf[i2] != pattern(c->id, c->got + (size_t)i2))

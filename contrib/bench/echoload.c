@@ -496,7 +496,8 @@ int main(int argc, char **argv)
 		       " heavy_rps=%.0f heavy_p50_us=%.1f heavy_p99_us=%.1f",
 		       (double)light / seconds, percentile(hist_light, light, 50),
 		       percentile(hist_light, light, 99), (double)total_heavy / seconds,
-		       percentile(hist_heavy, total_heavy, 50), percentile(hist_heavy, total_heavy, 99));
+		       percentile(hist_heavy, total_heavy, 50),
+		       percentile(hist_heavy, total_heavy, 99));
 	}
 	putchar('\n');
 	return 0;

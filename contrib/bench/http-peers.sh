@@ -220,8 +220,9 @@ start_server() {
 			return 0
 		fi
 		stop_server
-		grep -q -i -E 'in use|address_already' "$tmp/err" "$tmp/out" $([[ -f $tmp/nginx/error.log ]] && echo "$tmp/nginx/error.log") ||
-			break
+		local logs=("$tmp/err" "$tmp/out")
+		[[ -f $tmp/nginx/error.log ]] && logs+=("$tmp/nginx/error.log")
+		grep -q -i -E 'in use|address_already' "${logs[@]}" || break
 	done
 	echo "$1 did not answer GET / on 127.0.0.1:$port: $(cat "$tmp/err" "$tmp/out" 2>/dev/null | head -n 5)" >&2
 	return 1

@@ -130,7 +130,8 @@ measure() {
 		echo "echoload against weft -t $w failed: $(cat "$tmp/load.err")" >&2
 		return 0
 	fi
-	local f k v out="cpu=$(awk -v c=$((u1 + s1 - u0 - s0)) -v t="$clk_tck" -v d="$DURATION" 'BEGIN { printf "%.0f", 100 * c / t / d }')"
+	local f k v out
+	out="cpu=$(awk -v c=$((u1 + s1 - u0 - s0)) -v t="$clk_tck" -v d="$DURATION" 'BEGIN { printf "%.0f", 100 * c / t / d }')"
 	for f in $result; do
 		k=${f%%=*}
 		v=${f#*=}
@@ -145,7 +146,7 @@ echo "nothing pinned ($(nproc) CPUs)"
 echo
 : >"$tmp/results"
 for ((r = 1; r <= ROUNDS; r++)); do
-	order=($WORKERS)
+	read -r -a order <<<"$WORKERS"
 	if ((r % 2 == 0)); then
 		order=()
 		for w in $WORKERS; do order=("$w" "${order[@]}"); done

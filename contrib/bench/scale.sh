@@ -162,7 +162,7 @@ measure() {
 	local port=${BASH_REMATCH[2]}
 	sleep 0.3 # settle: a runtime that allocates lazily at start
 	mapfile -t group < <(pgrep -g "$server_pid")
-	local before after got connect='' ping='' ok=0 t0 t1 accept='' base nfd
+	local before after got ping='' ok=0 t0 t1 accept='' base nfd
 	before=$(rss_kb)
 	base=$(fd_count)
 	rm -f "$tmp/in" "$tmp/load.out"
@@ -176,7 +176,6 @@ measure() {
 	while read -r -t 130 got <&5; do
 		case $got in
 		connected*)
-			connect=${got##*seconds=}
 			# Until the server has accepted them all (a descriptor
 			# each), for at most 60 s.
 			for ((i = 0; i < 3000; i++)); do
