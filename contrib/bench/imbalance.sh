@@ -14,8 +14,10 @@
 # worker should take them.
 #
 # ROUNDS rounds, -t 1 and -t 2 interleaved; medians with min..max.  Prints
-# Markdown.  Environment (all optional): DURATION (s, default 5), ROUNDS
-# (3), CONNS (20), BURN_US (1000), WORKERS ("1 2"), BUILDDIR, WEFT_BIN.
+# Markdown; with DATA=FILE also "-t N light_p99_ms heavy_p99_ms" medians
+# for a plot.  Environment (all optional): DURATION (s, default 5), ROUNDS
+# (3), CONNS (20), BURN_US (1000), WORKERS ("1 2"), BUILDDIR, WEFT_BIN,
+# DATA.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 srcdir=$(cd "$here/../.." && pwd)
@@ -30,6 +32,7 @@ ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-20}
 BURN_US=${BURN_US:-1000}
 WORKERS=${WORKERS:-1 2}
+DATA=${DATA:-}
 
 # shellcheck source=contrib/bench/common.sh
 . "$here/common.sh"
@@ -159,7 +162,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
 	done
 done
 echo
-awk -v workers="$WORKERS" '
+awk -v workers="$WORKERS" -v data="$DATA" '
 function median(a, n,    i, j, t) {
 	for (i = 2; i <= n; i++)
 		for (j = i; j > 1 && a[j - 1] > a[j]; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
@@ -192,6 +195,8 @@ END {
 			p99 / 1000, lo / 1000, hi / 1000, stat(w, "light_p50_us") / 1000,
 			stat(w, "light_rps"), stat(w, "heavy_p99_us") / 1000, stat(w, "heavy_rps"),
 			stat(w, "cpu"), base ? sprintf("%.2f", p99 / base) : "-"
+		if (data != "")
+			printf "-t%s %.3f %.3f\n", w, p99 / 1000, stat(w, "heavy_p99_us") / 1000 > data
 	}
 	print ""
 	print "Medians of the rounds. Latency: from sending a line to its echo, per connection kind."
