@@ -105,6 +105,14 @@ test("-W and -E, LUA_INIT", function()
 	like(err, "weft%-warning", "-W turns warnings on")
 	local _, err2 = run("-e " .. shquote("warn('weft-warning')"))
 	is(err2, "", "warnings are off without -W")
+	-- As the stand-alone interpreter: pieces make one line, "@off" and
+	-- "@on" control, with -M too (a state with its own allocator).
+	for _, opt in ipairs({ "", "-M 64m " }) do
+		local _, err5 = run(opt .. "-e " .. shquote("warn('@on'); warn('a', 'b'); warn('@x'); "
+			.. "warn('c'); warn('@off'); warn('d'); warn('@on'); warn('e')"))
+		is(err5, "Lua warning: ab\nLua warning: c\nLua warning: e\n",
+			"warn pieces, @off and @on " .. opt)
+	end
 	local out3 = run("-e " .. shquote("print('main')"), { env = "LUA_INIT=" .. shquote("print('init')") })
 	is(out3, "init\nmain\n", "LUA_INIT runs first")
 	local out4 = run("-E -e " .. shquote("print('main')"), { env = "LUA_INIT=" .. shquote("print('init')") })
