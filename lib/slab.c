@@ -26,6 +26,7 @@ struct weft_slab {
 	char *bump, *end;          /* what is left of the newest chunk */
 	chunk_t *chunks;
 	size_t limit; /* 0: none */
+	size_t max;   /* blocks above this size go to the C library */
 	weft_slab_stats_t st;
 };
 
@@ -40,9 +41,25 @@ static inline size_t class_size(unsigned c)
 	return ((size_t)c + 1) * GRAIN;
 }
 
-weft_slab_t *weft_slab_new(void)
+/* Under AddressSanitizer every block goes to the C library, where the
+ * sanitizer sees each one: a use after free in a Lua state must not hide
+ * in a recycled block. */
+#if defined(__SANITIZE_ADDRESS__)
+#define SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SANITIZED 1
+#endif
+#endif
+#ifndef SANITIZED
+#define SANITIZED 0
+#endif
+
+weft_slab_t *weft_slab_new(int direct)
 {
 	weft_slab_t *s = calloc(1, sizeof *s);
+	if (s)
+		s->max = direct || SANITIZED ? 0 : WEFT_SLAB_MAX;
 	return s;
 }
 
@@ -121,12 +138,12 @@ void *weft_slab_realloc(weft_slab_t *s, void *p, size_t osize, size_t nsize)
 	if (p == NULL) {
 		if (nsize == 0)
 			return NULL;
-		if (nsize > WEFT_SLAB_MAX)
+		if (nsize > s->max)
 			return sysalloc(s, NULL, 0, nsize);
 		return take(s, cls(nsize));
 	}
-	if (osize > WEFT_SLAB_MAX) {
-		if (nsize > WEFT_SLAB_MAX)
+	if (osize > s->max) {
+		if (nsize > s->max)
 			return sysalloc(s, p, osize, nsize);
 		void *q = NULL;
 		if (nsize > 0) {
@@ -144,7 +161,7 @@ void *weft_slab_realloc(weft_slab_t *s, void *p, size_t osize, size_t nsize)
 		push(s, p, oc);
 		return NULL;
 	}
-	if (nsize <= WEFT_SLAB_MAX) {
+	if (nsize <= s->max) {
 		unsigned nc = cls(nsize);
 		if (nc == oc)
 			return p;
@@ -163,6 +180,11 @@ void *weft_slab_realloc(weft_slab_t *s, void *p, size_t osize, size_t nsize)
 	memcpy(q, p, osize);
 	push(s, p, oc);
 	return q;
+}
+
+size_t weft_slab_max(const weft_slab_t *s)
+{
+	return s->max;
 }
 
 void weft_slab_limit(weft_slab_t *s, size_t bytes)

@@ -27,13 +27,17 @@
 
 #include <stddef.h>
 
-/* Blocks up to this size come from the size classes. */
+/* Blocks up to this size come from the size classes (unless the slab is
+ * direct, below). */
 #define WEFT_SLAB_MAX 1024
 
 typedef struct weft_slab weft_slab_t;
 
-/* A new, empty slab, or NULL for want of memory. */
-weft_slab_t *weft_slab_new(void);
+/* A new, empty slab, or NULL for want of memory.  With `direct` true (and
+ * always in a build with AddressSanitizer, so that it sees every block)
+ * every block comes from the C library: for memory checkers such as
+ * valgrind, which cannot see inside chunks. */
+weft_slab_t *weft_slab_new(int direct);
 
 /* Free every chunk and the slab itself.  Every block allocated from it
  * (small ones) becomes invalid; large blocks still allocated are the
@@ -50,6 +54,10 @@ void weft_slab_destroy(weft_slab_t *s);
  * bytes never fails (when no smaller block is to be had, the block stays
  * where it is, and goes to the smaller class when it is freed). */
 void *weft_slab_realloc(weft_slab_t *s, void *p, size_t osize, size_t nsize);
+
+/* The largest block served from the size classes: WEFT_SLAB_MAX, or 0
+ * for a direct slab. */
+size_t weft_slab_max(const weft_slab_t *s);
 
 /* Refuse memory past `bytes` (chunks and large blocks together; 0: no
  * limit, the default): allocations that would need more return NULL.

@@ -463,7 +463,9 @@ static lua_State *new_state(memstate_t *m)
 {
 	m->used = 0;
 	m->limit = mem_limit;
-	m->slab = weft_slab_new();
+	/* WEFT_SLAB=0: every block from the C library, for memory checkers. */
+	const char *e = getenv("WEFT_SLAB");
+	m->slab = weft_slab_new(e && strcmp(e, "0") == 0);
 	if (!m->slab)
 		return NULL;
 	lua_State *L = lua_newstate(state_alloc, m);

@@ -113,6 +113,10 @@ test("-W and -E, LUA_INIT", function()
 		is(err5, "Lua warning: ab\nLua warning: c\nLua warning: e\n",
 			"warn pieces, @off and @on " .. opt)
 	end
+	-- WEFT_SLAB=0 (every block from malloc) runs the same programs.
+	local outs = run("-e " .. shquote("local t = {} for i = 1, 1e5 do t[i] = ('x'):rep(i % 3000) end "
+		.. "t = nil collectgarbage() print('slab-off ok')"), { env = "WEFT_SLAB=0" })
+	is(outs, "slab-off ok\n", "WEFT_SLAB=0")
 	local out3 = run("-e " .. shquote("print('main')"), { env = "LUA_INIT=" .. shquote("print('init')") })
 	is(out3, "init\nmain\n", "LUA_INIT runs first")
 	local out4 = run("-E -e " .. shquote("print('main')"), { env = "LUA_INIT=" .. shquote("print('init')") })
