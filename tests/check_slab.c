@@ -16,10 +16,14 @@ static void fill(unsigned char *p, size_t n, unsigned seed)
 		p[i] = (unsigned char)(seed * 31 + i * 7);
 }
 
+/* One assertion per block, not per byte: the random test checks millions
+ * of bytes, and must stay quick under the sanitizers. */
 static void expect(const unsigned char *p, size_t n, unsigned seed)
 {
-	for (size_t i = 0; i < n; i++)
-		ck_assert_uint_eq(p[i], (unsigned char)(seed * 31 + i * 7));
+	size_t i = 0;
+	while (i < n && p[i] == (unsigned char)(seed * 31 + i * 7))
+		i++;
+	ck_assert_msg(i == n, "byte %zu of %zu changed", i, n);
 }
 
 /* Built with AddressSanitizer, every slab is direct: the tests of the
@@ -84,7 +88,8 @@ START_TEST(test_resize_keeps_contents)
 	}
 	weft_slab_stats_t st;
 	weft_slab_stats(s, &st);
-	ck_assert_uint_eq(st.large_bytes, 0);
+	/* The last block (1 byte) is small, unless the slab is direct. */
+	ck_assert_uint_eq(st.large_bytes, weft_slab_max(s) ? 0 : n);
 	weft_slab_realloc(s, p, n, 0);
 	weft_slab_destroy(s);
 }
