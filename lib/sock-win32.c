@@ -207,6 +207,21 @@ static int clamp(size_t len)
 	return len > INT_MAX ? INT_MAX : (int)len;
 }
 
+int weft_sock_accept_lost(int err)
+{
+	/* Winsock reports a connection reset or aborted before accept as
+	 * WSAECONNRESET (or WSAECONNABORTED). */
+	switch (-err) {
+	case ECONNABORTED:
+	case ECONNRESET:
+	case ENETDOWN:
+	case EHOSTUNREACH:
+	case ENETUNREACH:
+		return 1;
+	}
+	return 0;
+}
+
 ssize_t weft_sock_recv(int fd, void *buf, size_t len, int flags)
 {
 	int n = recv(sk(fd), buf, clamp(len), flags);

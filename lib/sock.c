@@ -63,6 +63,25 @@ int weft_sock_accept(int fd, struct sockaddr *sa, socklen_t *len)
 	return c < 0 ? -errno : c;
 }
 
+int weft_sock_accept_lost(int err)
+{
+	/* Linux passes pending network errors of the new connection on
+	 * through accept (see accept(2)). */
+	switch (-err) {
+	case ECONNABORTED:
+	case EPROTO:
+	case EPERM: /* a firewall rule */
+	case ENETDOWN:
+	case ENOPROTOOPT:
+	case EHOSTDOWN:
+	case ENONET:
+	case EHOSTUNREACH:
+	case ENETUNREACH:
+		return 1;
+	}
+	return 0;
+}
+
 ssize_t weft_sock_recv(int fd, void *buf, size_t len, int flags)
 {
 	ssize_t n;

@@ -15,7 +15,10 @@
 #define SHUT_RD SD_RECEIVE
 #define SHUT_WR SD_SEND
 #define SHUT_RDWR SD_BOTH
+/* Winsock's getaddrinfo reports WSA codes, never "see errno". */
+#define EAI_SYSTEM (-1)
 #else
+#include <netdb.h>
 #include <sys/socket.h>
 #endif
 
@@ -35,6 +38,10 @@ int weft_sock_connect_result(int fd);
 /* accept4(2), the new fd non-blocking and close-on-exec.  fd or -errno.
  * sa/len may be NULL. */
 int weft_sock_accept(int fd, struct sockaddr *sa, socklen_t *len);
+
+/* Whether accept's error err (negative) belongs to the one connection it
+ * took, which died before it was accepted: the next accept may be fine. */
+int weft_sock_accept_lost(int err);
 
 /* recv/send; send never raises SIGPIPE.  Byte count or -errno. */
 ssize_t weft_sock_recv(int fd, void *buf, size_t len, int flags);

@@ -13,7 +13,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
-#include <pthread.h>
+#include "thread.h"
 #include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
@@ -734,8 +734,8 @@ START_TEST(test_idle_worker_first)
 	uint32_t bs, bq = wait_accept(busy, &bs);
 	ck_assert_int_eq(weft_listener_take(l, busy, bs, bq, &tag), -EAGAIN);
 
-	pthread_t th;
-	ck_assert_int_eq(pthread_create(&th, NULL, server_loop, &sv), 0);
+	weft_thread_t th;
+	ck_assert_int_eq(weft_thread_create(&th, server_loop, &sv, 0), 0);
 	uint64_t end = weft_clock_ns() + 2000 * MS;
 	while (!atomic_load(&sv.ready) && weft_clock_ns() < end)
 		usleep(1000);
@@ -753,7 +753,7 @@ START_TEST(test_idle_worker_first)
 			break;
 	}
 	atomic_store(&sv.stop, 1);
-	pthread_join(th, NULL);
+	weft_thread_join(th, NULL);
 	ck_assert_msg(i == NCONN, "client %d of %d got no answer from the idle worker", i + 1,
 		      NCONN);
 	ck_assert_int_eq(atomic_load(&sv.failed), 0);

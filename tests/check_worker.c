@@ -11,7 +11,7 @@
 #include "worker.h"
 
 #include <errno.h>
-#include <pthread.h>
+#include "thread.h"
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -858,10 +858,10 @@ START_TEST(test_post_interrupts_poll)
 	weft_worker_t *w = e.w;
 	enum { ROUNDS = 1000 };
 	poster_t p = {.w = w, .slot = new_co(w)};
-	pthread_t th;
+	weft_thread_t th;
 	uint64_t worst = 0;
 
-	ck_assert_int_eq(pthread_create(&th, NULL, poster_main, &p), 0);
+	ck_assert_int_eq(weft_thread_create(&th, poster_main, &p, 0), 0);
 	for (int i = 0; i < ROUNDS; i++) {
 		uint32_t seq = weft_worker_wait_ext(w, p.slot);
 		atomic_store_explicit(&p.want, seq, memory_order_release);
@@ -879,7 +879,7 @@ START_TEST(test_post_interrupts_poll)
 		ck_assert_int_eq(wk.code, (int32_t)(seq & 0xffff));
 	}
 	atomic_store_explicit(&p.stop, 1, memory_order_release);
-	pthread_join(th, NULL);
+	weft_thread_join(th, NULL);
 	ck_assert_int_eq(atomic_load(&p.failed), 0);
 	ck_assert_uint_eq(w->stats.inbox, ROUNDS);
 	/* "A few ms"; generous for sanitizers on a loaded 2-vCPU box. */
@@ -920,12 +920,12 @@ START_TEST(test_msg_io)
 	int peer;
 	weft_fd_t *r = pair(w, &peer);
 	uint32_t slot = new_co(w);
-	pthread_t th;
+	weft_thread_t th;
 
 	uint32_t seq = wait_read(w, slot, r, weft_clock_ns() + 1000 * MS);
 	harvester_t h = {.owner = w, .r = r};
-	ck_assert_int_eq(pthread_create(&th, NULL, harvester_main, &h), 0);
-	pthread_join(th, NULL);
+	ck_assert_int_eq(weft_thread_create(&th, harvester_main, &h, 0), 0);
+	weft_thread_join(th, NULL);
 	ck_assert_uint_eq(h.waiter1, (uint64_t)slot + 1);
 	ck_assert_int_eq(h.rc, 0);
 	expect_wake(w, slot, seq, 0);
