@@ -761,9 +761,11 @@ static void unlink_reg(weft_poller_t *p, reg_t *r)
 	}
 }
 
-/* r's request completed: report what it found, then re-submit or free. */
-static void complete(weft_poller_t *p, reg_t *r, weft_poll_event_t *ev, int *count)
+/* r's request completed: report what it found, then re-submit or free.
+ * Returns 1 if it submitted r's request again. */
+static int complete(weft_poller_t *p, reg_t *r, weft_poll_event_t *ev, int *count)
 {
+	int asked = 0;
 	NTSTATUS st = r->iosb.Status;
 	ULONG afd = 0;
 	unsigned events;
@@ -814,9 +816,12 @@ static void complete(weft_poller_t *p, reg_t *r, weft_poll_event_t *ev, int *cou
 		/* The socket is unusable (closed under us): drop it. */
 		unlink_reg(p, r);
 		weft_free(r);
+	} else if (r->armed) {
+		asked = 1;
 	}
 out:
 	weft_mutex_unlock(&p->lock);
+	return asked;
 }
 
 int weft_poller_wait(weft_poller_t *p, weft_poll_event_t *ev, int max, int timeout_ms)
@@ -869,19 +874,31 @@ int weft_poller_wait(weft_poller_t *p, weft_poll_event_t *ev, int max, int timeo
 		notify(p);
 		weft_mutex_unlock(&p->nlock);
 	}
-	for (ULONG i = 0; i < n; i++) {
-		if (raw[i].lpOverlapped == NULL) {
-			/* A wake: the key names the poller that posted it, which
-			 * on an adopted port may be another one. */
-			weft_poller_t *q = (weft_poller_t *)raw[i].lpCompletionKey;
+	for (int round = 0;; round++) {
+		int asked = 0; /* requests submitted again while handling these */
 
-			atomic_exchange_explicit(&q->wake_pending, 0, memory_order_acq_rel);
-			continue;
+		for (ULONG i = 0; i < n; i++) {
+			if (raw[i].lpOverlapped == NULL) {
+				/* A wake: the key names the poller that posted it,
+				 * which on an adopted port may be another one. */
+				weft_poller_t *q = (weft_poller_t *)raw[i].lpCompletionKey;
+
+				atomic_exchange_explicit(&q->wake_pending, 0, memory_order_acq_rel);
+				continue;
+			}
+			reg_t *r = (reg_t *)((char *)raw[i].lpOverlapped - offsetof(reg_t, iosb));
+			asked += complete(r->poller, r, ev, &count);
 		}
-		reg_t *r = (reg_t *)((char *)raw[i].lpOverlapped - offsetof(reg_t, iosb));
-		complete(r->poller, r, ev, &count);
+		/* A request asked again (after a cancel, or a level) answers
+		 * at once if its event holds: take that answer in this call,
+		 * as epoll would report the state in one wait, rather than on
+		 * the caller's next. */
+		if (count > 0 || asked == 0 || round == 1 || relayed)
+			return count;
+		room = max < RAW_MAX ? (ULONG)max : RAW_MAX;
+		if (!GetQueuedCompletionStatusEx(p->port, raw, room, &n, 0, FALSE))
+			return count;
 	}
-	return count;
 }
 
 void weft_poller_wake(weft_poller_t *p)

@@ -652,8 +652,8 @@ weft_fd_t *weft_worker_open_fd(weft_worker_t *w, int fd, int *err)
 	 * coroutines wait for (rearm). */
 	unsigned how = weft_poller_caps() & WEFT_POLLER_EDGES
 			       ? WEFT_POLL_IN | WEFT_POLL_OUT | WEFT_POLL_EDGE
-			       : WEFT_POLL_IN | WEFT_POLL_OUT | WEFT_POLL_ONESHOT;
-	r->_armed = WEFT_POLL_IN | WEFT_POLL_OUT;
+			       : WEFT_POLL_ONESHOT; /* hang-ups and errors only */
+	r->_armed = 0;
 	int rc = weft_poller_add(w->poller, fd, how, weft_fd_token(r));
 	if (rc < 0) {
 		uint64_t woken[2];
