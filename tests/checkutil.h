@@ -76,9 +76,28 @@ static inline int tu_raise_nofile(unsigned long n)
 	(void)n;
 	return 1;
 }
+
+/* Whether the calling thread blocks the signals weft's threads leave to
+ * the main one (Windows has none). */
+static inline int tu_signals_blocked(void)
+{
+	return 1;
+}
 #else
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+
+static inline int tu_signals_blocked(void)
+{
+	sigset_t mask;
+
+	pthread_sigmask(SIG_SETMASK, NULL, &mask);
+	return sigismember(&mask, SIGINT) && sigismember(&mask, SIGTERM) &&
+	       sigismember(&mask, SIGUSR1) && sigismember(&mask, SIGCHLD);
+}
 
 static inline int tu_pair(int sv[2])
 {
