@@ -39,6 +39,24 @@ static inline void tu_sleep_ns(uint64_t ns)
 }
 
 #if defined(_WIN32)
+/* A blocking TCP/IPv4 socket. */
+static inline int tu_tcp_socket(void)
+{
+	WSADATA wsa;
+
+	WSAStartup(MAKEWORD(2, 2), &wsa); /* counted: harmless if repeated */
+	SOCKET s = socket(AF_INET, SOCK_STREAM, IPPROTO_TCP);
+	return s == INVALID_SOCKET ? -1 : (int)(intptr_t)s;
+}
+
+/* connect(2) on a blocking socket: 0 or -errno (the errors tests expect). */
+static inline int tu_connect(int fd, const struct sockaddr *sa, socklen_t len)
+{
+	if (connect((SOCKET)(intptr_t)fd, sa, len) == 0)
+		return 0;
+	return WSAGetLastError() == WSAECONNREFUSED ? -ECONNREFUSED : -EIO;
+}
+
 static inline int tu_pair(int sv[2])
 {
 	struct sockaddr_in sa;
@@ -97,6 +115,16 @@ static inline int tu_signals_blocked(void)
 	pthread_sigmask(SIG_SETMASK, NULL, &mask);
 	return sigismember(&mask, SIGINT) && sigismember(&mask, SIGTERM) &&
 	       sigismember(&mask, SIGUSR1) && sigismember(&mask, SIGCHLD);
+}
+
+static inline int tu_tcp_socket(void)
+{
+	return socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+}
+
+static inline int tu_connect(int fd, const struct sockaddr *sa, socklen_t len)
+{
+	return connect(fd, sa, len) == 0 ? 0 : -errno;
 }
 
 static inline int tu_pair(int sv[2])
