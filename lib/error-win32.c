@@ -13,8 +13,36 @@
 
 const char *weft__errno_text(int e)
 {
-	if (e == EUSERS)
-		return "Too many users"; /* glibc's words (error.h) */
+	/* The C runtime has no words for the POSIX socket codes (it says
+	 * "Unknown error"): glibc's. */
+	switch (e) {
+	case EUSERS:
+		return "Too many users";
+	case ENOPROTOOPT:
+		return "Protocol not available";
+	case EOPNOTSUPP:
+		return "Operation not supported";
+	case EPROTONOSUPPORT:
+		return "Protocol not supported";
+	case EPROTOTYPE:
+		return "Protocol wrong type for socket";
+	case ENOTSOCK:
+		return "Socket operation on non-socket";
+	case EINPROGRESS:
+		return "Operation now in progress";
+	case EALREADY:
+		return "Operation already in progress";
+	case EWOULDBLOCK:
+		return "Resource temporarily unavailable";
+	case ENETDOWN:
+		return "Network is down";
+	case ENETRESET:
+		return "Network dropped connection on reset";
+	case ECANCELED:
+		return "Operation canceled";
+	case ELOOP:
+		return "Too many levels of symbolic links";
+	}
 	/* The C runtime's strerror keeps its buffer per thread. */
 	const char *s = strerror(e);
 	return s ? s : "unknown error";

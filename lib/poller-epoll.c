@@ -86,6 +86,11 @@ unsigned weft_poller_caps(void)
 	return WEFT_POLLER_EDGES;
 }
 
+const char *weft_poller_kind(void)
+{
+	return "epoll";
+}
+
 int weft_poller_new(int fd, weft_poller_t **out)
 {
 	struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 0};

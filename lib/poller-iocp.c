@@ -461,6 +461,11 @@ unsigned weft_poller_caps(void)
 	return 0; /* no edges: see the top of this file */
 }
 
+const char *weft_poller_kind(void)
+{
+	return "iocp";
+}
+
 static HANDLE open_afd(void)
 {
 	/* Any name under \Device\Afd opens the driver; the suffix only

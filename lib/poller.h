@@ -40,6 +40,10 @@ enum { WEFT_POLLER_EDGES = 1 };
 /* This backend's WEFT_POLLER_* bits.  Any thread. */
 unsigned weft_poller_caps(void);
 
+/* This backend's name: "epoll" or "iocp" (which of weft.epoll_fd and
+ * weft.iocp gives its handle).  Any thread. */
+const char *weft_poller_kind(void);
+
 /* Make a poller.  fd >= 0 adopts an existing poller handle (another
  * runtime's, shared between Lua states) instead of creating one; an adopted
  * handle is not closed by weft_poller_free.  Returns 0 and *out, or -errno
