@@ -28,6 +28,16 @@
 #include "sock.h"
 #include "thread.h"
 
+/* n divided by WEFT_TEST_SCALE (at least 1): slow builds and Wine run
+ * smaller loads, with the same invariants. */
+static inline int tu_scaled(int n)
+{
+	const char *s = getenv("WEFT_TEST_SCALE");
+	int k = s && atoi(s) > 0 ? atoi(s) : 1;
+
+	return n / k > 0 ? n / k : 1;
+}
+
 static inline void tu_close(int fd)
 {
 	weft_sock_close(fd);
