@@ -183,11 +183,13 @@ static lua_Integer index_arg(lua_State *L, int idx, lw_buffer_t *b, int *ok)
 	return i;
 }
 
-/* buf[i] (byte) or buf.method */
+/* buf[i] (byte) or buf.method.  A method is looked up in the methods
+ * table, upvalue 2, without checking the object: any key but a number
+ * reads that table only.  Every `buf:tostring(...)` comes here. */
 static int b_index(lua_State *L)
 {
-	lw_buffer_t *b = checkbuf(L, 1);
 	if (lua_type(L, 2) == LUA_TNUMBER) {
+		lw_buffer_t *b = checkbuf(L, 1);
 		int ok;
 		lua_Integer i = index_arg(L, 2, b, &ok);
 		if (!ok)
@@ -195,10 +197,8 @@ static int b_index(lua_State *L)
 		lua_pushinteger(L, (unsigned char)resolve(L, 1, b)[i - 1]);
 		return 1;
 	}
-	lua_getmetatable(L, 1);
-	lua_getfield(L, -1, "methods");
-	lua_pushvalue(L, 2);
-	lua_rawget(L, -2);
+	lua_settop(L, 2);
+	lua_rawget(L, lua_upvalueindex(2));
 	return 1;
 }
 
@@ -285,7 +285,6 @@ static const luaL_Reg meta[] = {
 	{"__len", b_len},
 	{"__gc", b_gc},
 	{"__close", b_gc},
-	{"__index", b_index},
 	{"__newindex", b_newindex},
 	{"__tostring", b_name},
 	{NULL, NULL},
@@ -298,7 +297,12 @@ void lw_open_buffer(lua_State *L, lw_state_t *S)
 	lw_register(L, S, meta);
 	lua_newtable(L);
 	lw_register(L, S, methods);
-	lua_setfield(L, -2, "methods");
+	lua_pushvalue(L, -1);
+	lua_setfield(L, -3, "methods");
+	lua_pushlightuserdata(L, S);
+	lua_insert(L, -2);
+	lua_pushcclosure(L, b_index, 2);
+	lua_setfield(L, -2, "__index");
 	lua_pop(L, 1);
 	lua_pushcfunction(L, l_buffer);
 	lua_setfield(L, -2, "buffer");

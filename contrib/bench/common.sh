@@ -43,3 +43,29 @@ free_port() {
 	done
 	die "no free TCP port found"
 }
+
+# GET PATH from 127.0.0.1:PORT (bash's /dev/tcp; an http_proxy in the
+# environment must not get in the way); prints the body of a 200 answer.
+# Returns 1 when there is no such answer within 2 s.
+http_get() {
+	local port=$1 path=$2 fd line status len=0 body=
+	{ exec {fd}<>"/dev/tcp/127.0.0.1/$port"; } 2>/dev/null || return 1
+	printf 'GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n' "$path" >&"$fd"
+	if ! IFS= read -r -t 2 status <&"$fd" || [[ $status != HTTP/1.?' 200 '* ]]; then
+		exec {fd}<&-
+		return 1
+	fi
+	while IFS= read -r -t 2 line <&"$fd"; do
+		line=${line%$'\r'}
+		[[ -z $line ]] && break
+		if [[ ${line,,} =~ ^content-length:\ *([0-9]+) ]]; then
+			len=${BASH_REMATCH[1]}
+		fi
+	done
+	if ((len > 0)) && ! IFS= read -r -N "$len" -t 2 body <&"$fd"; then
+		exec {fd}<&-
+		return 1
+	fi
+	exec {fd}<&-
+	printf '%s' "$body"
+}

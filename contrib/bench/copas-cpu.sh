@@ -80,6 +80,10 @@ server_cmd() {
 }
 
 start_server() { # -> sets server_pid, port, group
+	# Emptied here, not by the redirection below: that one happens in the
+	# background child, maybe after the first look for the port, which
+	# would then find the previous server's line.
+	: >"$tmp/out"
 	setsid taskset -c "$SERVER_CPU" "${cmd[@]}" >"$tmp/out" 2>"$tmp/err" &
 	server_pid=$!
 	local line='' i

@@ -12,14 +12,15 @@
 #   BUILDDIR   where the binaries are (default: the current directory if it
 #              holds a built contrib/bench/echoload, as under `make bench` in a
 #              separate build directory, else the source tree of this script)
-#   SERVERS    which servers, in order (default: "raw weft node cqueues";
-#              node and cqueues are skipped with a note when not installed)
+#   SERVERS    which servers, in order (default: "raw weft node luv cqueues";
+#              node, luv and cqueues are skipped with a note when not
+#              installed)
 #   DURATION   seconds of counted load per measurement (default 5)
 #   ROUNDS     times the whole set is measured, interleaved (default 3)
 #   CONNS      connections (default 50); MSGSIZE bytes per message (default 64)
 #   SERVER_CPU, LOAD_CPU   the CPUs to pin to (default 0 and 1)
 #   RAWECHO, ECHOLOAD, WEFT_BIN, LUA   programs to use instead of the defaults
-#   RAW_CMD, WEFT_CMD, NODE_CMD, CQUEUES_CMD
+#   RAW_CMD, WEFT_CMD, NODE_CMD, LUV_CMD, CQUEUES_CMD
 #              a whole server command line, split on blanks, instead of the
 #              default one (e.g. WEFT_CMD="/tmp/rawecho 127.0.0.1 0" to try the
 #              script before weft builds); it must bind port 0 and print
@@ -37,7 +38,7 @@ BUILDDIR=${BUILDDIR:-$srcdir}
 RAWECHO=${RAWECHO:-$BUILDDIR/contrib/bench/rawecho}
 ECHOLOAD=${ECHOLOAD:-$BUILDDIR/contrib/bench/echoload}
 WEFT_BIN=${WEFT_BIN:-$BUILDDIR/src/weft}
-SERVERS=${SERVERS:-raw weft node cqueues}
+SERVERS=${SERVERS:-raw weft node luv cqueues}
 DURATION=${DURATION:-5}
 ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-50}
@@ -122,6 +123,17 @@ server_cmd() {
 			cmd=(node "$here/echo-node.js" 127.0.0.1 0)
 		fi
 		;;
+	luv)
+		override=${LUV_CMD:-}
+		if [[ -z $override ]]; then
+			local lua=${LUA:-$(command -v lua5.4 || command -v lua || true)}
+			if [[ -z $lua ]] || ! "$lua" -e 'assert(_VERSION == "Lua 5.4"); require "luv"' 2>/dev/null; then
+				echo "skipping luv: no Lua 5.4 with the luv module" >&2
+				return 1
+			fi
+			cmd=("$lua" "$here/echo-luv.lua" 127.0.0.1 0)
+		fi
+		;;
 	cqueues)
 		override=${CQUEUES_CMD:-}
 		if [[ -z $override ]]; then
@@ -134,7 +146,7 @@ server_cmd() {
 		fi
 		;;
 	*)
-		die "unknown server '$1' in SERVERS (known: raw weft node cqueues)"
+		die "unknown server '$1' in SERVERS (known: raw weft weft2 node luv cqueues)"
 		;;
 	esac
 	if [[ -n $override ]]; then

@@ -1,9 +1,15 @@
 /* echoload: closed-loop load generator for TCP echo servers.
  *
- *   echoload [-c CONNS] [-d SECONDS] [-l] [-s MSGSIZE] [-t THREADS] [-w] HOST PORT
+ *   echoload [-c CONNS] [-d SECONDS] [-H] [-l] [-s MSGSIZE] [-t THREADS] [-w] HOST PORT
  *
  * -l makes every message a line (letters, then '\n'), for line-based
  * servers such as a Copas echo reading with receive("*l").
+ *
+ * -H (with -l) makes every other connection (the odd-numbered ones) heavy:
+ * its lines begin with 'H', which a server may take as a request for
+ * costly work (contrib/bench/imbalance.lua burns CPU for it), and the
+ * latencies of the light and the heavy connections are also reported
+ * apart (see below).
  *
  * Every connection plays ping-pong: send MSGSIZE bytes, wait until all of
  * them have come back (checking every byte), send again.  Closed loop means
@@ -15,6 +21,9 @@
  * stdout:
  *
  *   roundtrips=N seconds=S rps=R p50_us=X p99_us=Y
+ *
+ * and with -H, on the same line, the same figures for each kind:
+ * light_rps= light_p50_us= light_p99_us= heavy_rps= heavy_p50_us= heavy_p99_us=
  *
  * -w also prints "window start" and "window end" on stdout (flushed) when the
  * counted window opens and closes, so a script can sample the server's CPU
@@ -69,12 +78,16 @@ struct worker {
 	unsigned char *rxbuf;
 	uint64_t roundtrips; /* completed inside the window */
 	uint64_t hist[NBUCKETS];
+	/* -H: the same for the heavy connections alone (also in the above) */
+	uint64_t roundtrips_heavy;
+	uint64_t hist_heavy[NBUCKETS];
 };
 
 /* Settings and deadlines, fixed before any worker starts. */
 static size_t msgsize = 64;
 static int announce;
 static int lines; /* -l: each message is a line of letters ending in '\n' */
+static int heavy; /* -H: odd-numbered connections send lines beginning with 'H' */
 static int64_t t_warm, t_end;
 
 static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
@@ -122,8 +135,12 @@ static double bucket_mid(unsigned b)
  * by a byte does not compare equal. */
 static unsigned char pattern(uint32_t id, uint32_t seq, size_t i)
 {
+	if (lines && i == msgsize - 1)
+		return '\n';
+	if (lines && heavy && i == 0 && id % 2 == 1)
+		return 'H';
 	if (lines)
-		return i == msgsize - 1 ? '\n' : (unsigned char)('a' + (id * 131u + seq * 29u + (uint32_t)i * 7u) % 26u);
+		return (unsigned char)('a' + (id * 131u + seq * 29u + (uint32_t)i * 7u) % 26u);
 	return (unsigned char)(id * 131u + seq * 29u + (uint32_t)i * 7u + (uint32_t)(i >> 8));
 }
 
@@ -162,9 +179,14 @@ static void conn_done(struct worker *w, struct lconn *c, int64_t t)
 	if (t >= t_end)
 		return; /* leave the connection idle */
 	if (t >= t_warm) {
+		unsigned b = bucket_of((uint64_t)(t - c->t_start));
 		c->counted++;
 		w->roundtrips++;
-		w->hist[bucket_of((uint64_t)(t - c->t_start))]++;
+		w->hist[b]++;
+		if (heavy && c->id % 2 == 1) {
+			w->roundtrips_heavy++;
+			w->hist_heavy[b]++;
+		}
 	}
 	conn_start(w, c, t);
 }
@@ -209,6 +231,20 @@ static void conn_event(struct worker *w, struct lconn *c, uint32_t events)
 	}
 	if ((events & (EPOLLERR | EPOLLHUP)) && c->got < msgsize)
 		fail("conn %u: connection error or hang-up", c->id);
+}
+
+/* Percentile pct of the total values in hist, by nearest rank, in us. */
+static double percentile(const uint64_t *hist, uint64_t total, unsigned pct)
+{
+	uint64_t rank = (total * pct + 99) / 100, seen = 0;
+	if (total == 0)
+		return 0;
+	for (unsigned b = 0; b < NBUCKETS; b++) {
+		seen += hist[b];
+		if (seen >= rank)
+			return bucket_mid(b) / 1000;
+	}
+	return 0;
 }
 
 static void say(const char *line)
@@ -323,7 +359,7 @@ static void connect_all(struct lconn *conns, size_t n, const struct addrinfo *ai
 
 static _Noreturn void usage(void)
 {
-	fprintf(stderr, "usage: echoload [-c CONNS] [-d SECONDS] [-l] [-s MSGSIZE] "
+	fprintf(stderr, "usage: echoload [-c CONNS] [-d SECONDS] [-H] [-l] [-s MSGSIZE] "
 	                "[-t THREADS] [-w] HOST PORT\n");
 	exit(2);
 }
@@ -343,7 +379,7 @@ int main(int argc, char **argv)
 	long nconns = 50, nthreads = 1;
 	double seconds = 5;
 	int opt;
-	while ((opt = getopt(argc, argv, "c:d:ls:t:w")) != -1) {
+	while ((opt = getopt(argc, argv, "c:d:Hls:t:w")) != -1) {
 		switch (opt) {
 		case 'c':
 			nconns = parse_count(optarg, 1, 1000000);
@@ -360,6 +396,9 @@ int main(int argc, char **argv)
 		case 'l':
 			lines = 1;
 			break;
+		case 'H':
+			heavy = 1;
+			break;
 		case 'd': {
 			char *end;
 			seconds = strtod(optarg, &end);
@@ -373,6 +412,8 @@ int main(int argc, char **argv)
 	}
 	if (argc - optind != 2)
 		usage();
+	if (heavy && (!lines || msgsize < 2))
+		usage(); /* 'H', then at least the '\n' */
 	if (nthreads > nconns)
 		nthreads = nconns;
 
@@ -415,13 +456,18 @@ int main(int argc, char **argv)
 	for (long i = 1; i < nthreads; i++)
 		pthread_join(workers[i].thread, NULL);
 
-	uint64_t total = 0;
-	static uint64_t hist[NBUCKETS];
+	uint64_t total = 0, total_heavy = 0;
+	static uint64_t hist[NBUCKETS], hist_heavy[NBUCKETS], hist_light[NBUCKETS];
 	for (long i = 0; i < nthreads; i++) {
 		total += workers[i].roundtrips;
-		for (unsigned b = 0; b < NBUCKETS; b++)
+		total_heavy += workers[i].roundtrips_heavy;
+		for (unsigned b = 0; b < NBUCKETS; b++) {
 			hist[b] += workers[i].hist[b];
+			hist_heavy[b] += workers[i].hist_heavy[b];
+		}
 	}
+	for (unsigned b = 0; b < NBUCKETS; b++)
+		hist_light[b] = hist[b] - hist_heavy[b];
 	/* A connection that never completed a round in the window is
 	 * stuck: a server that loses a wake-up must not pass because the
 	 * other connections kept the total up. */
@@ -439,22 +485,20 @@ int main(int argc, char **argv)
 	free(workers);
 	free(conns);
 
-	/* Percentiles by nearest rank over the histogram. */
-	unsigned pct[2] = {50, 99};
-	double val[2] = {0, 0};
-	for (int k = 0; k < 2; k++) {
-		uint64_t rank = (total * pct[k] + 99) / 100, seen = 0;
-		for (unsigned b = 0; b < NBUCKETS; b++) {
-			seen += hist[b];
-			if (seen >= rank) {
-				val[k] = bucket_mid(b) / 1000;
-				break;
-			}
-		}
-	}
 	/* Only round-trips that ended inside the window are counted, so the
 	 * window's nominal length is the right divisor. */
-	printf("roundtrips=%llu seconds=%.3f rps=%.0f p50_us=%.1f p99_us=%.1f\n",
-	       (unsigned long long)total, seconds, (double)total / seconds, val[0], val[1]);
+	printf("roundtrips=%llu seconds=%.3f rps=%.0f p50_us=%.1f p99_us=%.1f",
+	       (unsigned long long)total, seconds, (double)total / seconds,
+	       percentile(hist, total, 50), percentile(hist, total, 99));
+	if (heavy) {
+		uint64_t light = total - total_heavy;
+		printf(" light_rps=%.0f light_p50_us=%.1f light_p99_us=%.1f"
+		       " heavy_rps=%.0f heavy_p50_us=%.1f heavy_p99_us=%.1f",
+		       (double)light / seconds, percentile(hist_light, light, 50),
+		       percentile(hist_light, light, 99), (double)total_heavy / seconds,
+		       percentile(hist_heavy, total_heavy, 50),
+		       percentile(hist_heavy, total_heavy, 99));
+	}
+	putchar('\n');
 	return 0;
 }

@@ -3,8 +3,9 @@
  *   rawecho [-h] [host] [port]   (defaults 127.0.0.1 and 0 = any free port)
  *
  * With -h it is instead the baseline keep-alive HTTP "hello world" server
- * (contrib/bench/copas-cpu.sh): every request head (up to a blank line)
- * read gets one canned response, written the same way the echo is.
+ * (contrib/bench/copas-cpu.sh, http-peers.sh): every request head (up to
+ * a blank line) read gets one canned response, written the same way the
+ * echo is, the responses to one read together.
  *
  * This is what a careful C programmer writes by hand: one thread, one epoll
  * instance, non-blocking sockets, edge-triggered readiness, read until EAGAIN
@@ -165,10 +166,19 @@ static int conn_echo(struct conn *c, const char *p, size_t n)
 	return conn_queue(c, p, n);
 }
 
-/* -h: answer every request head completed in these bytes.  0 or -1. */
+/* -h: answer every request head completed in these bytes, all the
+ * responses of one read in one write (pipelined requests get their answers
+ * together, as from any server that writes what it has: written one by
+ * one, Nagle's algorithm would hold all but the first).  0 or -1. */
 static int conn_http(struct conn *c, const char *p, size_t n)
 {
+	enum { LEN = sizeof http_response - 1, BATCH = 64 };
+	static char many[BATCH * LEN];
 	static const char end[] = "\r\n\r\n";
+	if (many[0] == 0)
+		for (int i = 0; i < BATCH; i++)
+			memcpy(many + i * LEN, http_response, LEN);
+	size_t heads = 0;
 	for (size_t i = 0; i < n; i++) {
 		if (p[i] == end[c->head_match])
 			c->head_match++;
@@ -176,9 +186,14 @@ static int conn_http(struct conn *c, const char *p, size_t n)
 			c->head_match = p[i] == '\r' ? 1 : 0;
 		if (c->head_match == 4) {
 			c->head_match = 0;
-			if (conn_echo(c, http_response, sizeof http_response - 1) < 0)
-				return -1;
+			heads++;
 		}
+	}
+	while (heads > 0) {
+		size_t k = heads < BATCH ? heads : BATCH;
+		if (conn_echo(c, many, k * LEN) < 0)
+			return -1;
+		heads -= k;
 	}
 	return 0;
 }

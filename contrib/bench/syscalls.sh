@@ -26,6 +26,7 @@ trap cleanup EXIT
 
 # start_traced CMD...: run the server under strace, wait for its port.
 start_traced() {
+	: >"$tmp/out" # not left to the background child: see copas-cpu.sh
 	strace -f -c -o "$tmp/strace" -- "$@" >"$tmp/out" 2>&1 &
 	pid=$!
 	for _ in $(seq 100); do

@@ -78,9 +78,14 @@ end
 
 local nremoved = 0 -- removed threads that have not ended yet
 
-local function retire(co)
+-- copas.debug.start's log: what happens to threads, by name.
+local function dlog(what, co, ...)
 	local log = copas._debug_log
-	if log then log("thread ended:", names[co] or tostring(co)) end
+	if log then log(what, names[co] or tostring(co), ...) end
+end
+
+local function retire(co)
+	dlog("thread ended:", co)
 	if state[co] == "active" then
 		nactive = nactive - 1
 	elseif state[co] == "removed" then
@@ -166,6 +171,7 @@ end
 -- Report an error of thread co (its socket skt) through its handler; an
 -- error inside the handler is reported by the default one.
 local function report(err, co, skt)
+	dlog("thread error:", co, tostring(err))
 	local h = errhandlers[co] or default_handler
 	local ok, e2 = pcall(h, err, co, skt)
 	if not ok then
@@ -212,8 +218,7 @@ local function spawn(name, skt, delayed, func, ...)
 	if name then names[co] = name end
 	if skt then thread_skt[co] = skt end
 	core.onbadyield(co, on_bad_yield)
-	local log = copas._debug_log
-	if log then log("thread added:", names[co] or tostring(co)) end
+	dlog("thread added:", co)
 	resume(co, func, delayed, ...)
 	return co
 end
@@ -256,6 +261,7 @@ function copas.removethread(co)
 	if not st or st == "removed" then
 		return
 	end
+	dlog("thread removed:", co)
 	if st == "active" then
 		nactive = nactive - 1
 	end
@@ -291,6 +297,7 @@ function copas.pause(delay)
 		return clock() - t0
 	end
 	local sj = sj_of(co)
+	dlog("thread sleeping:", co, delay == huge and "forever" or delay)
 	sleeping[co] = "timer"
 	counts.timer = counts.timer + 1
 	if delay == huge then
@@ -309,6 +316,7 @@ end
 function copas.pauseforever()
 	local co = current_copas_thread()
 	local sj = sj_of(co)
+	dlog("thread sleeping:", co, "forever")
 	sleeping[co] = "forever"
 	counts.inactive = counts.inactive + 1
 	park(co)
@@ -332,6 +340,7 @@ end
 function copas.wakeup(co)
 	local how = sleeping[co]
 	if how then
+		dlog("thread woken:", co)
 		sleeping[co] = nil
 		counts[how == "timer" and "timer" or "inactive"] =
 			counts[how == "timer" and "timer" or "inactive"] - 1
@@ -1471,6 +1480,8 @@ local function poll(timeout)
 		if not st.duration_min_ever or d < st.duration_min_ever then st.duration_min_ever = d end
 		if not st.duration_max_ever or d > st.duration_max_ever then st.duration_max_ever = d end
 	end
+	local log = copas._debug_core and copas._debug_log
+	if log then log("step:", ok and (ran and "work done" or "nothing to do") or tostring(ran)) end
 	return ok, ran
 end
 

@@ -357,6 +357,35 @@ tap.test("debug.start logs the scheduler", function()
 	copas.debug.stop()
 	local all = table.concat(lines, "\n")
 	like(all, "dbg", "the thread was logged")
+
+	-- What happens to a thread: added, sleeping, woken, removed, errors,
+	-- ended; the loop's steps only with `core`.
+	for _, core in ipairs({ false, true }) do
+		lines = {}
+		copas.debug.start(function(...) lines[#lines + 1] = table.concat({ ... }, " ") end, core)
+		copas.loop(function()
+			local sleeper = copas.addnamedthread("sleeper", function() copas.pauseforever() end)
+			copas.addnamedthread("napper", function() copas.pause(0.01) end)
+			copas.addnamedthread("failer", function() error("dbg-boom", 0) end)
+			local victim = copas.addnamedthread("victim", function() copas.pause(10) end)
+			copas.pause(0.05)
+			copas.wakeup(sleeper)
+			copas.removethread(victim)
+		end)
+		copas.debug.stop()
+		all = table.concat(lines, "\n")
+		local want = { "thread added: sleeper", "thread sleeping: sleeper forever",
+			"thread sleeping: napper 0.01", "thread error: failer dbg%-boom",
+			"thread ended: failer", "thread woken: sleeper", "thread removed: victim",
+			"thread ended: victim", "thread ended: copas_initializer" }
+		for _, w in ipairs(want) do like(all, w, "debug log: " .. w .. (core and " (core)" or "")) end
+		if core then
+			like(all, "step: work done", "core: the loop's steps are logged")
+		else
+			ok(not all:find("step:"), "no steps without core")
+		end
+	end
+	copas.seterrorhandler() -- the default one again
 end)
 
 tap.done()

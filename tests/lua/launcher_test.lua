@@ -105,6 +105,18 @@ test("-W and -E, LUA_INIT", function()
 	like(err, "weft%-warning", "-W turns warnings on")
 	local _, err2 = run("-e " .. shquote("warn('weft-warning')"))
 	is(err2, "", "warnings are off without -W")
+	-- As the stand-alone interpreter: pieces make one line, "@off" and
+	-- "@on" control, with -M too (a state with its own allocator).
+	for _, opt in ipairs({ "", "-M 64m " }) do
+		local _, err5 = run(opt .. "-e " .. shquote("warn('@on'); warn('a', 'b'); warn('@x'); "
+			.. "warn('c'); warn('@off'); warn('d'); warn('@on'); warn('e')"))
+		is(err5, "Lua warning: ab\nLua warning: c\nLua warning: e\n",
+			"warn pieces, @off and @on " .. opt)
+	end
+	-- WEFT_SLAB=0 (every block from malloc) runs the same programs.
+	local outs = run("-e " .. shquote("local t = {} for i = 1, 1e5 do t[i] = ('x'):rep(i % 3000) end "
+		.. "t = nil collectgarbage() print('slab-off ok')"), { env = "WEFT_SLAB=0" })
+	is(outs, "slab-off ok\n", "WEFT_SLAB=0")
 	local out3 = run("-e " .. shquote("print('main')"), { env = "LUA_INIT=" .. shquote("print('init')") })
 	is(out3, "init\nmain\n", "LUA_INIT runs first")
 	local out4 = run("-E -e " .. shquote("print('main')"), { env = "LUA_INIT=" .. shquote("print('init')") })
