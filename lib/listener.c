@@ -112,7 +112,7 @@ static int grow(waiter_t **v, size_t *cap, size_t n)
  * grow). */
 static int wake(const waiter_t *wt, int32_t code)
 {
-	weft_msg_t m = {WEFT_MSG_WAKE, wt->slot, wt->seq, code, NULL};
+	weft_msg_t m = {WEFT_MSG_WAKE_QUIET, wt->slot, wt->seq, code, NULL};
 	return weft_worker_post(wt->w, &m);
 }
 

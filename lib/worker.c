@@ -1139,6 +1139,7 @@ static void on_message(weft_worker_t *w, const weft_msg_t *m)
 			io_done(w, m->slot, m->code);
 		break;
 	case WEFT_MSG_WAKE:
+	case WEFT_MSG_WAKE_QUIET:
 		/* A wake-up may carry data for the woken coroutine (values from
 		 * another worker); if the wait is over, the data is dropped. */
 		if (weft_worker_wake(w, m->slot, m->seq, m->code)) {
@@ -1255,9 +1256,14 @@ int weft_worker_poll(weft_worker_t *w, uint64_t timeout_ns)
 	if (weft_inbox_nonempty(&w->inbox)) {
 		weft_msg_t *m;
 		size_t nm = weft_inbox_drain(&w->inbox, &m);
-		for (size_t i = 0; i < nm; i++)
+		for (size_t i = 0; i < nm; i++) {
 			on_message(w, &m[i]);
-		w->_spin_ok = nm != 0;
+			/* A spin watches the inbox, not the poller: after an
+			 * accepted connection it would only hold up the next
+			 * one (an accept storm then ran at 50 µs a connection). */
+			if (m[i].kind != WEFT_MSG_WAKE_QUIET)
+				w->_spin_ok = 1;
+		}
 	}
 	uint64_t lost = atomic_load_explicit(&w->_lost_posts, memory_order_relaxed);
 	if (lost) {

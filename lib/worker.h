@@ -135,7 +135,11 @@ typedef struct weft_worker {
 /* Inbox message kinds. */
 enum {
 	WEFT_MSG_WAKE = 1, /* wake (slot, seq) with code */
-	WEFT_MSG_IO        /* an I/O wait of slot ended by an event (code) */
+	WEFT_MSG_IO,       /* an I/O wait of slot ended by an event (code) */
+	/* As WEFT_MSG_WAKE, for a wake-up that answers an event rather than
+	 * another worker (an accepted connection, a finished name lookup):
+	 * no reply is about to follow, so it is no reason to spin. */
+	WEFT_MSG_WAKE_QUIET
 };
 
 /* Make a runtime with a new poller (epfd < 0) or one adopting the given

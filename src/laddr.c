@@ -511,7 +511,7 @@ static void resolved(weft_resolve_t *r, void *arg)
 {
 	lreq_t *q = arg;
 	lw_rtarget_t *t = q->t;
-	weft_msg_t m = {WEFT_MSG_WAKE, q->slot, q->seq, 0, NULL};
+	weft_msg_t m = {WEFT_MSG_WAKE_QUIET, q->slot, q->seq, 0, NULL};
 	/* This is a resolver thread: it can afford to wait for memory rather
 	 * than leave the waiter hanging (a lookup may have no deadline).  A
 	 * closed state or inbox, or a long shortage, gives up.  The lock is

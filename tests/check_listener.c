@@ -226,6 +226,37 @@ START_TEST(test_waiter_claims)
 }
 END_TEST
 
+/* A connection handed to a waiting acceptor is no reason for its worker
+ * to spin when it goes idle: spinning watches the inbox, not the poller,
+ * and would hold up the next connection's event (an accept storm ran at
+ * 50 µs a connection). */
+START_TEST(test_accept_wake_does_not_spin)
+{
+	env_t e = setup();
+	weft__runtime_set_cpus(e.rt, 8); /* a CPU to spare: spinning allowed */
+	weft_listener_t *l = listen_on(e.w, 0);
+	int tag;
+	for (int round = 0; round < 3; round++) {
+		uint32_t slot, seq = wait_accept(e.w, &slot);
+		ck_assert_int_eq(weft_listener_take(l, e.w, slot, seq, &tag), -EAGAIN);
+		int c = connect_to(port_of(weft_listener_fd(l)));
+		ck_assert_int_ge(c, 0);
+		weft_wake_t wk = next_wake(e.w);
+		ck_assert_uint_eq(wk.slot, slot);
+		int fd = weft_listener_claim(l, e.w, slot, seq);
+		ck_assert_int_ge(fd, 0);
+		/* Idle now, right after that wake-up. */
+		ck_assert_int_eq(weft_worker_poll(e.w, 2 * MS), 0);
+		close(fd);
+		close(c);
+		weft_worker_co_free(e.w, slot);
+	}
+	ck_assert_uint_eq(e.w->stats.spins, 0);
+	weft_listener_release(l, e.w, &tag);
+	teardown(e);
+}
+END_TEST
+
 START_TEST(test_shared_refs)
 {
 	weft_runtime_t *rt;
@@ -992,6 +1023,7 @@ static Suite *listener_suite(void)
 	tcase_set_timeout(tc, 10);
 	tcase_add_test(tc, test_take_after_harvest);
 	tcase_add_test(tc, test_waiter_claims);
+	tcase_add_test(tc, test_accept_wake_does_not_spin);
 	tcase_add_test(tc, test_shared_refs);
 	tcase_add_test(tc, test_relisten_after_close);
 	tcase_add_test(tc, test_cancel_gives_back);
