@@ -247,8 +247,8 @@ START_TEST(test_accept_wake_does_not_spin)
 		ck_assert_int_ge(fd, 0);
 		/* Idle now, right after that wake-up. */
 		ck_assert_int_eq(weft_worker_poll(e.w, 2 * MS), 0);
-		close(fd);
-		close(c);
+		tu_close(fd);
+		tu_close(c);
 		weft_worker_co_free(e.w, slot);
 	}
 	ck_assert_uint_eq(e.w->stats.spins, 0);
