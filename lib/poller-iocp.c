@@ -100,7 +100,7 @@ NTSTATUS NTAPI NtCancelIoFileEx(HANDLE file, PIO_STATUS_BLOCK request, PIO_STATU
 /* ---- records ---- */
 
 /* Raw completions fetched per wait() call, and per relay batch. */
-#define RAW_MAX 256
+#define RAW_MAX   256
 #define RELAY_MAX 64
 /* The relay looks at its stop flag this often even when nothing comes. */
 #define RELAY_CHECK_MS 200
@@ -123,8 +123,8 @@ struct reg {
 	/* A registration of a nested poller (sock is its port handle): no
 	 * AFD request, completions posted by the child's relay instead. */
 	weft_poller_t *child;
-	reg_t *nnext;  /* the child's list of parent registrations */
-	int unlinked;  /* deleted and off the child's list: free when done */
+	reg_t *nnext; /* the child's list of parent registrations */
+	int unlinked; /* deleted and off the child's list: free when done */
 };
 
 struct weft_poller {
@@ -339,7 +339,8 @@ static void *relay_main(void *arg)
 		if (c->relay_stop)
 			break;
 		weft_mutex_unlock(&c->nlock);
-		if (!GetQueuedCompletionStatusEx(c->port, raw, RELAY_MAX, &n, RELAY_CHECK_MS, FALSE))
+		if (!GetQueuedCompletionStatusEx(c->port, raw, RELAY_MAX, &n, RELAY_CHECK_MS,
+		                                 FALSE))
 			n = 0;
 		weft_mutex_lock(&c->nlock);
 		/* nheld is 0: only the relay adds, and only when it is. */
@@ -590,7 +591,8 @@ void weft_poller_free(weft_poller_t *p)
 
 		held = 0;
 		weft_mutex_unlock(&p->lock);
-		if (n == 0 && !GetQueuedCompletionStatusEx(p->port, raw, RELAY_MAX, &n, 5000, FALSE))
+		if (n == 0 &&
+		    !GetQueuedCompletionStatusEx(p->port, raw, RELAY_MAX, &n, 5000, FALSE))
 			n = 0;
 		weft_mutex_lock(&p->lock);
 		if (n == 0)
@@ -851,7 +853,8 @@ int weft_poller_wait(weft_poller_t *p, weft_poll_event_t *ev, int max, int timeo
 		if (p->nheld == 0 && timeout_ms < 0)
 			weft_cond_wait(&p->arrived, &p->nlock);
 		else if (p->nheld == 0 && timeout_ms > 0)
-			weft_cond_timedwait(&p->arrived, &p->nlock, (uint64_t)timeout_ms * 1000000u);
+			weft_cond_timedwait(&p->arrived, &p->nlock,
+			                    (uint64_t)timeout_ms * 1000000u);
 		timeout_ms = 0;
 		n = p->nheld < room ? p->nheld : room;
 		memcpy(raw, p->held, n * sizeof *raw);
@@ -866,7 +869,9 @@ int weft_poller_wait(weft_poller_t *p, weft_poll_event_t *ev, int max, int timeo
 		ULONG more = 0;
 
 		if (GetQueuedCompletionStatusEx(p->port, raw + n, room - n, &more,
-		                                n > 0 ? 0 : timeout_ms < 0 ? INFINITE : (DWORD)timeout_ms,
+		                                n > 0            ? 0
+		                                : timeout_ms < 0 ? INFINITE
+		                                                 : (DWORD)timeout_ms,
 		                                FALSE))
 			n += more;
 		else if (n == 0 && GetLastError() != WAIT_TIMEOUT &&

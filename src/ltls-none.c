@@ -24,8 +24,11 @@ static int no_contexts(lua_State *L)
 }
 
 static const luaL_Reg funcs[] = {
-    {"tls_context", unavailable}, {"tls_wrap", unavailable}, {"tls_isctx", no_ctx},
-    {"tls_contexts", no_contexts}, {NULL, NULL},
+    {"tls_context", unavailable},
+    {"tls_wrap", unavailable},
+    {"tls_isctx", no_ctx},
+    {"tls_contexts", no_contexts},
+    {NULL, NULL},
 };
 
 void lw_open_tls(lua_State *L, lw_state_t *S)

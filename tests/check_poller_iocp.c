@@ -658,8 +658,8 @@ START_TEST(test_nested)
 	quiet(a);
 	/* Re-armed: the next notice comes, and a blocking wait on the nested
 	 * poller itself gets the event. */
-	ck_assert_int_eq(weft_poller_modify(child, fd_of(sv[0]), WEFT_POLL_IN | WEFT_POLL_ONESHOT, 9),
-	                 0);
+	ck_assert_int_eq(
+	    weft_poller_modify(child, fd_of(sv[0]), WEFT_POLL_IN | WEFT_POLL_ONESHOT, 9), 0);
 	ck_assert_uint_eq(wait_for(child, 9), WEFT_POLL_IN);
 	/* A wake of the nested poller reaches its parents. */
 	weft_poller_wake(child);
