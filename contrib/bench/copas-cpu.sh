@@ -46,8 +46,12 @@ tck=$(getconf CLK_TCK)
 [[ -x $WEFT_BIN ]] || die "$WEFT_BIN not found"
 weft_path="$srcdir/lua/?.lua;${LUA_PATH:-;}"
 
+# Upstream Copas: the caller's LUA_PATH without this tree's lua/ (which
+# contrib/bench/run puts first, and which holds weft's own copas alias).
+upstream_path=${LUA_PATH-}
+upstream_path=${upstream_path//"$srcdir/lua/?.lua;"/}
 upstream=0
-if [[ -n $LUA ]] && env -u LUA_INIT "$LUA" -e 'require "copas"; require "socket"
+if [[ -n $LUA ]] && env -u LUA_INIT LUA_PATH="$upstream_path" "$LUA" -e 'require "copas"; require "socket"
 	assert(not package.searchpath("weft.copas", package.path))' 2>/dev/null; then
 	upstream=1
 else
@@ -75,7 +79,7 @@ server_cmd() {
 	http:weft2) cmd=(env "LUA_PATH=$weft_path" "$WEFT_BIN" -t 2 "$srcdir/contrib/examples/hello-http.lua" 127.0.0.1 "$(free_port)") ;;
 	*:copas) cmd=(env "LUA_PATH=$weft_path" "$WEFT_BIN" "$here/copas-$1.lua" 127.0.0.1 0) ;;
 	*:copas2) cmd=(env "LUA_PATH=$weft_path" "$WEFT_BIN" -t 2 "$here/copas-$1.lua" 127.0.0.1 "$(free_port)") ;;
-	*:upstream) cmd=("$LUA" "$here/copas-$1.lua" 127.0.0.1 0) ;;
+	*:upstream) cmd=(env "LUA_PATH=$upstream_path" "$LUA" "$here/copas-$1.lua" 127.0.0.1 0) ;;
 	esac
 }
 

@@ -184,6 +184,7 @@ stop_server() {
 measure() {
 	local name=$1 round=$2
 	local out=$tmp/$name.$round.out err=$tmp/$name.$round.err
+	: >"$out" # there before the first look for the port
 	# The server gets a process group of its own (setsid execs in place:
 	# a background child of a script leads no group), so that its CPU time
 	# is found and it is stopped even when the command is a wrapper that

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # http-scale.sh: what a second worker buys on many cores.  HTTP hello-world
 # served by nginx with 1 and 2 worker processes and by weft with -t 1 and
-# -t 2, in one run, interleaved round by round.  Nothing is pinned: the
+# -t 2, in one run, interleaved round by round, and by the Copas program
+# contrib/bench/copas-http.lua on weft with -t 1 and -t 2.  Nothing is pinned: the
 # workers and wrk (-t1 -c50) run wherever the kernel puts them, so two
 # workers can run in parallel on two CPUs and hand work to each other
 # across CPUs.  For each configuration: requests/s from wrk, and the
@@ -25,7 +26,8 @@
 #   ROUNDS     times the four configurations are measured (default 5)
 #   WARMUP     seconds of wrk before each measurement, not counted (default 1)
 #   CONNS      wrk connections (default 50; wrk always runs one thread)
-#   SERVERS    "nginx weft" (default), or one of them
+#   SERVERS    "nginx weft copas" (default), or some of them; copas is
+#              contrib/bench/copas-http.lua (a Copas program) on weft
 #   SYSCALLS   auto (default: perf if its tracepoints work, else strace),
 #              perf, strace, or none
 #   SYSCALL_DURATION   seconds of the system-call run (default 3)
@@ -44,7 +46,7 @@ DURATION=${DURATION:-5}
 ROUNDS=${ROUNDS:-5}
 WARMUP=${WARMUP:-1}
 CONNS=${CONNS:-50}
-SERVERS=${SERVERS:-nginx weft}
+SERVERS=${SERVERS:-nginx weft copas}
 SYSCALLS=${SYSCALLS:-auto}
 SYSCALL_DURATION=${SYSCALL_DURATION:-3}
 # weft's counters named like these are the ones to look at first.
@@ -58,15 +60,16 @@ HIGHLIGHT='handoff|unpark|spin|park|poll|wake'
 [[ $SYSCALL_DURATION =~ ^[1-9][0-9]*$ ]] || die "SYSCALL_DURATION must be a whole number of seconds"
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
 [[ $CONNS =~ ^[1-9][0-9]*$ ]] || die "CONNS must be a positive integer"
-want_nginx=0 want_weft=0
+want_nginx=0 want_weft=0 want_copas=0
 for s in $SERVERS; do
 	case $s in
 	nginx) want_nginx=1 ;;
 	weft) want_weft=1 ;;
-	*) die "unknown server '$s' in SERVERS (known: nginx weft)" ;;
+	copas) want_copas=1 ;;
+	*) die "unknown server '$s' in SERVERS (known: nginx weft copas)" ;;
 	esac
 done
-((want_nginx + want_weft > 0)) || die "SERVERS is empty"
+((want_nginx + want_weft + want_copas > 0)) || die "SERVERS is empty"
 ((want_weft)) || SYSCALLS=none
 case $SYSCALLS in auto | perf | strace | none) ;; *) die "SYSCALLS must be auto, perf, strace or none" ;; esac
 
@@ -99,7 +102,7 @@ if ((${#missing[@]} > 0)); then
 fi
 command -v "$WRK" >/dev/null || die "wrk not found (Debian package wrk)"
 ((want_nginx)) && ! [[ -x $NGINX ]] && die "nginx not found (Debian package nginx or nginx-light)"
-if ((want_weft)); then
+if ((want_weft + want_copas)); then
 	[[ -x $WEFT_BIN ]] || die "$WEFT_BIN not found (build weft first: contrib/bootstrap build)"
 fi
 [[ $SYSCALLS == perf ]] && ! perf_works &&
@@ -182,6 +185,12 @@ start_server() {
 			cmd=(env "LUA_PATH=$srcdir/lua/?.lua;${LUA_PATH:-;}" "$WEFT_BIN" -t "$n"
 			     "$srcdir/contrib/examples/hello-http.lua" 127.0.0.1 "$port")
 			;;
+		copas)
+			# The Copas program, unchanged, on weft's Copas layer
+			# (copas.socket.bind shares the listener between workers).
+			cmd=(env "LUA_PATH=$srcdir/lua/?.lua;${LUA_PATH:-;}" "$WEFT_BIN" -t "$n"
+			     "$here/copas-http.lua" 127.0.0.1 "$port")
+			;;
 		esac
 		# The server gets a process group of its own (setsid execs in
 		# place: a background child of a script leads no group), so that
@@ -215,10 +224,12 @@ start_server() {
 	if [[ $kind == nginx ]] && ((${#group[@]} != n + 1)); then
 		die "$name: expected a master and $n workers, found ${#group[@]} processes"
 	fi
-	if [[ $kind == weft ]]; then
+	if [[ $kind != nginx ]]; then
 		# A worker that failed to start says so on stderr while the
 		# others serve on: that must not pass for a -t N measurement.
 		[[ -s $err ]] && die "$name wrote to stderr: $(cat "$err")"
+	fi
+	if [[ $kind == weft ]]; then
 		local w
 		w=$(weft_stats | awk '$1 == "workers" { print $2 }')
 		[[ -z $w || $w == "$n" ]] || die "$name: /stats reports $w workers"
@@ -306,10 +317,12 @@ measure() {
 configs=()
 ((want_nginx)) && configs+=(nginx-1 nginx-2)
 ((want_weft)) && configs+=(weft-1 weft-2)
+((want_copas)) && configs+=(copas-1 copas-2)
 echo "http-scale: ${configs[*]}; $ROUNDS round(s) of wrk -t1 -c$CONNS -d${DURATION}s" \
 	"(after ${WARMUP}s of warm-up), nothing pinned, $ncpu CPUs"
 ((want_nginx)) && echo "  nginx: $NGINX ($("$NGINX" -v 2>&1 | sed 's/.*version: //'))"
 ((want_weft)) && echo "  weft:  $WEFT_BIN -t N contrib/examples/hello-http.lua 127.0.0.1 PORT"
+((want_copas)) && echo "  copas: $WEFT_BIN -t N contrib/bench/copas-http.lua 127.0.0.1 PORT"
 : >"$tmp/results"
 : >"$tmp/counters"
 for ((r = 1; r <= ROUNDS; r++)); do
@@ -423,8 +436,10 @@ END {
 	nk = 0
 	if (("nginx-1" in seen)) kinds[++nk] = "nginx"
 	if (("weft-1" in seen)) kinds[++nk] = "weft"
+	if (("copas-1" in seen)) kinds[++nk] = "copas"
 	label["nginx-1"] = "nginx 1 worker"; label["nginx-2"] = "nginx 2 workers"
 	label["weft-1"] = "weft -t 1"; label["weft-2"] = "weft -t 2"
+	label["copas-1"] = "Copas -t 1"; label["copas-2"] = "Copas -t 2"
 	printf "\nMedians of %d round%s, wrk -t1 -c%d for %d s, server and wrk not pinned:\n\n", rounds, (rounds > 1 ? "s" : ""), conns, d
 	head = "| |"; rule = "|---|"
 	for (k = 1; k <= nk; k++) {
