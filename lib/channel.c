@@ -24,7 +24,7 @@ typedef struct wlist {
 } wlist_t;
 
 struct weft_chan {
-	pthread_mutex_t lock; /* everything below but refs */
+	weft_mutex_t lock; /* everything below but refs */
 	_Atomic long refs;
 	size_t cap;       /* capacity */
 	msg_t *ring;      /* cap slots */
@@ -150,7 +150,7 @@ int weft_chan_new(size_t capacity, weft_chan_t **out)
 		weft_free(c);
 		return WEFT_ENOMEM;
 	}
-	pthread_mutex_init(&c->lock, NULL);
+	weft_mutex_init(&c->lock);
 	atomic_init(&c->refs, 1);
 	c->cap = capacity;
 	c->ring = ring;
@@ -170,7 +170,7 @@ void weft_chan_unref(weft_chan_t *c)
 		return;
 	for (size_t i = 0; i < c->len; i++)
 		weft_free(c->ring[(c->head + i) % c->cap].data);
-	pthread_mutex_destroy(&c->lock);
+	weft_mutex_destroy(&c->lock);
 	weft_free(c->ring);
 	weft_free(c->name);
 	weft_free(c);
@@ -178,13 +178,13 @@ void weft_chan_unref(weft_chan_t *c)
 
 int weft_chan_named(weft_runtime_t *rt, const char *name, size_t capacity, weft_chan_t **out)
 {
-	pthread_mutex_t *lock = weft__runtime_listener_lock(rt);
+	weft_mutex_t *lock = weft__runtime_listener_lock(rt);
 	weft_chan_t **head = (weft_chan_t **)weft__runtime_channels(rt);
-	pthread_mutex_lock(lock);
+	weft_mutex_lock(lock);
 	for (weft_chan_t *c = *head; c; c = c->next) {
 		if (strcmp(c->name, name) == 0) {
 			*out = weft_chan_ref(c);
-			pthread_mutex_unlock(lock);
+			weft_mutex_unlock(lock);
 			return 0;
 		}
 	}
@@ -205,7 +205,7 @@ int weft_chan_named(weft_runtime_t *rt, const char *name, size_t capacity, weft_
 			*out = c;
 		}
 	}
-	pthread_mutex_unlock(lock);
+	weft_mutex_unlock(lock);
 	return rc;
 }
 
@@ -240,7 +240,7 @@ static int do_wait(weft_chan_t *c, int kind, weft_chan_waiter_t *wt)
 int weft_chan_send(weft_chan_t *c, char *data, size_t len, weft_chan_waiter_t *wt)
 {
 	int rc = 0;
-	pthread_mutex_lock(&c->lock);
+	weft_mutex_lock(&c->lock);
 	if (c->closed) {
 		wake_closed(c);
 		rc = WEFT_ECLOSED;
@@ -252,14 +252,14 @@ int weft_chan_send(weft_chan_t *c, char *data, size_t len, weft_chan_waiter_t *w
 		c->len++;
 		wake_first(c, &c->waiters[RECEIVERS]);
 	}
-	pthread_mutex_unlock(&c->lock);
+	weft_mutex_unlock(&c->lock);
 	return rc;
 }
 
 int weft_chan_recv(weft_chan_t *c, char **data, size_t *len, weft_chan_waiter_t *wt)
 {
 	int rc = 0;
-	pthread_mutex_lock(&c->lock);
+	weft_mutex_lock(&c->lock);
 	if (c->closed)
 		wake_closed(c);
 	if (c->len > 0) {
@@ -274,7 +274,7 @@ int weft_chan_recv(weft_chan_t *c, char **data, size_t *len, weft_chan_waiter_t 
 	} else {
 		rc = do_wait(c, RECEIVERS, wt);
 	}
-	pthread_mutex_unlock(&c->lock);
+	weft_mutex_unlock(&c->lock);
 	return rc;
 }
 
@@ -283,7 +283,7 @@ void weft_chan_cancel(weft_chan_t *c, weft_chan_waiter_t *wt)
 	/* _chan is written by the owner only, which is the caller. */
 	if (wt->_chan != c)
 		return;
-	pthread_mutex_lock(&c->lock);
+	weft_mutex_lock(&c->lock);
 	wlist_t *l = &c->waiters[wt->_kind];
 	switch (state_of(wt)) {
 	case WEFT_CHAN_WAITING:
@@ -301,22 +301,22 @@ void weft_chan_cancel(weft_chan_t *c, weft_chan_waiter_t *wt)
 		break;
 	}
 	set_state(wt, WEFT_CHAN_IDLE);
-	pthread_mutex_unlock(&c->lock);
+	weft_mutex_unlock(&c->lock);
 }
 
 void weft_chan_close(weft_chan_t *c)
 {
-	pthread_mutex_lock(&c->lock);
+	weft_mutex_lock(&c->lock);
 	c->closed = 1;
 	wake_closed(c);
-	pthread_mutex_unlock(&c->lock);
+	weft_mutex_unlock(&c->lock);
 }
 
 size_t weft_chan_count(weft_chan_t *c)
 {
-	pthread_mutex_lock(&c->lock);
+	weft_mutex_lock(&c->lock);
 	size_t n = c->len;
-	pthread_mutex_unlock(&c->lock);
+	weft_mutex_unlock(&c->lock);
 	return n;
 }
 
@@ -327,11 +327,11 @@ size_t weft_chan_capacity(const weft_chan_t *c)
 
 void weft_chan_stats(weft_chan_t *c, weft_chan_stats_t *out)
 {
-	pthread_mutex_lock(&c->lock);
+	weft_mutex_lock(&c->lock);
 	out->nomem = c->nomem;
 	out->dead = c->dead;
 	out->visits = c->visits;
 	out->senders = c->waiters[SENDERS].n;
 	out->receivers = c->waiters[RECEIVERS].n;
-	pthread_mutex_unlock(&c->lock);
+	weft_mutex_unlock(&c->lock);
 }

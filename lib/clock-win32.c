@@ -23,3 +23,14 @@ uint64_t weft_clock_ns(void)
 	 * overflow after a few days at 10 MHz. */
 	return n / f * 1000000000u + n % f * 1000000000u / f;
 }
+
+double weft_clock_wall(void)
+{
+	FILETIME ft;
+	uint64_t t;
+
+	/* 100 ns units since 1601; the epoch is 11644473600 s later. */
+	GetSystemTimeAsFileTime(&ft);
+	t = (uint64_t)ft.dwHighDateTime << 32 | ft.dwLowDateTime;
+	return (double)(t - 116444736000000000u) / 1e7;
+}

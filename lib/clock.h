@@ -7,6 +7,9 @@
 /* Nanoseconds on CLOCK_MONOTONIC. */
 uint64_t weft_clock_ns(void);
 
+/* Seconds since the epoch on the wall clock (it may jump). */
+double weft_clock_wall(void);
+
 /* Seconds on the same clock, as weft.clock() shows it. */
 double weft_clock(void);
 

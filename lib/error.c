@@ -1,15 +1,11 @@
 /* Error messages.  Lua programs (and the Copas layer) compare messages with
  * fixed strings, so codes with a portable meaning map to normalized names
  * rather than to the C library's wording, which varies between systems and
- * locales. */
+ * locales.  The system's own wording, and getaddrinfo's codes, are in
+ * error-posix.c or error-win32.c. */
 #include "error.h"
 
 #include <errno.h>
-#include <netdb.h>
-#include <string.h>
-
-/* glibc's EAI_* codes run from -1 to about -105; leave room for more. */
-#define EAI_SPAN 1000
 /* Linux errno values are below 4096 (the kernel's MAX_ERRNO). */
 #define ERRNO_MAX 4095
 
@@ -57,33 +53,7 @@ static const char *errno_message(int e)
 	case EBUSY:
 		return "busy";
 	}
-	/* strerror() may write into a shared buffer for unknown values, and
-	 * strerror_r() needs a buffer we could not return; glibc's
-	 * strerrordesc_np() gives the untranslated message from a constant
-	 * table, safe from any thread. */
-	const char *s = strerrordesc_np(e);
-	return s ? s : "unknown error";
-}
-
-static const char *eai_message(int eai)
-{
-	switch (eai) {
-	case EAI_NONAME:
-	case EAI_NODATA:
-		return "host_not_found";
-	case EAI_AGAIN:
-		return "try_again";
-	case EAI_SERVICE:
-		return "service_not_found";
-	case EAI_FAMILY:
-	case EAI_ADDRFAMILY:
-		return "address_family_not_supported";
-	case EAI_MEMORY:
-		return "out_of_memory";
-	}
-	/* glibc's gai_strerror() returns strings from a constant table (and
-	 * its own "Unknown error" for codes it does not know). */
-	return gai_strerror(eai);
+	return weft__errno_text(e);
 }
 
 const char *weft_strerror(int err)
@@ -102,7 +72,10 @@ const char *weft_strerror(int err)
 	}
 	if (err < 0 && err >= -ERRNO_MAX)
 		return errno_message(-err);
-	if (err < WEFT_EAI_BASE && err > WEFT_EAI_BASE - EAI_SPAN)
-		return eai_message(err - WEFT_EAI_BASE);
+	if (err < WEFT_EAI_BASE) {
+		const char *m = weft__eai_message(WEFT_EAI_BASE - err);
+		if (m)
+			return m;
+	}
 	return "unknown error";
 }

@@ -4,17 +4,27 @@
 #ifndef WEFT_ERROR_H
 #define WEFT_ERROR_H
 
+#include <errno.h>
+
 enum {
 	WEFT_ETIMEOUT = -10001, /* the deadline passed */
 	WEFT_ECLOSED = -10002,  /* the socket was closed under the waiter */
 	WEFT_EEOF = -10003,     /* the peer closed before the request was met */
 	WEFT_ENOMEM = -10004,   /* allocation failed (the hook, not errno) */
 	WEFT_ETOOLARGE = -10005, /* more data than the caller's limit */
-	WEFT_EAI_BASE = -11000  /* getaddrinfo: WEFT_EAI_BASE + EAI_* (EAI_* < 0) */
+	WEFT_EAI_BASE = -11000  /* getaddrinfo: WEFT_EAI_BASE - |EAI_*| */
 };
 
-/* Map a getaddrinfo() EAI_* code (other than EAI_SYSTEM) to a weft code. */
-#define WEFT_EAI(eai) (WEFT_EAI_BASE + (eai))
+/* errno values lib/ returns that some C libraries lack (Windows'): a
+ * number none of its values use. */
+#ifndef EUSERS
+#define EUSERS 1087 /* a runtime has all the workers it can hold */
+#endif
+
+/* Map a getaddrinfo() EAI_* code (other than EAI_SYSTEM) to a weft code:
+ * below WEFT_EAI_BASE by the code's magnitude (glibc's codes are negative,
+ * Winsock's are positive WSA* values). */
+#define WEFT_EAI(eai) (WEFT_EAI_BASE - ((eai) < 0 ? -(eai) : (eai)))
 
 /* Message for a negative code.  Codes with a portable meaning give fixed,
  * normalized names usable in conditionals: "timeout", "closed", "eof",
@@ -29,5 +39,11 @@ enum {
  * gives the system message (strerror / gai_strerror).  The string is
  * static. */
 const char *weft_strerror(int err);
+
+/* Per platform (error-posix.c, error-win32.c): the system's message for
+ * an errno value no portable name covers, and the message for a
+ * getaddrinfo code of magnitude `mag` (NULL if mag is no such code). */
+const char *weft__errno_text(int e);
+const char *weft__eai_message(int mag);
 
 #endif

@@ -15,7 +15,6 @@
  * and reopened. */
 #include <assert.h>
 #include <errno.h>
-#include <pthread.h>
 #include <stdalign.h>
 #include <stdatomic.h>
 #include <stddef.h>
@@ -24,6 +23,7 @@
 #include "alloc.h"
 #include "error.h"
 #include "fdtab.h"
+#include "thread.h"
 
 #define CHUNK_SHIFT 10
 #define CHUNK_SIZE  (1u << CHUNK_SHIFT)
@@ -40,7 +40,7 @@ struct weft_fdtab {
 	 * never read, so the array needs no initialisation. */
 	_Atomic(weft_fd_t *) *chunks;
 	_Atomic uint32_t nslots; /* slots ever handed out (high-water mark) */
-	pthread_mutex_t lock;
+	weft_mutex_t lock;
 	uint32_t free_head; /* under lock; NO_SLOT when empty */
 	_Atomic uint64_t nopen;
 	_Atomic uint64_t nstale;
@@ -96,7 +96,7 @@ int weft_fdtab_new(weft_fdtab_t **out)
 	t->chunks = weft_malloc(MAX_CHUNKS * sizeof *t->chunks);
 	/* Default mutex attributes: glibc never fails, POSIX allows only
 	 * resource shortage. */
-	if (t->chunks == NULL || pthread_mutex_init(&t->lock, NULL) != 0) {
+	if (t->chunks == NULL || weft_mutex_init(&t->lock) != 0) {
 		weft_free(t->chunks);
 		weft_free(t);
 		return WEFT_ENOMEM;
@@ -118,7 +118,7 @@ void weft_fdtab_free(weft_fdtab_t *t)
 	n = (atomic_load_explicit(&t->nslots, memory_order_acquire) + CHUNK_MASK) >> CHUNK_SHIFT;
 	for (i = 0; i < n; i++)
 		chunk_free(atomic_load_explicit(&t->chunks[i], memory_order_acquire));
-	pthread_mutex_destroy(&t->lock);
+	weft_mutex_destroy(&t->lock);
 	weft_free(t->chunks);
 	weft_free(t);
 }
@@ -158,9 +158,9 @@ weft_fd_t *weft_fdtab_open(weft_fdtab_t *t, int fd, uint32_t owner)
 	weft_fd_t *r;
 	uint32_t gen;
 
-	pthread_mutex_lock(&t->lock);
+	weft_mutex_lock(&t->lock);
 	r = take(t);
-	pthread_mutex_unlock(&t->lock);
+	weft_mutex_unlock(&t->lock);
 	if (r == NULL)
 		return NULL;
 	/* The record is ours alone now (closed, off the free list); only
@@ -348,10 +348,10 @@ void weft_fdtab_release(weft_fdtab_t *t, weft_fd_t *r)
 		weft_fd_shut(r, woken);
 	}
 	atomic_store_explicit(&r->fd, -1, memory_order_relaxed);
-	pthread_mutex_lock(&t->lock);
+	weft_mutex_lock(&t->lock);
 	r->_next_free = t->free_head;
 	t->free_head = r->slot;
-	pthread_mutex_unlock(&t->lock);
+	weft_mutex_unlock(&t->lock);
 	atomic_fetch_sub_explicit(&t->nopen, 1, memory_order_relaxed);
 }
 

@@ -61,7 +61,9 @@ typedef struct weft_fd {
 	uint32_t _drained[2];       /* owner: _edges when found empty */
 	_Atomic uint8_t _sticky;    /* hang-up, error or urgent data seen */
 	uint8_t _known;             /* owner: bit dir set = _drained[dir] valid */
-	char _pad[64 - 3 * 8 - 9 * 4 - 2];
+	uint8_t _armed;             /* owner: interest of a one-shot re-arm
+				     * (pollers without edges, worker.c) */
+	char _pad[64 - 3 * 8 - 9 * 4 - 3];
 } weft_fd_t;
 
 typedef struct weft_fdtab weft_fdtab_t;

@@ -5,8 +5,6 @@
 
 #include <assert.h>
 #include <errno.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <string.h>
 
 #include "alloc.h"
@@ -47,7 +45,7 @@ struct weft_listener {
 	struct sockaddr_storage key; /* the address asked for (explicit port) */
 	socklen_t keylen;            /* 0: not shared (port 0) */
 	int backlog;                 /* as asked by the first listen */
-	pthread_mutex_t lock;        /* everything below */
+	weft_mutex_t lock;        /* everything below */
 	int refs;
 	weft_worker_t **users; /* the worker of each reference (refs entries) */
 	size_t capusers;
@@ -189,12 +187,12 @@ static void rearm(weft_listener_t *l)
  * then l->lock).  l is alive: the caller holds a reference. */
 static void rearm_unlocked(weft_listener_t *l)
 {
-	pthread_mutex_t *reg = weft__runtime_listener_lock(l->rt);
-	pthread_mutex_lock(reg);
-	pthread_mutex_lock(&l->lock);
+	weft_mutex_t *reg = weft__runtime_listener_lock(l->rt);
+	weft_mutex_lock(reg);
+	weft_mutex_lock(&l->lock);
 	rearm(l);
-	pthread_mutex_unlock(&l->lock);
-	pthread_mutex_unlock(reg);
+	weft_mutex_unlock(&l->lock);
+	weft_mutex_unlock(reg);
 }
 
 /* Record one more reference held by worker w.  l->lock held (or l not
@@ -214,22 +212,23 @@ static int add_user(weft_listener_t *l, weft_worker_t *w)
 }
 
 /* Options that change how a listening socket behaves: a worker joining a
- * listener must have asked for the same ones, since it gets that socket. */
-static const struct {
-	int level, name;
-} joined_opts[] = {
-	{SOL_SOCKET, SO_REUSEADDR}, {SOL_SOCKET, SO_REUSEPORT},  {SOL_SOCKET, SO_KEEPALIVE},
-	{SOL_SOCKET, SO_RCVBUF},    {SOL_SOCKET, SO_SNDBUF},     {IPPROTO_TCP, TCP_NODELAY},
-	{IPPROTO_TCP, TCP_DEFER_ACCEPT}, {IPPROTO_TCP, TCP_MAXSEG},
+ * listener must have asked for the same ones, since it gets that socket.
+ * By name, through sock.h's table: an option this platform lacks is
+ * skipped. */
+static const char *const joined_opts[] = {
+	"so_reuseaddr", "so_reuseport", "so_keepalive",     "so_rcvbuf",
+	"so_sndbuf",    "tcp_nodelay",  "tcp_defer_accept", "tcp_maxseg",
 };
 
 static int same_opts(int a, int b)
 {
 	for (size_t i = 0; i < sizeof joined_opts / sizeof *joined_opts; i++) {
+		const weft_sockopt_t *o = weft_sockopt_find(joined_opts[i]);
 		int x = 0, y = 0;
-		socklen_t lx = sizeof x, ly = sizeof y;
-		int rx = getsockopt(a, joined_opts[i].level, joined_opts[i].name, &x, &lx);
-		int ry = getsockopt(b, joined_opts[i].level, joined_opts[i].name, &y, &ly);
+		if (!o)
+			continue;
+		int rx = weft_sockopt_get_int(a, o, &x);
+		int ry = weft_sockopt_get_int(b, o, &y);
 		if (rx != ry || (rx == 0 && x != y))
 			return 0;
 	}
@@ -258,21 +257,21 @@ int weft_listener_listen(weft_worker_t *w, weft_fd_t *r, const struct sockaddr *
 			 socklen_t salen, int backlog, weft_listener_t **out)
 {
 	weft_runtime_t *rt = w->rt;
-	pthread_mutex_t *reg = weft__runtime_listener_lock(rt);
+	weft_mutex_t *reg = weft__runtime_listener_lock(rt);
 	weft_listener_t **head = (weft_listener_t **)weft__runtime_listeners(rt);
 	int fd = atomic_load(&r->fd);
 	int rc = 0;
 
 	/* Lookup, bind and listen under the registry lock, so that two
 	 * workers listening at once end up on one socket. */
-	pthread_mutex_lock(reg);
+	weft_mutex_lock(reg);
 	if (shareable(sa)) {
 		for (weft_listener_t *l = *head; l; l = l->next) {
 			if (l->keylen && same_addr((struct sockaddr *)&l->key, sa)) {
-				pthread_mutex_lock(&l->lock);
+				weft_mutex_lock(&l->lock);
 				rc = join(l, w, fd, backlog);
-				pthread_mutex_unlock(&l->lock);
-				pthread_mutex_unlock(reg);
+				weft_mutex_unlock(&l->lock);
+				weft_mutex_unlock(reg);
 				if (rc < 0)
 					return rc;
 				weft_worker_close_fd(w, r);
@@ -298,7 +297,7 @@ int weft_listener_listen(weft_worker_t *w, weft_fd_t *r, const struct sockaddr *
 	l->qmax = backlog > 0 && backlog < QUEUE_MAX ? (size_t)backlog : QUEUE_MAX;
 	l->backlog = backlog;
 	l->refs = 1;
-	pthread_mutex_init(&l->lock, NULL);
+	weft_mutex_init(&l->lock);
 	if (shareable(sa)) {
 		memcpy(&l->key, sa, salen);
 		l->keylen = salen;
@@ -319,7 +318,7 @@ int weft_listener_listen(weft_worker_t *w, weft_fd_t *r, const struct sockaddr *
 	 * shared poller, and its events go to whichever worker harvests
 	 * them, through udata. */
 	if ((rc = weft_worker_share_fd(w, r)) < 0) {
-		pthread_mutex_destroy(&l->lock);
+		weft_mutex_destroy(&l->lock);
 		goto fail;
 	}
 	atomic_store(&r->udata, l);
@@ -327,14 +326,14 @@ int weft_listener_listen(weft_worker_t *w, weft_fd_t *r, const struct sockaddr *
 	 * find the listener there. */
 	l->next = *head;
 	*head = l;
-	pthread_mutex_lock(&l->lock);
+	weft_mutex_lock(&l->lock);
 	rearm(l);
-	pthread_mutex_unlock(&l->lock);
-	pthread_mutex_unlock(reg);
+	weft_mutex_unlock(&l->lock);
+	weft_mutex_unlock(reg);
 	*out = l;
 	return 0;
 fail:
-	pthread_mutex_unlock(reg);
+	weft_mutex_unlock(reg);
 	weft_free(queue);
 	if (l)
 		weft_free(l->users);
@@ -363,26 +362,6 @@ static void count(_Atomic uint64_t *c)
 {
 	atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + 1,
 			      memory_order_relaxed);
-}
-
-/* Errors of accept that belong to the one connection it took: it died
- * before we got it (Linux passes pending network errors on through
- * accept, see accept(2)); the next one may be fine. */
-static int connection_died(int err)
-{
-	switch (-err) {
-	case ECONNABORTED:
-	case EPROTO:
-	case EPERM: /* a firewall rule */
-	case ENETDOWN:
-	case ENOPROTOOPT:
-	case EHOSTDOWN:
-	case ENONET:
-	case EHOSTUNREACH:
-	case ENETUNREACH:
-		return 1;
-	}
-	return 0;
 }
 
 /* Whether w is among the first n of v. */
@@ -464,7 +443,7 @@ static void unhand(weft_listener_t *l, size_t i)
 /* Called with the registry lock held (see weft__listener_event). */
 static void on_event(weft_listener_t *l, const weft_worker_t *harvester, int harvester_idle)
 {
-	pthread_mutex_lock(&l->lock);
+	weft_mutex_lock(&l->lock);
 	l->armed = 0;
 	/* With acceptors waiting, take one connection for each: the rest stay
 	 * in the kernel's backlog, the one-shot registration fires again at
@@ -490,7 +469,7 @@ static void on_event(weft_listener_t *l, const weft_worker_t *harvester, int har
 		}
 		if (fd == -EAGAIN || fd == -EWOULDBLOCK)
 			break; /* the backlog is empty */
-		if (connection_died(fd))
+		if (weft_sock_accept_lost(fd))
 			continue;
 		/* EMFILE, ENFILE, ENOBUFS, ENOMEM, or anything else that would
 		 * fail again at once: the backlog still holds the connection. */
@@ -502,17 +481,17 @@ static void on_event(weft_listener_t *l, const weft_worker_t *harvester, int har
 		back_off(l, err);
 	else
 		rearm(l);
-	pthread_mutex_unlock(&l->lock);
+	weft_mutex_unlock(&l->lock);
 }
 
 void weft__listener_event(weft_worker_t *harvester, weft_fd_t *r, int harvester_idle)
 {
-	pthread_mutex_t *reg = weft__runtime_listener_lock(harvester->rt);
-	pthread_mutex_lock(reg);
+	weft_mutex_t *reg = weft__runtime_listener_lock(harvester->rt);
+	weft_mutex_lock(reg);
 	weft_listener_t *l = atomic_load(&r->udata); /* under the lock: it may be gone */
 	if (l)
 		on_event(l, harvester, harvester_idle);
-	pthread_mutex_unlock(reg);
+	weft_mutex_unlock(reg);
 }
 
 /* Re-arm the backed-off listeners of rt due by `until`, and recompute the
@@ -523,14 +502,14 @@ static uint64_t retry_due(weft_runtime_t *rt, uint64_t until)
 	uint64_t next = UINT64_MAX;
 	for (weft_listener_t *l = *(weft_listener_t **)weft__runtime_listeners(rt); l;
 	     l = l->next) {
-		pthread_mutex_lock(&l->lock);
+		weft_mutex_lock(&l->lock);
 		if (l->retry_at && l->retry_at <= until) {
 			l->retry_at = 0;
 			rearm(l); /* may back off again */
 		}
 		if (l->retry_at && l->retry_at < next)
 			next = l->retry_at;
-		pthread_mutex_unlock(&l->lock);
+		weft_mutex_unlock(&l->lock);
 	}
 	atomic_store_explicit(weft__runtime_listener_retry(rt), next == UINT64_MAX ? 0 : next, memory_order_relaxed);
 	return next;
@@ -543,10 +522,10 @@ uint64_t weft__listener_retry(weft_runtime_t *rt, uint64_t now_ns)
 		return UINT64_MAX;
 	if (t > now_ns)
 		return t;
-	pthread_mutex_t *reg = weft__runtime_listener_lock(rt);
-	pthread_mutex_lock(reg);
+	weft_mutex_t *reg = weft__runtime_listener_lock(rt);
+	weft_mutex_lock(reg);
 	uint64_t next = retry_due(rt, now_ns);
-	pthread_mutex_unlock(reg);
+	weft_mutex_unlock(reg);
 	return next;
 }
 
@@ -557,16 +536,16 @@ void weft__listener_fd_closed(weft_runtime_t *rt)
 	 * short at first, rather than every close paying for a lock. */
 	if (atomic_load_explicit(weft__runtime_listener_retry(rt), memory_order_relaxed) == 0)
 		return;
-	pthread_mutex_t *reg = weft__runtime_listener_lock(rt);
-	pthread_mutex_lock(reg);
+	weft_mutex_t *reg = weft__runtime_listener_lock(rt);
+	weft_mutex_lock(reg);
 	retry_due(rt, UINT64_MAX);
-	pthread_mutex_unlock(reg);
+	weft_mutex_unlock(reg);
 }
 
 int weft_listener_claim(weft_listener_t *l, weft_worker_t *w, uint32_t slot, uint32_t seq)
 {
 	int fd = -EAGAIN, arm = 0;
-	pthread_mutex_lock(&l->lock);
+	weft_mutex_lock(&l->lock);
 	for (size_t i = 0; i < l->nhanded; i++) {
 		waiter_t *h = &l->handed[i];
 		if (h->w == w && h->slot == slot && h->seq == seq) {
@@ -577,7 +556,7 @@ int weft_listener_claim(weft_listener_t *l, weft_worker_t *w, uint32_t slot, uin
 			break;
 		}
 	}
-	pthread_mutex_unlock(&l->lock);
+	weft_mutex_unlock(&l->lock);
 	if (arm)
 		rearm_unlocked(l);
 	return fd;
@@ -587,7 +566,7 @@ int weft_listener_take(weft_listener_t *l, weft_worker_t *w, uint32_t slot, uint
 		       const void *tag)
 {
 	int rc, arm = 0;
-	pthread_mutex_lock(&l->lock);
+	weft_mutex_lock(&l->lock);
 	if (l->closed) {
 		rc = WEFT_ECLOSED;
 	} else if (l->qlen > 0) {
@@ -605,13 +584,13 @@ int weft_listener_take(weft_listener_t *l, weft_worker_t *w, uint32_t slot, uint
 		rc = -EAGAIN;
 		if (tag) {
 			if (grow(&l->waiters, &l->capwait, l->nwait) < 0) {
-				pthread_mutex_unlock(&l->lock);
+				weft_mutex_unlock(&l->lock);
 				return WEFT_ENOMEM;
 			}
 			l->waiters[l->nwait++] = (waiter_t){w, slot, seq, tag, -1};
 		}
 	}
-	pthread_mutex_unlock(&l->lock);
+	weft_mutex_unlock(&l->lock);
 	if (arm)
 		rearm_unlocked(l);
 	return rc;
@@ -619,7 +598,7 @@ int weft_listener_take(weft_listener_t *l, weft_worker_t *w, uint32_t slot, uint
 
 void weft_listener_cancel(weft_listener_t *l, weft_worker_t *w, uint32_t slot, uint32_t seq)
 {
-	pthread_mutex_lock(&l->lock);
+	weft_mutex_lock(&l->lock);
 	size_t i = 0;
 	while (i < l->nwait && !(l->waiters[i].w == w && l->waiters[i].slot == slot &&
 				 l->waiters[i].seq == seq))
@@ -638,15 +617,15 @@ void weft_listener_cancel(weft_listener_t *l, weft_worker_t *w, uint32_t slot, u
 		}
 		dispatch(l, NULL, 0);
 	}
-	pthread_mutex_unlock(&l->lock);
+	weft_mutex_unlock(&l->lock);
 }
 
 void weft_listener_release(weft_listener_t *l, weft_worker_t *w, const void *tag)
 {
-	pthread_mutex_t *reg = weft__runtime_listener_lock(l->rt);
+	weft_mutex_t *reg = weft__runtime_listener_lock(l->rt);
 	weft_listener_t **head = (weft_listener_t **)weft__runtime_listeners(l->rt);
-	pthread_mutex_lock(reg);
-	pthread_mutex_lock(&l->lock);
+	weft_mutex_lock(reg);
+	weft_mutex_lock(&l->lock);
 	for (size_t i = 0; i < l->nwait;) {
 		if (l->waiters[i].w == w && l->waiters[i].tag == tag) {
 			/* A failed post is fine: that waiter is gone either way. */
@@ -682,8 +661,8 @@ void weft_listener_release(weft_listener_t *l, weft_worker_t *w, const void *tag
 		if (*p)
 			*p = l->next;
 	}
-	pthread_mutex_unlock(&l->lock);
-	pthread_mutex_unlock(reg);
+	weft_mutex_unlock(&l->lock);
+	weft_mutex_unlock(reg);
 	if (!last)
 		return;
 	for (size_t i = 0; i < l->nhanded; i++)
@@ -696,7 +675,7 @@ void weft_listener_release(weft_listener_t *l, weft_worker_t *w, const void *tag
 	/* Closing goes through the worker that drops the last reference
 	 * (the record is a shared one: any worker may close it). */
 	weft_worker_close_fd(w, l->rec);
-	pthread_mutex_destroy(&l->lock);
+	weft_mutex_destroy(&l->lock);
 	weft_free(l->queue);
 	weft_free(l->waiters);
 	weft_free(l->handed);

@@ -18,8 +18,8 @@
 #define WEFT_LISTENER_H
 
 #include <stdint.h>
-#include <sys/socket.h>
 
+#include "sock.h"
 #include "worker.h"
 
 typedef struct weft_listener weft_listener_t;

@@ -81,6 +81,16 @@ static int ctl(weft_poller_t *p, int op, int fd, unsigned events, uint64_t token
 	return 0;
 }
 
+unsigned weft_poller_caps(void)
+{
+	return WEFT_POLLER_EDGES;
+}
+
+const char *weft_poller_kind(void)
+{
+	return "epoll";
+}
+
 int weft_poller_new(int fd, weft_poller_t **out)
 {
 	struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 0};

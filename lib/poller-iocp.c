@@ -32,12 +32,25 @@
  *
  * Several threads may wait on one port (GetQueuedCompletionStatusEx); a
  * completion goes to exactly one of them.  One lock per poller guards its
- * records; it is never held while waiting. */
+ * records; it is never held while waiting.
+ *
+ * Nesting.  A completion port cannot be registered in another, nor waited
+ * on with the wait functions, so a poller registered in others (its port
+ * handle given to add(), as the runtime's shared poller is in each
+ * worker's) gets a relay thread: it blocks on the nested poller's port,
+ * holds what it dequeued, and posts one completion to each parent whose
+ * registration is armed and has none in flight; that completion reports
+ * IN there.  wait() on the nested poller takes the held completions first,
+ * then dequeues from the port itself; while it leaves some held, it
+ * notifies the parents again, as a level-triggered registration would
+ * report again.  The relay dequeues again only once its batch was taken.
+ * Lock order: a nested poller's nest lock, then a parent's lock. */
 #include <errno.h>
 #include <mswsock.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <windows.h>
 #include <winsock2.h>
 #include <winternl.h>
@@ -86,8 +99,11 @@ NTSTATUS NTAPI NtCancelIoFileEx(HANDLE file, PIO_STATUS_BLOCK request, PIO_STATU
 
 /* ---- records ---- */
 
-/* Raw completions fetched per wait() call. */
-#define RAW_MAX 256
+/* Raw completions fetched per wait() call, and per relay batch. */
+#define RAW_MAX   256
+#define RELAY_MAX 64
+/* The relay looks at its stop flag this often even when nothing comes. */
+#define RELAY_CHECK_MS 200
 
 typedef struct reg reg_t;
 struct reg {
@@ -104,6 +120,11 @@ struct reg {
 	int pending;     /* a request is in flight */
 	int armed;       /* a one-shot not yet fired (or a level registration) */
 	int dead;        /* deleted (or closed): free when the request is done */
+	/* A registration of a nested poller (sock is its port handle): no
+	 * AFD request, completions posted by the child's relay instead. */
+	weft_poller_t *child;
+	reg_t *nnext; /* the child's list of parent registrations */
+	int unlinked; /* deleted and off the child's list: free when done */
 };
 
 struct weft_poller {
@@ -115,7 +136,22 @@ struct weft_poller {
 	size_t size, count;
 	size_t inflight; /* requests the kernel still holds */
 	_Atomic int wake_pending;
+	weft_poller_t *anext; /* every poller of the process (find_nested) */
+	/* Nested in others: nlock guards everything below. */
+	weft_mutex_t nlock;
+	weft_cond_t taken;   /* the relay's batch was taken (or stop) */
+	weft_cond_t arrived; /* the relay holds a batch */
+	reg_t *parents;
+	weft_thread_t relay;
+	int relay_on, relay_stop;
+	ULONG nheld;
+	OVERLAPPED_ENTRY held[RELAY_MAX];
 };
+
+/* Every poller of the process, so that add() can tell a port handle it
+ * is given from a socket and find the poller it nests. */
+static weft_mutex_t all_lock = WEFT_MUTEX_INIT;
+static weft_poller_t *all_pollers;
 
 static size_t slot(const weft_poller_t *p, SOCKET s)
 {
@@ -258,7 +294,178 @@ static int is_socket(SOCKET s)
 	return getsockopt(s, SOL_SOCKET, SO_TYPE, (char *)&type, &len) == 0;
 }
 
+/* ---- nesting ---- */
+
+/* The poller whose port is h (its creator, if several share it). */
+static weft_poller_t *find_nested(HANDLE h)
+{
+	weft_poller_t *found = NULL;
+
+	weft_mutex_lock(&all_lock);
+	for (weft_poller_t *q = all_pollers; q != NULL; q = q->anext)
+		if (q->port == h && (found == NULL || !q->adopted))
+			found = q;
+	weft_mutex_unlock(&all_lock);
+	return found;
+}
+
+/* Tell each parent that c has completions to take.  c->nlock held. */
+static void notify(weft_poller_t *c)
+{
+	for (reg_t *l = c->parents; l != NULL; l = l->nnext) {
+		weft_poller_t *p = l->poller;
+
+		weft_mutex_lock(&p->lock);
+		if (!l->dead && !l->pending && l->armed &&
+		    PostQueuedCompletionStatus(p->port, 0, 0, (OVERLAPPED *)&l->iosb)) {
+			l->pending = 1;
+			p->inflight++;
+		}
+		weft_mutex_unlock(&p->lock);
+	}
+}
+
+static void *relay_main(void *arg)
+{
+	weft_poller_t *c = arg;
+	OVERLAPPED_ENTRY raw[RELAY_MAX];
+
+	weft_mutex_lock(&c->nlock);
+	for (;;) {
+		ULONG n = 0;
+
+		while (c->nheld > 0 && !c->relay_stop)
+			weft_cond_wait(&c->taken, &c->nlock);
+		if (c->relay_stop)
+			break;
+		weft_mutex_unlock(&c->nlock);
+		if (!GetQueuedCompletionStatusEx(c->port, raw, RELAY_MAX, &n, RELAY_CHECK_MS,
+		                                 FALSE))
+			n = 0;
+		weft_mutex_lock(&c->nlock);
+		/* nheld is 0: only the relay adds, and only when it is. */
+		memcpy(c->held, raw, n * sizeof *raw);
+		c->nheld = n;
+		if (n > 0) {
+			weft_cond_broadcast(&c->arrived);
+			notify(c);
+		}
+	}
+	weft_mutex_unlock(&c->nlock);
+	return NULL;
+}
+
+/* Register nested poller c in p.  0 or -errno. */
+static int add_nested(weft_poller_t *p, weft_poller_t *c, SOCKET key, unsigned events,
+                      uint64_t token)
+{
+	reg_t *r;
+	int rc = 0;
+
+	if (c == p || (events & WEFT_POLL_OUT))
+		return -EINVAL;
+	r = weft_calloc(1, sizeof *r);
+	if (r == NULL)
+		return WEFT_ENOMEM;
+	r->poller = p;
+	r->child = c;
+	r->sock = key;
+	r->interest = events;
+	r->token = token;
+	r->armed = 1;
+	weft_mutex_lock(&p->lock);
+	if (*find(p, key) != NULL)
+		rc = -EEXIST;
+	else if (p->count >= p->size)
+		rc = grow(p);
+	if (rc == 0) {
+		reg_t **at = find(p, key);
+
+		*at = r;
+		p->count++;
+	}
+	weft_mutex_unlock(&p->lock);
+	if (rc != 0) {
+		weft_free(r);
+		return rc;
+	}
+	weft_mutex_lock(&c->nlock);
+	if (!c->relay_on) {
+		rc = weft_thread_create(&c->relay, relay_main, c, WEFT_THREAD_NOSIGNALS);
+		c->relay_on = rc == 0;
+	}
+	if (rc == 0) {
+		r->nnext = c->parents;
+		c->parents = r;
+		if (c->nheld > 0)
+			notify(c);
+	}
+	weft_mutex_unlock(&c->nlock);
+	if (rc != 0) {
+		weft_mutex_lock(&p->lock);
+		reg_t **at = find(p, key);
+
+		*at = r->next;
+		p->count--;
+		weft_mutex_unlock(&p->lock);
+		weft_free(r);
+	}
+	return rc;
+}
+
+/* Delete nested registration r, already out of p's table and dead. */
+static void delete_nested(weft_poller_t *p, reg_t *r)
+{
+	weft_poller_t *c = r->child;
+
+	weft_mutex_lock(&c->nlock);
+	for (reg_t **at = &c->parents; *at != NULL; at = &(*at)->nnext)
+		if (*at == r) {
+			*at = r->nnext;
+			break;
+		}
+	weft_mutex_unlock(&c->nlock);
+	weft_mutex_lock(&p->lock);
+	r->unlinked = 1;
+	if (!r->pending)
+		weft_free(r);
+	weft_mutex_unlock(&p->lock);
+}
+
+/* Stop c's relay; what it held is handed back to the caller.  Returns
+ * the count copied into out (room for RELAY_MAX). */
+static ULONG stop_relay(weft_poller_t *c, OVERLAPPED_ENTRY *out)
+{
+	ULONG n;
+
+	weft_mutex_lock(&c->nlock);
+	if (!c->relay_on) {
+		weft_mutex_unlock(&c->nlock);
+		return 0;
+	}
+	c->relay_stop = 1;
+	weft_cond_signal(&c->taken);
+	weft_mutex_unlock(&c->nlock);
+	weft_poller_wake(c); /* out of its wait at once, most often */
+	weft_thread_join(c->relay, NULL);
+	n = c->nheld;
+	memcpy(out, c->held, n * sizeof *out);
+	c->nheld = 0;
+	c->relay_on = 0;
+	return n;
+}
+
 /* ---- the contract ---- */
+
+unsigned weft_poller_caps(void)
+{
+	return 0; /* no edges: see the top of this file */
+}
+
+const char *weft_poller_kind(void)
+{
+	return "iocp";
+}
 
 static HANDLE open_afd(void)
 {
@@ -306,7 +513,8 @@ int weft_poller_new(int fd, weft_poller_t **out)
 		return WEFT_ENOMEM;
 	p->adopted = fd >= 0;
 	atomic_init(&p->wake_pending, 0);
-	if (weft_mutex_init(&p->lock) != 0 || grow(p) != 0) {
+	if (weft_mutex_init(&p->lock) != 0 || weft_mutex_init(&p->nlock) != 0 ||
+	    weft_cond_init(&p->taken) != 0 || weft_cond_init(&p->arrived) != 0 || grow(p) != 0) {
 		err = WEFT_ENOMEM;
 		goto fail;
 	}
@@ -333,6 +541,10 @@ int weft_poller_new(int fd, weft_poller_t **out)
 	/* Nobody waits on the AFD handle itself: spare the kernel setting
 	 * its event on every completion. */
 	SetFileCompletionNotificationModes(p->afd, FILE_SKIP_SET_EVENT_ON_HANDLE);
+	weft_mutex_lock(&all_lock);
+	p->anext = all_pollers;
+	all_pollers = p;
+	weft_mutex_unlock(&all_lock);
 	*out = p;
 	return 0;
 fail:
@@ -347,10 +559,21 @@ fail:
 
 void weft_poller_free(weft_poller_t *p)
 {
-	OVERLAPPED_ENTRY raw[64];
+	OVERLAPPED_ENTRY raw[RELAY_MAX];
+	ULONG held;
 
 	if (p == NULL)
 		return;
+	weft_mutex_lock(&all_lock);
+	for (weft_poller_t **at = &all_pollers; *at != NULL; at = &(*at)->anext)
+		if (*at == p) {
+			*at = p->anext;
+			break;
+		}
+	weft_mutex_unlock(&all_lock);
+	/* Its parents have deleted their registrations of it by now; the
+	 * relay's last batch is handled below like any completion. */
+	held = stop_relay(p, raw);
 	/* Cancel what is in flight and wait for every completion: the
 	 * kernel writes into the records until then.  Completions that
 	 * belong to another poller on an adopted port go back on the port
@@ -363,11 +586,13 @@ void weft_poller_free(weft_poller_t *p)
 				cancel(p, r);
 		}
 	/* Our own wake, if one is queued, must not outlive us either. */
-	while (p->inflight > 0 || atomic_load(&p->wake_pending)) {
-		ULONG n = 0;
+	while (held > 0 || p->inflight > 0 || atomic_load(&p->wake_pending)) {
+		ULONG n = held;
 
+		held = 0;
 		weft_mutex_unlock(&p->lock);
-		if (!GetQueuedCompletionStatusEx(p->port, raw, 64, &n, 5000, FALSE))
+		if (n == 0 &&
+		    !GetQueuedCompletionStatusEx(p->port, raw, RELAY_MAX, &n, 5000, FALSE))
 			n = 0;
 		weft_mutex_lock(&p->lock);
 		if (n == 0)
@@ -411,6 +636,9 @@ void weft_poller_free(weft_poller_t *p)
 	if (!p->adopted)
 		CloseHandle(p->port);
 	weft_mutex_destroy(&p->lock);
+	weft_mutex_destroy(&p->nlock);
+	weft_cond_destroy(&p->taken);
+	weft_cond_destroy(&p->arrived);
 	weft_free(p->table);
 	weft_free(p);
 }
@@ -432,8 +660,13 @@ int weft_poller_add(weft_poller_t *p, int fd, unsigned events, uint64_t token)
 		return -EINVAL; /* token 0 is the wake channel's */
 	if (events & WEFT_POLL_EDGE)
 		return -EOPNOTSUPP;
-	if (fd < 0 || !is_socket(s))
+	if (fd < 0)
 		return -EBADF;
+	if (!is_socket(s)) {
+		weft_poller_t *c = find_nested((HANDLE)(intptr_t)fd);
+
+		return c != NULL ? add_nested(p, c, s, events, token) : -EBADF;
+	}
 	r = weft_calloc(1, sizeof *r);
 	if (r == NULL)
 		return WEFT_ENOMEM;
@@ -482,6 +715,16 @@ int weft_poller_modify(weft_poller_t *p, int fd, unsigned events, uint64_t token
 	r->interest = events;
 	r->token = token;
 	r->armed = 1;
+	if (r->child != NULL) {
+		weft_poller_t *c = r->child;
+
+		weft_mutex_unlock(&p->lock);
+		weft_mutex_lock(&c->nlock);
+		if (c->nheld > 0)
+			notify(c);
+		weft_mutex_unlock(&c->nlock);
+		return 0;
+	}
 	rc = sync_request(p, r);
 	weft_mutex_unlock(&p->lock);
 	return rc;
@@ -501,6 +744,11 @@ int weft_poller_delete(weft_poller_t *p, int fd)
 	*at = r->next;
 	p->count--;
 	r->dead = 1;
+	if (r->child != NULL) {
+		weft_mutex_unlock(&p->lock);
+		delete_nested(p, r);
+		return 0;
+	}
 	if (r->pending)
 		cancel(p, r); /* freed when its completion comes */
 	else
@@ -520,9 +768,11 @@ static void unlink_reg(weft_poller_t *p, reg_t *r)
 	}
 }
 
-/* r's request completed: report what it found, then re-submit or free. */
-static void complete(weft_poller_t *p, reg_t *r, weft_poll_event_t *ev, int *count)
+/* r's request completed: report what it found, then re-submit or free.
+ * Returns 1 if it submitted r's request again. */
+static int complete(weft_poller_t *p, reg_t *r, weft_poll_event_t *ev, int *count)
 {
+	int asked = 0;
 	NTSTATUS st = r->iosb.Status;
 	ULONG afd = 0;
 	unsigned events;
@@ -530,6 +780,20 @@ static void complete(weft_poller_t *p, reg_t *r, weft_poll_event_t *ev, int *cou
 	weft_mutex_lock(&p->lock);
 	r->pending = 0;
 	p->inflight--;
+	if (r->child != NULL) {
+		/* A nested poller's notice: it has (or had) completions. */
+		if (r->dead) {
+			if (r->unlinked)
+				weft_free(r);
+		} else if (r->armed) {
+			ev[*count].token = r->token;
+			ev[*count].events = WEFT_POLL_IN;
+			(*count)++;
+			if (r->interest & WEFT_POLL_ONESHOT)
+				r->armed = 0;
+		}
+		goto out;
+	}
 	if (r->dead) {
 		weft_free(r);
 		goto out;
@@ -559,9 +823,12 @@ static void complete(weft_poller_t *p, reg_t *r, weft_poll_event_t *ev, int *cou
 		/* The socket is unusable (closed under us): drop it. */
 		unlink_reg(p, r);
 		weft_free(r);
+	} else if (r->armed) {
+		asked = 1;
 	}
 out:
 	weft_mutex_unlock(&p->lock);
+	return asked;
 }
 
 int weft_poller_wait(weft_poller_t *p, weft_poll_event_t *ev, int max, int timeout_ms)
@@ -570,29 +837,78 @@ int weft_poller_wait(weft_poller_t *p, weft_poll_event_t *ev, int max, int timeo
 	ULONG n = 0;
 	int count = 0;
 
+	ULONG room, left = 0;
+	int relayed = 0;
+
 	if (max <= 0)
 		return -EINVAL;
 	/* Each completion gives at most one event: never dequeue more than
 	 * the caller has room for. */
-	if (!GetQueuedCompletionStatusEx(p->port, raw, max < RAW_MAX ? (ULONG)max : RAW_MAX, &n,
-	                                 timeout_ms < 0 ? INFINITE : (DWORD)timeout_ms, FALSE)) {
-		DWORD e = GetLastError();
-
-		return e == WAIT_TIMEOUT || e == WAIT_IO_COMPLETION ? 0 : -EINVAL;
+	room = max < RAW_MAX ? (ULONG)max : RAW_MAX;
+	weft_mutex_lock(&p->nlock);
+	if (p->relay_on) {
+		relayed = 1;
+		/* The relay dequeues as soon as anything comes: wait for it
+		 * to hold something rather than compete for it. */
+		if (p->nheld == 0 && timeout_ms < 0)
+			weft_cond_wait(&p->arrived, &p->nlock);
+		else if (p->nheld == 0 && timeout_ms > 0)
+			weft_cond_timedwait(&p->arrived, &p->nlock,
+			                    (uint64_t)timeout_ms * 1000000u);
+		timeout_ms = 0;
+		n = p->nheld < room ? p->nheld : room;
+		memcpy(raw, p->held, n * sizeof *raw);
+		memmove(p->held, p->held + n, (p->nheld - n) * sizeof *raw);
+		p->nheld -= n;
+		left = p->nheld;
+		if (left == 0)
+			weft_cond_signal(&p->taken);
 	}
-	for (ULONG i = 0; i < n; i++) {
-		if (raw[i].lpOverlapped == NULL) {
-			/* A wake: the key names the poller that posted it, which
-			 * on an adopted port may be another one. */
-			weft_poller_t *q = (weft_poller_t *)raw[i].lpCompletionKey;
+	weft_mutex_unlock(&p->nlock);
+	if (n < room) {
+		ULONG more = 0;
 
-			atomic_exchange_explicit(&q->wake_pending, 0, memory_order_acq_rel);
-			continue;
+		if (GetQueuedCompletionStatusEx(p->port, raw + n, room - n, &more,
+		                                n > 0            ? 0
+		                                : timeout_ms < 0 ? INFINITE
+		                                                 : (DWORD)timeout_ms,
+		                                FALSE))
+			n += more;
+		else if (n == 0 && GetLastError() != WAIT_TIMEOUT &&
+		         GetLastError() != WAIT_IO_COMPLETION)
+			return -EINVAL;
+	}
+	if (relayed && left > 0) {
+		/* Some are still held: ask the parents to come back. */
+		weft_mutex_lock(&p->nlock);
+		notify(p);
+		weft_mutex_unlock(&p->nlock);
+	}
+	for (int round = 0;; round++) {
+		int asked = 0; /* requests submitted again while handling these */
+
+		for (ULONG i = 0; i < n; i++) {
+			if (raw[i].lpOverlapped == NULL) {
+				/* A wake: the key names the poller that posted it,
+				 * which on an adopted port may be another one. */
+				weft_poller_t *q = (weft_poller_t *)raw[i].lpCompletionKey;
+
+				atomic_exchange_explicit(&q->wake_pending, 0, memory_order_acq_rel);
+				continue;
+			}
+			reg_t *r = (reg_t *)((char *)raw[i].lpOverlapped - offsetof(reg_t, iosb));
+			asked += complete(r->poller, r, ev, &count);
 		}
-		reg_t *r = (reg_t *)((char *)raw[i].lpOverlapped - offsetof(reg_t, iosb));
-		complete(r->poller, r, ev, &count);
+		/* A request asked again (after a cancel, or a level) answers
+		 * at once if its event holds: take that answer in this call,
+		 * as epoll would report the state in one wait, rather than on
+		 * the caller's next. */
+		if (count > 0 || asked == 0 || round == 1 || relayed)
+			return count;
+		room = max < RAW_MAX ? (ULONG)max : RAW_MAX;
+		if (!GetQueuedCompletionStatusEx(p->port, raw, room, &n, 0, FALSE))
+			return count;
 	}
-	return count;
 }
 
 void weft_poller_wake(weft_poller_t *p)

@@ -32,6 +32,18 @@ typedef struct weft_poll_event {
 
 typedef struct weft_poller weft_poller_t;
 
+/* What a backend can do (weft_poller_caps).  WEFT_POLLER_EDGES: it takes
+ * WEFT_POLL_EDGE registrations (epoll).  Without it (IOCP), callers that
+ * want edges register one-shot and re-arm what they wait for. */
+enum { WEFT_POLLER_EDGES = 1 };
+
+/* This backend's WEFT_POLLER_* bits.  Any thread. */
+unsigned weft_poller_caps(void);
+
+/* This backend's name: "epoll" or "iocp" (which of weft.epoll_fd and
+ * weft.iocp gives its handle).  Any thread. */
+const char *weft_poller_kind(void);
+
 /* Make a poller.  fd >= 0 adopts an existing poller handle (another
  * runtime's, shared between Lua states) instead of creating one; an adopted
  * handle is not closed by weft_poller_free.  Returns 0 and *out, or -errno
@@ -45,7 +57,10 @@ void weft_poller_free(weft_poller_t *p);
 /* The OS handle (the epoll fd), for weft.epoll_fd(). */
 int weft_poller_fd(const weft_poller_t *p);
 
-/* Register fd with interest `events` and `token` (not 0).  0 or -errno. */
+/* Register fd with interest `events` and `token` (not 0).  0 or -errno.
+ * fd may be another poller's weft_poller_fd: registered level-triggered
+ * with WEFT_POLL_IN, it reports IN here while that poller has events to
+ * take (every backend nests pollers this way). */
 int weft_poller_add(weft_poller_t *p, int fd, unsigned events, uint64_t token);
 
 /* Change fd's interest and token (also re-arms a one-shot).  0 or -errno. */

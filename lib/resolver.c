@@ -9,28 +9,26 @@
 #include "resolver.h"
 
 #include <errno.h>
-#include <pthread.h>
-#include <signal.h>
 #include <stdatomic.h>
 #include <stddef.h>
-#include <time.h>
 
 #include "alloc.h"
 #include "error.h"
+#include "thread.h"
 
 /* A pool thread.  weft_resolver_stop() leaves a thread that is busy with
  * a lookup behind (`orphan`): it finishes that lookup, detaches itself and
  * frees this record, instead of being joined. */
 typedef struct pthr {
-	pthread_t id;
+	weft_thread_t id;
 	int busy;   /* in a lookup (pool lock) */
 	int orphan; /* left behind by a stop: exit after the lookup */
 } pthr_t;
 
 static struct {
-	pthread_mutex_t lock;
-	pthread_cond_t work;    /* a request was queued, or stopping was set */
-	pthread_cond_t stopped; /* a shutdown finished */
+	weft_mutex_t lock;
+	weft_cond_t work;    /* a request was queued, or stopping was set */
+	weft_cond_t stopped; /* a shutdown finished */
 	weft_resolve_t *head, *tail;
 	size_t queued;
 	int nthreads; /* started and not yet joined */
@@ -38,9 +36,9 @@ static struct {
 	int stopping; /* a shutdown is joining the threads */
 	pthr_t *threads[WEFT_RESOLVER_THREADS];
 } pool = {
-    .lock = PTHREAD_MUTEX_INITIALIZER,
-    .work = PTHREAD_COND_INITIALIZER,
-    .stopped = PTHREAD_COND_INITIALIZER,
+    .lock = WEFT_MUTEX_INIT,
+    .work = WEFT_COND_INIT,
+    .stopped = WEFT_COND_INIT,
 };
 
 static _Atomic unsigned delay_ms;
@@ -123,22 +121,15 @@ int weft_resolve_numeric(weft_resolve_t *req)
 	return req->err;
 }
 
-static void sleep_ms(unsigned ms)
-{
-	struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000};
-	while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-	}
-}
-
 static void *pool_thread(void *arg)
 {
 	pthr_t *self = arg;
 	on_pool_thread = 1;
-	pthread_mutex_lock(&pool.lock);
+	weft_mutex_lock(&pool.lock);
 	for (;;) {
 		while (pool.head == NULL && !pool.stopping) {
 			pool.idle++;
-			pthread_cond_wait(&pool.work, &pool.lock);
+			weft_cond_wait(&pool.work, &pool.lock);
 			pool.idle--;
 		}
 		weft_resolve_t *req = pool.head;
@@ -149,28 +140,28 @@ static void *pool_thread(void *arg)
 			pool.tail = NULL;
 		pool.queued--;
 		self->busy = 1;
-		pthread_mutex_unlock(&pool.lock);
+		weft_mutex_unlock(&pool.lock);
 
 		unsigned ms = atomic_load_explicit(&delay_ms, memory_order_relaxed);
 		if (ms)
-			sleep_ms(ms);
+			weft_thread_sleep_ns((uint64_t)ms * 1000000u);
 		/* The callback may free or reuse req: read it first. */
 		weft_resolve_cb cb = req->_cb;
 		void *arg2 = req->_arg;
 		weft_resolve_now(req);
 		cb(req, arg2);
 
-		pthread_mutex_lock(&pool.lock);
+		weft_mutex_lock(&pool.lock);
 		self->busy = 0;
 		if (self->orphan) {
 			/* A stop left this thread behind: nobody will join it. */
-			pthread_mutex_unlock(&pool.lock);
-			pthread_detach(pthread_self());
+			weft_mutex_unlock(&pool.lock);
+			weft_thread_detach(self->id);
 			weft_free(self);
 			return NULL;
 		}
 	}
-	pthread_mutex_unlock(&pool.lock);
+	weft_mutex_unlock(&pool.lock);
 	return NULL;
 }
 
@@ -179,20 +170,14 @@ static int start_thread(void)
 {
 	/* Signals belong to the workers (the main thread handles them); a
 	 * handler run on a resolver thread would find none of the state it
-	 * expects.  A new thread inherits its creator's mask, so block
-	 * everything around pthread_create(): unlike blocking from inside the
-	 * new thread, this leaves no window where a signal could land there. */
+	 * expects. */
 	pthr_t *t = weft_calloc(1, sizeof *t);
 	if (!t)
 		return ENOMEM;
-	sigset_t all, old;
-	sigfillset(&all);
-	pthread_sigmask(SIG_SETMASK, &all, &old);
-	int rc = pthread_create(&t->id, NULL, pool_thread, t);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	int rc = weft_thread_create(&t->id, pool_thread, t, WEFT_THREAD_NOSIGNALS);
 	if (rc != 0) {
 		weft_free(t);
-		return rc;
+		return rc == WEFT_ENOMEM ? ENOMEM : -rc;
 	}
 	pool.threads[pool.nthreads++] = t;
 	return 0;
@@ -206,14 +191,14 @@ int weft_resolver_submit(weft_resolve_t *req, weft_resolve_cb cb, void *arg)
 	req->_arg = arg;
 	req->_next = NULL;
 
-	pthread_mutex_lock(&pool.lock);
+	weft_mutex_lock(&pool.lock);
 	/* A shutdown is joining the threads and may not start new ones: wait
 	 * for it, then restart the pool.  A callback submitting from a pool
 	 * thread must not wait (its thread is being joined); the request is
 	 * queued and that very thread takes it, since threads leave only once
 	 * the queue is empty. */
 	while (pool.stopping && !on_pool_thread)
-		pthread_cond_wait(&pool.stopped, &pool.lock);
+		weft_cond_wait(&pool.stopped, &pool.lock);
 
 	/* Compare with the idle count rather than test "idle == 0": a thread
 	 * already signalled for an earlier request still counts as idle
@@ -224,7 +209,7 @@ int weft_resolver_submit(weft_resolve_t *req, weft_resolve_cb cb, void *arg)
 		/* With a thread running the request is only delayed; with none
 		 * it would never run, so fail and never call cb. */
 		if (rc != 0 && pool.nthreads == 0) {
-			pthread_mutex_unlock(&pool.lock);
+			weft_mutex_unlock(&pool.lock);
 			return -rc;
 		}
 	}
@@ -235,8 +220,8 @@ int weft_resolver_submit(weft_resolve_t *req, weft_resolve_cb cb, void *arg)
 		pool.head = req;
 	pool.tail = req;
 	pool.queued++;
-	pthread_cond_signal(&pool.work);
-	pthread_mutex_unlock(&pool.lock);
+	weft_cond_signal(&pool.work);
+	weft_mutex_unlock(&pool.lock);
 	return 0;
 }
 
@@ -251,30 +236,30 @@ void weft_resolver_shutdown(void)
 	if (on_pool_thread)
 		return;
 
-	pthread_mutex_lock(&pool.lock);
+	weft_mutex_lock(&pool.lock);
 	while (pool.stopping)
-		pthread_cond_wait(&pool.stopped, &pool.lock);
+		weft_cond_wait(&pool.stopped, &pool.lock);
 	if (pool.nthreads == 0) {
-		pthread_mutex_unlock(&pool.lock);
+		weft_mutex_unlock(&pool.lock);
 		return;
 	}
 	pool.stopping = 1;
-	pthread_cond_broadcast(&pool.work);
+	weft_cond_broadcast(&pool.work);
 	int n = pool.nthreads;
-	pthread_mutex_unlock(&pool.lock);
+	weft_mutex_unlock(&pool.lock);
 
 	/* threads[] cannot change meanwhile: submit starts none while
 	 * stopping is set. */
 	for (int i = 0; i < n; i++) {
-		pthread_join(pool.threads[i]->id, NULL);
+		weft_thread_join(pool.threads[i]->id, NULL);
 		weft_free(pool.threads[i]);
 	}
 
-	pthread_mutex_lock(&pool.lock);
+	weft_mutex_lock(&pool.lock);
 	pool.nthreads = 0;
 	pool.stopping = 0;
-	pthread_cond_broadcast(&pool.stopped);
-	pthread_mutex_unlock(&pool.lock);
+	weft_cond_broadcast(&pool.stopped);
+	weft_mutex_unlock(&pool.lock);
 }
 
 void weft_resolver_stop(void)
@@ -282,11 +267,11 @@ void weft_resolver_stop(void)
 	if (on_pool_thread)
 		return;
 
-	pthread_mutex_lock(&pool.lock);
+	weft_mutex_lock(&pool.lock);
 	while (pool.stopping)
-		pthread_cond_wait(&pool.stopped, &pool.lock);
+		weft_cond_wait(&pool.stopped, &pool.lock);
 	if (pool.nthreads == 0) {
-		pthread_mutex_unlock(&pool.lock);
+		weft_mutex_unlock(&pool.lock);
 		return;
 	}
 	pool.stopping = 1;
@@ -306,8 +291,8 @@ void weft_resolver_stop(void)
 			join[n++] = pool.threads[i];
 	}
 	pool.nthreads = 0;
-	pthread_cond_broadcast(&pool.work);
-	pthread_mutex_unlock(&pool.lock);
+	weft_cond_broadcast(&pool.work);
+	weft_mutex_unlock(&pool.lock);
 
 	while (cancelled) {
 		weft_resolve_t *req = cancelled;
@@ -317,12 +302,12 @@ void weft_resolver_stop(void)
 		req->_cb(req, req->_arg);
 	}
 	for (int i = 0; i < n; i++) {
-		pthread_join(join[i]->id, NULL);
+		weft_thread_join(join[i]->id, NULL);
 		weft_free(join[i]);
 	}
 
-	pthread_mutex_lock(&pool.lock);
+	weft_mutex_lock(&pool.lock);
 	pool.stopping = 0;
-	pthread_cond_broadcast(&pool.stopped);
-	pthread_mutex_unlock(&pool.lock);
+	weft_cond_broadcast(&pool.stopped);
+	weft_mutex_unlock(&pool.lock);
 }

@@ -6,7 +6,7 @@
 #ifndef WEFT_RESOLVER_H
 #define WEFT_RESOLVER_H
 
-#include <netdb.h>
+#include "sock.h" /* struct addrinfo */
 
 typedef struct weft_resolve weft_resolve_t;
 typedef void (*weft_resolve_cb)(weft_resolve_t *req, void *arg);

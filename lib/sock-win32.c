@@ -207,10 +207,29 @@ static int clamp(size_t len)
 	return len > INT_MAX ? INT_MAX : (int)len;
 }
 
+int weft_sock_accept_lost(int err)
+{
+	/* Winsock reports a connection reset or aborted before accept as
+	 * WSAECONNRESET (or WSAECONNABORTED). */
+	switch (-err) {
+	case ECONNABORTED:
+	case ECONNRESET:
+	case ENETDOWN:
+	case EHOSTUNREACH:
+	case ENETUNREACH:
+		return 1;
+	}
+	return 0;
+}
+
 ssize_t weft_sock_recv(int fd, void *buf, size_t len, int flags)
 {
 	int n = recv(sk(fd), buf, clamp(len), flags);
 
+	/* After shutdown(SD_RECEIVE) Winsock fails a receive; Linux reads
+	 * the end of the stream, which is what the layers above expect. */
+	if (n < 0 && WSAGetLastError() == WSAESHUTDOWN)
+		return 0;
 	return n < 0 ? last_error() : n;
 }
 
@@ -413,6 +432,45 @@ int weft_sockopt_get_time(int fd, const weft_sockopt_t *o, double *seconds)
 
 /* No structure options in the Windows table; the call keeps its contract
  * for one that is added. */
+int weft_sockopt_get_fields(int fd, const weft_sockopt_t *o,
+                            void (*field)(void *ud, const char *name, long long value), void *ud)
+{
+	(void)fd;
+	(void)field;
+	(void)ud;
+	/* The table holds no structures here (no so_peercred, no tcp_info). */
+	return o == NULL || o->kind != WEFT_OPT_STRUCT ? -EINVAL : -ENOPROTOOPT;
+}
+
+int weft_sock_dup(int ofd, int *family, int *type, int *protocol, int *listening)
+{
+	WSAPROTOCOL_INFOW info;
+	SOCKET s;
+	u_long on = 1;
+	int len = sizeof *listening;
+
+	/* A duplicate for this very process: the same socket, a handle of
+	 * its own. */
+	if (WSADuplicateSocketW(sk(ofd), GetCurrentProcessId(), &info) != 0)
+		return last_error();
+	*family = info.iAddressFamily;
+	*type = info.iSocketType;
+	*protocol = info.iProtocol;
+	*listening = 0;
+	getsockopt(sk(ofd), SOL_SOCKET, SO_ACCEPTCONN, (char *)listening, &len);
+	s = WSASocketW(FROM_PROTOCOL_INFO, FROM_PROTOCOL_INFO, FROM_PROTOCOL_INFO, &info, 0,
+	               WSA_FLAG_OVERLAPPED | WSA_FLAG_NO_HANDLE_INHERIT);
+	if (s == INVALID_SOCKET)
+		return last_error();
+	if (ioctlsocket(s, FIONBIO, &on) != 0) {
+		int e = last_error();
+
+		closesocket(s);
+		return e;
+	}
+	return (int)(intptr_t)s;
+}
+
 int weft_sockopt_get_raw(int fd, const weft_sockopt_t *o, void *buf, socklen_t *len)
 {
 	if (!o)

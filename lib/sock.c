@@ -4,6 +4,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <net/if.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -61,6 +62,25 @@ int weft_sock_accept(int fd, struct sockaddr *sa, socklen_t *len)
 		c = accept4(fd, sa, len, SOCK_NONBLOCK | SOCK_CLOEXEC);
 	while (c < 0 && errno == EINTR);
 	return c < 0 ? -errno : c;
+}
+
+int weft_sock_accept_lost(int err)
+{
+	/* Linux passes pending network errors of the new connection on
+	 * through accept (see accept(2)). */
+	switch (-err) {
+	case ECONNABORTED:
+	case EPROTO:
+	case EPERM: /* a firewall rule */
+	case ENETDOWN:
+	case ENOPROTOOPT:
+	case EHOSTDOWN:
+	case ENONET:
+	case EHOSTUNREACH:
+	case ENETUNREACH:
+		return 1;
+	}
+	return 0;
 }
 
 ssize_t weft_sock_recv(int fd, void *buf, size_t len, int flags)
@@ -362,6 +382,88 @@ int weft_sockopt_get_raw(int fd, const weft_sockopt_t *o, void *buf, socklen_t *
 	if (o->kind != WEFT_OPT_STRUCT)
 		return -EINVAL;
 	return getsockopt(fd, o->level, o->optname, buf, len) < 0 ? -errno : 0;
+}
+
+int weft_sockopt_get_fields(int fd, const weft_sockopt_t *o,
+                            void (*field)(void *ud, const char *name, long long value), void *ud)
+{
+	union {
+		struct ucred cred;
+		struct tcp_info ti;
+	} u;
+	memset(&u, 0, sizeof u);
+	if (!o)
+		return -ENOPROTOOPT;
+	int cred = o->level == SOL_SOCKET && o->optname == SO_PEERCRED;
+	socklen_t len = cred ? sizeof u.cred : sizeof u.ti;
+	int rc = weft_sockopt_get_raw(fd, o, &u, &len);
+	if (rc < 0)
+		return rc;
+	if (cred) {
+		field(ud, "pid", u.cred.pid);
+		field(ud, "uid", u.cred.uid);
+		field(ud, "gid", u.cred.gid);
+		return 0;
+	}
+	const struct tcp_info *t = &u.ti;
+#define FIELD(name, member) field(ud, name, (long long)t->member)
+	FIELD("state", tcpi_state);
+	FIELD("ca_state", tcpi_ca_state);
+	FIELD("retransmits", tcpi_retransmits);
+	FIELD("probes", tcpi_probes);
+	FIELD("backoff", tcpi_backoff);
+	FIELD("options", tcpi_options);
+	FIELD("snd_wscale", tcpi_snd_wscale);
+	FIELD("rcv_wscale", tcpi_rcv_wscale);
+	FIELD("rto", tcpi_rto);
+	FIELD("ato", tcpi_ato);
+	FIELD("snd_mss", tcpi_snd_mss);
+	FIELD("rcv_mss", tcpi_rcv_mss);
+	FIELD("unacked", tcpi_unacked);
+	FIELD("sacked", tcpi_sacked);
+	FIELD("lost", tcpi_lost);
+	FIELD("retrans", tcpi_retrans);
+	FIELD("last_data_sent", tcpi_last_data_sent);
+	FIELD("last_ack_recv", tcpi_last_ack_recv);
+	FIELD("last_data_recv", tcpi_last_data_recv);
+	FIELD("pmtu", tcpi_pmtu);
+	FIELD("rcv_ssthresh", tcpi_rcv_ssthresh);
+	FIELD("rtt", tcpi_rtt);
+	FIELD("rttvar", tcpi_rttvar);
+	FIELD("snd_ssthresh", tcpi_snd_ssthresh);
+	FIELD("snd_cwnd", tcpi_snd_cwnd);
+	FIELD("advmss", tcpi_advmss);
+	FIELD("reordering", tcpi_reordering);
+	FIELD("rcv_rtt", tcpi_rcv_rtt);
+	FIELD("rcv_space", tcpi_rcv_space);
+	FIELD("total_retrans", tcpi_total_retrans);
+#undef FIELD
+	return 0;
+}
+
+int weft_sock_dup(int ofd, int *family, int *type, int *protocol, int *listening)
+{
+	socklen_t len = sizeof *type;
+	*protocol = *listening = 0;
+	if (getsockopt(ofd, SOL_SOCKET, SO_TYPE, type, &len) < 0)
+		return -errno;
+	len = sizeof *family;
+	if (getsockopt(ofd, SOL_SOCKET, SO_DOMAIN, family, &len) < 0)
+		return -errno;
+	len = sizeof *protocol;
+	getsockopt(ofd, SOL_SOCKET, SO_PROTOCOL, protocol, &len);
+	len = sizeof *listening;
+	getsockopt(ofd, SOL_SOCKET, SO_ACCEPTCONN, listening, &len);
+	int fd = fcntl(ofd, F_DUPFD_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	int fl = fcntl(fd, F_GETFL);
+	if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
+		int e = -errno;
+		close(fd);
+		return e;
+	}
+	return fd;
 }
 
 /* Addresses. */

@@ -1,6 +1,8 @@
 /* Socket primitives.  Each tries once and returns: a count or 0 on success,
  * -EAGAIN when it would block, another -errno on failure.  Waiting is done
- * elsewhere (one place, in the binding).  Any thread. */
+ * elsewhere (one place, in the binding).  Any thread.  This header also
+ * brings the system's socket, address and name-lookup declarations, so
+ * that other files need not know where each platform keeps them. */
 #ifndef WEFT_SOCK_H
 #define WEFT_SOCK_H
 
@@ -12,11 +14,19 @@
  * takes the POSIX names. */
 #include <winsock2.h>
 #include <ws2tcpip.h>
+#include <afunix.h>
 #define SHUT_RD SD_RECEIVE
 #define SHUT_WR SD_SEND
 #define SHUT_RDWR SD_BOTH
+/* Winsock's getaddrinfo reports WSA codes, never "see errno". */
+#define EAI_SYSTEM (-1)
 #else
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #endif
 
 /* socket(2), non-blocking and close-on-exec.  fd or -errno. */
@@ -35,6 +45,10 @@ int weft_sock_connect_result(int fd);
 /* accept4(2), the new fd non-blocking and close-on-exec.  fd or -errno.
  * sa/len may be NULL. */
 int weft_sock_accept(int fd, struct sockaddr *sa, socklen_t *len);
+
+/* Whether accept's error err (negative) belongs to the one connection it
+ * took, which died before it was accepted: the next accept may be fine. */
+int weft_sock_accept_lost(int err);
 
 /* recv/send; send never raises SIGPIPE.  Byte count or -errno. */
 ssize_t weft_sock_recv(int fd, void *buf, size_t len, int flags);
@@ -84,6 +98,16 @@ int weft_sockopt_get_time(int fd, const weft_sockopt_t *o, double *seconds);
 /* Read a STRUCT option's bytes into buf (*len in: its size, out: the
  * length the kernel gave).  0 or -errno. */
 int weft_sockopt_get_raw(int fd, const weft_sockopt_t *o, void *buf, socklen_t *len);
+
+/* A STRUCT option's fields, by name: field(ud, name, value) for each.
+ * 0 or -errno (-ENOPROTOOPT where the platform has no such structure). */
+int weft_sockopt_get_fields(int fd, const weft_sockopt_t *o,
+                            void (*field)(void *ud, const char *name, long long value), void *ud);
+
+/* A socket of this process's on a duplicate of another library's socket
+ * ofd (the original stays its owner's), non-blocking and not inherited;
+ * *family, *type, *protocol and *listening describe it.  fd or -errno. */
+int weft_sock_dup(int ofd, int *family, int *type, int *protocol, int *listening);
 
 /* Address helpers. */
 /* "a.b.c.d" or the IPv6 text, or the unix path; into buf (size >= 108). */

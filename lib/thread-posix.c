@@ -2,6 +2,7 @@
 #include "thread.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <time.h>
 
@@ -43,6 +44,24 @@ weft_thread_id_t weft_thread_self(void)
 int weft_thread_equal(weft_thread_id_t a, weft_thread_id_t b)
 {
 	return pthread_equal(a, b) != 0;
+}
+
+int weft_thread_ncpu(void)
+{
+	cpu_set_t cpus;
+
+	if (sched_getaffinity(0, sizeof cpus, &cpus) == 0 && CPU_COUNT(&cpus) > 0)
+		return CPU_COUNT(&cpus);
+	return 1;
+}
+
+void weft_thread_sleep_ns(uint64_t ns)
+{
+	struct timespec ts = {.tv_sec = (time_t)(ns / 1000000000u),
+	                      .tv_nsec = (long)(ns % 1000000000u)};
+
+	while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+	}
 }
 
 int weft_mutex_init(weft_mutex_t *m)

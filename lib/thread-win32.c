@@ -86,6 +86,24 @@ int weft_thread_equal(weft_thread_id_t a, weft_thread_id_t b)
 	return a == b;
 }
 
+int weft_thread_ncpu(void)
+{
+	DWORD_PTR mine, all;
+	int n = 0;
+
+	if (GetProcessAffinityMask(GetCurrentProcess(), &mine, &all))
+		for (; mine; mine &= mine - 1)
+			n++;
+	return n > 0 ? n : 1;
+}
+
+void weft_thread_sleep_ns(uint64_t ns)
+{
+	uint64_t ms = (ns + 999999u) / 1000000u;
+
+	Sleep(ms >= INFINITE ? INFINITE - 1 : (DWORD)ms);
+}
+
 int weft_mutex_init(weft_mutex_t *m)
 {
 	InitializeSRWLock(m);

@@ -59,6 +59,13 @@ int weft_thread_detach(weft_thread_t t);
 weft_thread_id_t weft_thread_self(void);
 int weft_thread_equal(weft_thread_id_t a, weft_thread_id_t b);
 
+/* How many CPUs this process may run on (at least 1). */
+int weft_thread_ncpu(void);
+
+/* Sleep the calling thread for about ns nanoseconds (rounded up to what
+ * the system can do; a signal does not cut it short). */
+void weft_thread_sleep_ns(uint64_t ns);
+
 /* A mutex: init returns 0 or a negative code; destroy only when unlocked
  * and unused. */
 int weft_mutex_init(weft_mutex_t *m);

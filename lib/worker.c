@@ -5,11 +5,8 @@
 
 #include <errno.h>
 #include <limits.h>
-#include <sched.h>
 #include <stddef.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "alloc.h"
 #include "clock.h"
@@ -17,6 +14,7 @@
 #include "channel.h"
 #include "listener.h"
 #include "sock.h"
+#include "thread.h"
 
 static void bury(weft_worker_t *w);
 
@@ -51,7 +49,7 @@ enum { PARK_EMPTY, PARK_POLLER, PARK_NOTIFIED };
 struct weft_runtime {
 	weft_poller_t *poller; /* shared: listeners; the runtime's face */
 	weft_fdtab_t *fds;
-	pthread_mutex_t lock; /* guards attaching/detaching workers and refs */
+	weft_mutex_t lock; /* guards attaching/detaching workers and refs */
 	/* Read without the lock: a detached worker's memory stays valid
 	 * until the runtime goes (graveyard), so a reader that loaded a
 	 * pointer before the detach can still touch its inbox or queue. */
@@ -60,7 +58,7 @@ struct weft_runtime {
 	int refs;
 	int ncpu; /* CPUs this process may run on, for the spinning rule */
 	weft_runtime_t *_next; /* the process's runtimes, by poller fd */
-	pthread_mutex_t llock; /* the shared listeners and named channels */
+	weft_mutex_t llock; /* the shared listeners and named channels */
 	void *listeners;
 	void *channels;
 	_Atomic uint64_t lretry; /* listener.c: earliest accept retry, 0 = none */
@@ -80,7 +78,7 @@ struct weft_runtime {
 	alignas(64) _Atomic int exiting;   /* weft.exit() or a signal */
 };
 
-pthread_mutex_t *weft__runtime_listener_lock(weft_runtime_t *rt)
+weft_mutex_t *weft__runtime_listener_lock(weft_runtime_t *rt)
 {
 	return &rt->llock;
 }
@@ -113,7 +111,7 @@ int weft__worker_idle(const weft_worker_t *w)
 
 /* Runtimes of this process, so that a Lua state on another thread can
  * join one by its poller descriptor (weft.epoll_fd(fd)). */
-static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static weft_mutex_t registry_lock = WEFT_MUTEX_INIT;
 static weft_runtime_t *registry;
 
 static weft_worker_t *worker_at(weft_runtime_t *rt, uint32_t i)
@@ -129,11 +127,11 @@ static uint32_t worker_slots(weft_runtime_t *rt)
 void weft_runtime_exit(weft_runtime_t *rt)
 {
 	atomic_store_explicit(&rt->exiting, 1, memory_order_seq_cst);
-	pthread_mutex_lock(&rt->lock);
+	weft_mutex_lock(&rt->lock);
 	for (uint32_t i = 0; i < worker_slots(rt); i++)
 		if (worker_at(rt, i))
 			weft_worker_unpark(worker_at(rt, i));
-	pthread_mutex_unlock(&rt->lock);
+	weft_mutex_unlock(&rt->lock);
 }
 
 int weft_runtime_exiting(const weft_runtime_t *rt)
@@ -143,10 +141,10 @@ int weft_runtime_exiting(const weft_runtime_t *rt)
 
 void weft_runtime_exit_all(void)
 {
-	pthread_mutex_lock(&registry_lock);
+	weft_mutex_lock(&registry_lock);
 	for (weft_runtime_t *rt = registry; rt; rt = rt->_next)
 		weft_runtime_exit(rt);
-	pthread_mutex_unlock(&registry_lock);
+	weft_mutex_unlock(&registry_lock);
 }
 
 
@@ -166,17 +164,14 @@ int weft_runtime_new(int epfd, weft_runtime_t **out)
 		weft_free(rt);
 		return err;
 	}
-	pthread_mutex_init(&rt->lock, NULL);
-	pthread_mutex_init(&rt->llock, NULL);
+	weft_mutex_init(&rt->lock);
+	weft_mutex_init(&rt->llock);
 	rt->refs = 1;
-	rt->ncpu = 1;
-	cpu_set_t cpus;
-	if (sched_getaffinity(0, sizeof cpus, &cpus) == 0 && CPU_COUNT(&cpus) > 0)
-		rt->ncpu = CPU_COUNT(&cpus);
-	pthread_mutex_lock(&registry_lock);
+	rt->ncpu = weft_thread_ncpu();
+	weft_mutex_lock(&registry_lock);
 	rt->_next = registry;
 	registry = rt;
-	pthread_mutex_unlock(&registry_lock);
+	weft_mutex_unlock(&registry_lock);
 	*out = rt;
 	return 0;
 }
@@ -192,7 +187,7 @@ static void counters(weft_worker_t *w, uint64_t out[WEFT_NSTATS])
 int weft_runtime_stats(weft_runtime_t *rt, uint64_t sum[WEFT_NSTATS])
 {
 	int n = 0;
-	pthread_mutex_lock(&rt->lock);
+	weft_mutex_lock(&rt->lock);
 	memcpy(sum, rt->retired, WEFT_NSTATS * sizeof *sum);
 	for (uint32_t i = 0; i < worker_slots(rt); i++) {
 		weft_worker_t *w = worker_at(rt, i);
@@ -204,7 +199,7 @@ int weft_runtime_stats(weft_runtime_t *rt, uint64_t sum[WEFT_NSTATS])
 		for (int k = 0; k < WEFT_NSTATS; k++)
 			sum[k] += c[k] - w->_base[k];
 	}
-	pthread_mutex_unlock(&rt->lock);
+	weft_mutex_unlock(&rt->lock);
 	return n;
 }
 
@@ -227,7 +222,7 @@ int weft_runtime_claim(weft_runtime_t *rt, int index, int count)
 	if (count < 1 || count > WEFT_MAX_WORKERS || index < 1 || index > count)
 		return -ERANGE;
 	int rc = 0;
-	pthread_mutex_lock(&rt->lock);
+	weft_mutex_lock(&rt->lock);
 	if (rt->ndeclared && rt->declared != count)
 		rc = -EINVAL;
 	else if (member_taken(rt, index))
@@ -237,14 +232,14 @@ int weft_runtime_claim(weft_runtime_t *rt, int index, int count)
 		rt->declared = count;
 		rt->ndeclared++;
 	}
-	pthread_mutex_unlock(&rt->lock);
+	weft_mutex_unlock(&rt->lock);
 	return rc;
 }
 
 int weft_runtime_claim_any(weft_runtime_t *rt)
 {
 	int rc = -EUSERS;
-	pthread_mutex_lock(&rt->lock);
+	weft_mutex_lock(&rt->lock);
 	for (int i = rt->declared + 1; i <= WEFT_MAX_WORKERS; i++) {
 		if (!member_taken(rt, i)) {
 			member_set(rt, i, 1);
@@ -252,7 +247,7 @@ int weft_runtime_claim_any(weft_runtime_t *rt)
 			break;
 		}
 	}
-	pthread_mutex_unlock(&rt->lock);
+	weft_mutex_unlock(&rt->lock);
 	return rc;
 }
 
@@ -260,16 +255,16 @@ void weft_runtime_release(weft_runtime_t *rt, int index, int declared)
 {
 	if (index < 1 || index > WEFT_MAX_WORKERS)
 		return;
-	pthread_mutex_lock(&rt->lock);
+	weft_mutex_lock(&rt->lock);
 	member_set(rt, index, 0);
 	if (declared && --rt->ndeclared == 0)
 		rt->declared = 0;
-	pthread_mutex_unlock(&rt->lock);
+	weft_mutex_unlock(&rt->lock);
 }
 
 int weft_runtime_members(weft_runtime_t *rt)
 {
-	pthread_mutex_lock(&rt->lock);
+	weft_mutex_lock(&rt->lock);
 	int n = rt->declared;
 	for (int i = WEFT_MAX_WORKERS; i > n; i--) {
 		if (member_taken(rt, i)) {
@@ -277,40 +272,40 @@ int weft_runtime_members(weft_runtime_t *rt)
 			break;
 		}
 	}
-	pthread_mutex_unlock(&rt->lock);
+	weft_mutex_unlock(&rt->lock);
 	return n;
 }
 
 int weft_runtime_count(void)
 {
 	int n = 0;
-	pthread_mutex_lock(&registry_lock);
+	weft_mutex_lock(&registry_lock);
 	for (weft_runtime_t *rt = registry; rt; rt = rt->_next)
 		n++;
-	pthread_mutex_unlock(&registry_lock);
+	weft_mutex_unlock(&registry_lock);
 	return n;
 }
 
 weft_runtime_t *weft_runtime_ref(weft_runtime_t *rt)
 {
-	pthread_mutex_lock(&rt->lock);
+	weft_mutex_lock(&rt->lock);
 	rt->refs++;
-	pthread_mutex_unlock(&rt->lock);
+	weft_mutex_unlock(&rt->lock);
 	return rt;
 }
 
 int weft_runtime_join(int pollfd, weft_runtime_t **out)
 {
-	pthread_mutex_lock(&registry_lock);
+	weft_mutex_lock(&registry_lock);
 	weft_runtime_t *rt = registry;
 	while (rt && weft_poller_fd(rt->poller) != pollfd)
 		rt = rt->_next;
 	if (rt) {
-		pthread_mutex_lock(&rt->lock);
+		weft_mutex_lock(&rt->lock);
 		rt->refs++;
-		pthread_mutex_unlock(&rt->lock);
+		weft_mutex_unlock(&rt->lock);
 	}
-	pthread_mutex_unlock(&registry_lock);
+	weft_mutex_unlock(&registry_lock);
 	if (!rt)
 		return -ENOENT;
 	*out = rt;
@@ -321,10 +316,10 @@ void weft_runtime_free(weft_runtime_t *rt)
 {
 	if (!rt)
 		return;
-	pthread_mutex_lock(&registry_lock);
-	pthread_mutex_lock(&rt->lock);
+	weft_mutex_lock(&registry_lock);
+	weft_mutex_lock(&rt->lock);
 	int last = --rt->refs == 0;
-	pthread_mutex_unlock(&rt->lock);
+	weft_mutex_unlock(&rt->lock);
 	if (last) {
 		weft_runtime_t **p = &registry;
 		while (*p && *p != rt)
@@ -332,7 +327,7 @@ void weft_runtime_free(weft_runtime_t *rt)
 		if (*p)
 			*p = rt->_next;
 	}
-	pthread_mutex_unlock(&registry_lock);
+	weft_mutex_unlock(&registry_lock);
 	if (!last)
 		return;
 	weft__chan_release_named(&rt->channels);
@@ -343,8 +338,8 @@ void weft_runtime_free(weft_runtime_t *rt)
 	}
 	weft_fdtab_free(rt->fds);
 	weft_poller_free(rt->poller);
-	pthread_mutex_destroy(&rt->lock);
-	pthread_mutex_destroy(&rt->llock);
+	weft_mutex_destroy(&rt->lock);
+	weft_mutex_destroy(&rt->llock);
 	weft_free(rt);
 }
 
@@ -371,7 +366,7 @@ static int attach(weft_worker_t *w, weft_runtime_t *rt)
 	int err = join_shared(w, rt);
 	if (err < 0)
 		return err;
-	pthread_mutex_lock(&rt->lock);
+	weft_mutex_lock(&rt->lock);
 	uint32_t id = 0;
 	while (id < WEFT_MAX_WORKERS && worker_at(rt, id))
 		id++;
@@ -384,7 +379,7 @@ static int attach(weft_worker_t *w, weft_runtime_t *rt)
 			atomic_store_explicit(&rt->nslots, id + 1, memory_order_release);
 		atomic_fetch_add_explicit(&rt->nworkers, 1, memory_order_seq_cst);
 	}
-	pthread_mutex_unlock(&rt->lock);
+	weft_mutex_unlock(&rt->lock);
 	if (id == WEFT_MAX_WORKERS) {
 		weft_poller_delete(w->poller, weft_poller_fd(rt->poller));
 		return -EUSERS;
@@ -397,12 +392,12 @@ static void detach(weft_worker_t *w)
 	weft_runtime_t *rt = w->rt;
 	uint64_t c[WEFT_NSTATS];
 	counters(w, c); /* the owner calls: they are final */
-	pthread_mutex_lock(&rt->lock);
+	weft_mutex_lock(&rt->lock);
 	for (int k = 0; k < WEFT_NSTATS; k++)
 		rt->retired[k] += c[k] - w->_base[k];
 	atomic_store_explicit(&rt->workers[w->id], NULL, memory_order_release);
 	atomic_fetch_sub_explicit(&rt->nworkers, 1, memory_order_seq_cst);
-	pthread_mutex_unlock(&rt->lock);
+	weft_mutex_unlock(&rt->lock);
 	weft_poller_delete(w->poller, weft_poller_fd(rt->poller));
 }
 
@@ -499,7 +494,7 @@ size_t weft_worker_hand_jobs(weft_worker_t *w)
 	/* Under the runtime lock, so that the worker chosen cannot detach
 	 * before the jobs are on its queue (its own free then hands them on
 	 * in turn). */
-	pthread_mutex_lock(&rt->lock);
+	weft_mutex_lock(&rt->lock);
 	weft_worker_t *to = NULL;
 	for (uint32_t i = 0; i < worker_slots(rt) && !to; i++) {
 		weft_worker_t *o = worker_at(rt, i);
@@ -513,7 +508,7 @@ size_t weft_worker_hand_jobs(weft_worker_t *w)
 			moved++;
 		}
 	}
-	pthread_mutex_unlock(&rt->lock);
+	weft_mutex_unlock(&rt->lock);
 	if (moved)
 		weft_worker_unpark(to);
 	return moved;
@@ -554,10 +549,10 @@ void weft_worker_free(weft_worker_t *w)
 	w->_chunks = NULL;
 	weft_poller_free(w->poller);
 	w->poller = NULL;
-	pthread_mutex_lock(&rt->lock);
+	weft_mutex_lock(&rt->lock);
 	w->_grave = rt->graveyard;
 	rt->graveyard = w;
-	pthread_mutex_unlock(&rt->lock);
+	weft_mutex_unlock(&rt->lock);
 }
 
 /* Make room for slot `cap - 1`: a new chunk of records.  The records never
@@ -652,9 +647,14 @@ weft_fd_t *weft_worker_open_fd(weft_worker_t *w, int fd, int *err)
 	}
 	/* One registration for the socket's whole life, edge-triggered in both
 	 * directions, in this worker's poller: an edge is remembered in the
-	 * wait word until a coroutine consumes it (DESIGN §3). */
-	int rc = weft_poller_add(w->poller, fd, WEFT_POLL_IN | WEFT_POLL_OUT | WEFT_POLL_EDGE,
-				 weft_fd_token(r));
+	 * wait word until a coroutine consumes it (DESIGN §3).  A poller
+	 * without edges gets a one-shot registration, armed for what
+	 * coroutines wait for (rearm). */
+	unsigned how = weft_poller_caps() & WEFT_POLLER_EDGES
+			       ? WEFT_POLL_IN | WEFT_POLL_OUT | WEFT_POLL_EDGE
+			       : WEFT_POLL_ONESHOT; /* hang-ups and errors only */
+	r->_armed = 0;
+	int rc = weft_poller_add(w->poller, fd, how, weft_fd_token(r));
 	if (rc < 0) {
 		uint64_t woken[2];
 		weft_fd_shut(r, woken);
@@ -790,6 +790,40 @@ static void begin_wait(weft_worker_t *w, weft_co_t *co, int state, uint64_t dead
 		weft_wheel_add(&w->wheel, &co->_timer, to_tick(deadline_ns));
 }
 
+/* The interest a one-shot registration needs: the directions coroutines
+ * wait in. */
+static unsigned waited(const weft_fd_t *r)
+{
+	unsigned in = 0;
+	for (int dir = WEFT_READ; dir <= WEFT_WRITE; dir++) {
+		uint64_t word = atomic_load_explicit(&((weft_fd_t *)r)->_wait[dir],
+						     memory_order_relaxed);
+		if ((uint32_t)word >= WEFT_WAIT_BASE)
+			in |= dir == WEFT_READ ? WEFT_POLL_IN : WEFT_POLL_OUT;
+	}
+	return in;
+}
+
+/* Pollers without edges (IOCP): the one-shot registration of one of w's
+ * records fired (fired = 1, it is disarmed now) or a coroutine began to
+ * wait; arm it again for every direction waited in that it is not armed
+ * for.  A fresh one-shot reports the current state, so readiness that
+ * came before the arm is not lost.  0 or -errno. */
+static int rearm(weft_worker_t *w, weft_fd_t *r, int fired)
+{
+	if (fired)
+		r->_armed = 0;
+	unsigned in = waited(r);
+	if ((in & ~r->_armed) == 0)
+		return 0;
+	in |= r->_armed;
+	int fd = atomic_load_explicit(&r->fd, memory_order_relaxed);
+	int rc = weft_poller_modify(w->poller, fd, in | WEFT_POLL_ONESHOT, weft_fd_token(r));
+	if (rc == 0)
+		r->_armed = (uint8_t)in;
+	return rc;
+}
+
 int weft_worker_wait_io(weft_worker_t *w, uint32_t slot, weft_fd_t *r, int dir,
 			uint64_t deadline_ns)
 {
@@ -801,6 +835,9 @@ int weft_worker_wait_io(weft_worker_t *w, uint32_t slot, weft_fd_t *r, int dir,
 	co->_fdgen = weft_fd_gen(r);
 	co->_dir = (uint8_t)dir;
 	int rc = weft_fd_wait(r, dir, slot);
+	if (rc == 0 && !(weft_poller_caps() & WEFT_POLLER_EDGES) &&
+	    (rc = rearm(w, r, 0)) < 0 && !weft_fd_cancel(r, dir, co->_fdgen, slot))
+		rc = 0; /* an event or close took the wait first: its wake-up comes */
 	if (rc != 0) {
 		co->_fd = NULL; /* nothing to withdraw */
 		leave_wait(w, co);
@@ -1087,6 +1124,10 @@ static void on_event(weft_worker_t *w, const weft_poll_event_t *ev)
 		deliver(w, weft_fd_ready(r, WEFT_READ, gen), 0);
 	if (ev->events & (WEFT_POLL_OUT | WEFT_POLL_HUP | WEFT_POLL_ERR))
 		deliver(w, weft_fd_ready(r, WEFT_WRITE, gen), 0);
+	/* A failed re-arm leaves its waiters to their deadlines; the next
+	 * wait tries again. */
+	if (!(weft_poller_caps() & WEFT_POLLER_EDGES))
+		rearm(w, r, 1);
 }
 
 static void on_message(weft_worker_t *w, const weft_msg_t *m)

@@ -25,7 +25,6 @@
 #ifndef WEFT_WORKER_H
 #define WEFT_WORKER_H
 
-#include <pthread.h>
 #include <stdalign.h>
 #include <stdint.h>
 
@@ -34,6 +33,7 @@
 #include "jobq.h"
 #include "poller.h"
 #include "runq.h"
+#include "thread.h"
 #include "timer.h"
 
 #define WEFT_MAX_WORKERS 256
@@ -342,7 +342,7 @@ int weft_worker_next(weft_worker_t *w, weft_wake_t *out);
 
 /* Internal, for listener.c: the runtime's listener registry and lock, and
  * whether a worker is idle (blocked in its poller, or about to block). */
-pthread_mutex_t *weft__runtime_listener_lock(weft_runtime_t *rt);
+weft_mutex_t *weft__runtime_listener_lock(weft_runtime_t *rt);
 void **weft__runtime_listeners(weft_runtime_t *rt);
 /* listener.c's word: the earliest retry time of a listener whose accepts
  * back off, 0 = none (see weft__listener_retry).  Written under the

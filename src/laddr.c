@@ -6,13 +6,10 @@
  * server stalls nobody else. */
 #include "config.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
-#include <netinet/in.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/un.h>
 #include <time.h>
 
 #include "alloc.h"
@@ -292,7 +289,14 @@ static int ai_family(lua_State *L)
 static int ai_protocol(lua_State *L)
 {
 	struct addrinfo *e = check_entry(L, 1);
-	return push_name(L, lw_protocol_name(e->ai_protocol), e->ai_protocol);
+	int protocol = e->ai_protocol;
+	/* Winsock leaves the protocol 0 where glibc names the one the type
+	 * implies: name it the same everywhere. */
+	if (protocol == 0 && (e->ai_family == AF_INET || e->ai_family == AF_INET6))
+		protocol = e->ai_socktype == SOCK_STREAM  ? IPPROTO_TCP
+			   : e->ai_socktype == SOCK_DGRAM ? IPPROTO_UDP
+							  : 0;
+	return push_name(L, lw_protocol_name(protocol), protocol);
 }
 
 static int ai_name(lua_State *L)
@@ -443,7 +447,7 @@ static int ip_tostring(lua_State *L)
  * finishes later finds nobody to tell.  Each lookup and the state hold a
  * reference. */
 struct lw_rtarget {
-	pthread_mutex_t lock;
+	weft_mutex_t lock;
 	weft_worker_t *w; /* NULL once the state is closed */
 	_Atomic long refs;
 };
@@ -452,7 +456,7 @@ static void target_unref(lw_rtarget_t *t)
 {
 	if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) != 1)
 		return;
-	pthread_mutex_destroy(&t->lock);
+	weft_mutex_destroy(&t->lock);
 	weft_free(t);
 }
 
@@ -462,9 +466,9 @@ void lw_close_addr(lw_state_t *S)
 	if (!t)
 		return;
 	S->rtarget = NULL;
-	pthread_mutex_lock(&t->lock);
+	weft_mutex_lock(&t->lock);
 	t->w = NULL;
-	pthread_mutex_unlock(&t->lock);
+	weft_mutex_unlock(&t->lock);
 	target_unref(t);
 }
 
@@ -513,13 +517,12 @@ static void resolved(weft_resolve_t *r, void *arg)
 	 * closed state or inbox, or a long shortage, gives up.  The lock is
 	 * let go between tries, so closing the state never waits long. */
 	for (int tries = 0; tries < 1000; tries++) {
-		pthread_mutex_lock(&t->lock);
+		weft_mutex_lock(&t->lock);
 		int rc = t->w ? weft_worker_post(t->w, &m) : WEFT_ECLOSED;
-		pthread_mutex_unlock(&t->lock);
+		weft_mutex_unlock(&t->lock);
 		if (rc != WEFT_ENOMEM)
 			break;
-		struct timespec ts = {0, 1000000};
-		nanosleep(&ts, NULL);
+		weft_thread_sleep_ns(1000000);
 	}
 	target_unref(t);
 	req_unref(q);
@@ -647,7 +650,7 @@ static int l_addr(lua_State *L)
 		lw_rtarget_t *t = weft_calloc(1, sizeof *t);
 		if (!t)
 			return lw_error(L, WEFT_ENOMEM);
-		pthread_mutex_init(&t->lock, NULL);
+		weft_mutex_init(&t->lock);
 		t->w = S->w;
 		atomic_init(&t->refs, 1);
 		S->rtarget = t;

@@ -13,7 +13,6 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
-#include <time.h>
 
 #include "clock.h"
 #include "lweft.h"
@@ -432,9 +431,7 @@ static const luaL_Reg reader_methods[] = {
 /* core.copas_gettime() -> seconds since the epoch (fractional) */
 static int l_gettime(lua_State *L)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+	lua_pushnumber(L, (lua_Number)weft_clock_wall());
 	return 1;
 }
 

@@ -44,7 +44,7 @@ typedef struct whnode {
 } whnode_t;
 
 struct lw_whshared {
-	pthread_mutex_t lock;
+	weft_mutex_t lock;
 	weft_worker_t *w; /* the owner's worker; NULL once the thread is gone */
 	uint32_t slot;
 	uint32_t seq;  /* the published suspension, while `suspended` */
@@ -76,7 +76,7 @@ static void wh_unref(whshared_t *sh)
 {
 	if (atomic_fetch_sub(&sh->refs, 1) == 1) {
 		wh_drain(sh);
-		pthread_mutex_destroy(&sh->lock);
+		weft_mutex_destroy(&sh->lock);
 		weft_free(sh);
 	}
 }
@@ -89,11 +89,11 @@ static void wh_retire(lw_state_t *S, uint32_t slot)
 	if (!sh)
 		return;
 	S->wh[slot] = NULL;
-	pthread_mutex_lock(&sh->lock);
+	weft_mutex_lock(&sh->lock);
 	sh->w = NULL;
 	sh->suspended = 0;
 	wh_drain(sh);
-	pthread_mutex_unlock(&sh->lock);
+	weft_mutex_unlock(&sh->lock);
 	wh_unref(sh);
 }
 
@@ -106,7 +106,7 @@ static void wh_suspended(lw_state_t *S, uint32_t slot)
 	if (!sh)
 		return;
 	uint32_t seq = weft_worker_co(S->w, slot)->seq;
-	pthread_mutex_lock(&sh->lock);
+	weft_mutex_lock(&sh->lock);
 	if (sh->head) {
 		sh->suspended = 0;
 		weft_worker_wake(S->w, slot, seq, WEFT_WAKE_RESUME);
@@ -117,7 +117,7 @@ static void wh_suspended(lw_state_t *S, uint32_t slot)
 		if (atomic_load(&sh->remote))
 			weft_worker_keepalive(S->w, slot);
 	}
-	pthread_mutex_unlock(&sh->lock);
+	weft_mutex_unlock(&sh->lock);
 }
 
 /* The oldest values in slot's mailbox, pushed onto L: their count.  A
@@ -128,11 +128,11 @@ static int wh_take(lua_State *L, lw_state_t *S, uint32_t slot)
 	whshared_t *sh = wh_of(S, slot);
 	if (!sh)
 		return 0;
-	pthread_mutex_lock(&sh->lock);
+	weft_mutex_lock(&sh->lock);
 	whnode_t *n = sh->head;
 	if (n && !(sh->head = n->next))
 		sh->tail = &sh->head;
-	pthread_mutex_unlock(&sh->lock);
+	weft_mutex_unlock(&sh->lock);
 	if (!n)
 		return 0;
 	int top = lua_gettop(L);
@@ -369,8 +369,8 @@ static int dispatch(lua_State *L, lw_state_t *S, uint32_t slot, int nargs, uint3
 		 * top-level weft.resume), which an embedder may hand over between
 		 * runs. */
 		if (!S->looping && saved == LW_NONE)
-			S->owner = pthread_self();
-		if (!pthread_equal(pthread_self(), S->owner)) {
+			S->owner = weft_thread_self();
+		if (!weft_thread_equal(weft_thread_self(), S->owner)) {
 			fprintf(stderr, "weft: a Lua state was resumed off its owner thread\n");
 			abort();
 		}
@@ -638,7 +638,7 @@ static int l_poll(lua_State *L)
 {
 	lw_state_t *S = lw_S(L);
 	check_loop_entry(L, S, "poll");
-	S->owner = pthread_self();
+	S->owner = weft_thread_self();
 	uint64_t timeout = timeout_arg(L, 1);
 	uint64_t deadline = timeout == UINT64_MAX ? UINT64_MAX : weft_clock_ns() + timeout;
 	/* Nothing waits for anything: as in the sock API, say so at once
@@ -677,7 +677,7 @@ static int l_start(lua_State *L)
 {
 	lw_state_t *S = lw_S(L);
 	check_loop_entry(L, S, "start");
-	S->owner = pthread_self();
+	S->owner = weft_thread_self();
 	uint64_t timeout = timeout_arg(L, 1);
 	uint64_t deadline = timeout == UINT64_MAX ? UINT64_MAX : weft_clock_ns() + timeout;
 	S->looping = 1;
@@ -1017,7 +1017,7 @@ typedef struct sleepjob {
 
 /* Guards sjshared_t.w against the owner going away while a remote waker
  * posts to it. */
-static pthread_mutex_t sj_lock = PTHREAD_MUTEX_INITIALIZER;
+static weft_mutex_t sj_lock = WEFT_MUTEX_INIT;
 
 static void sh_unref(sjshared_t *sh)
 {
@@ -1053,9 +1053,9 @@ static int sj_gc(lua_State *L)
 	if (!sj->sh)
 		return 0;
 	if (sj->owner == S && sj->sh->w == S->w) {
-		pthread_mutex_lock(&sj_lock);
+		weft_mutex_lock(&sj_lock);
 		sj->sh->w = NULL;
-		pthread_mutex_unlock(&sj_lock);
+		weft_mutex_unlock(&sj_lock);
 	}
 	sh_unref(sj->sh);
 	sj->sh = NULL;
@@ -1199,7 +1199,7 @@ static int sj_wakeup(lua_State *L)
 		return lua_error(L);
 	}
 	int woke = 0;
-	pthread_mutex_lock(&sj_lock);
+	weft_mutex_lock(&sj_lock);
 	uint64_t v = sj->sh->w ? sj_claim(sj->sh) : 0;
 	if (v) {
 		weft_msg_t m = {WEFT_MSG_WAKE, (uint32_t)(v >> 32) - 1, (uint32_t)v, WEFT_WAKE_USER, b};
@@ -1215,7 +1215,7 @@ static int sj_wakeup(lua_State *L)
 			atomic_compare_exchange_strong(&sj->sh->word, &none, v);
 		}
 	}
-	pthread_mutex_unlock(&sj_lock);
+	weft_mutex_unlock(&sj_lock);
 	if (!woke)
 		drop_blob(b);
 	lua_pushboolean(L, woke);
@@ -1267,7 +1267,7 @@ static int l_wakehandle(lua_State *L)
 	if (!sh) {
 		if (!(sh = weft_calloc(1, sizeof *sh)))
 			return luaL_error(L, "weft.wakehandle: out of memory");
-		pthread_mutex_init(&sh->lock, NULL);
+		weft_mutex_init(&sh->lock);
 		sh->w = S->w;
 		sh->slot = slot;
 		sh->tail = &sh->head;
@@ -1307,7 +1307,7 @@ static int wh_wakeup(lua_State *L)
 		return lua_error(L);
 	}
 	int ok = 0, rc = 0;
-	pthread_mutex_lock(&sh->lock);
+	weft_mutex_lock(&sh->lock);
 	if (sh->w) {
 		whnode_t **link = sh->tail;
 		*link = n;
@@ -1339,7 +1339,7 @@ static int wh_wakeup(lua_State *L)
 				sh->w = NULL;
 		}
 	}
-	pthread_mutex_unlock(&sh->lock);
+	weft_mutex_unlock(&sh->lock);
 	if (!ok) {
 		lw_blob_free(&n->blob);
 		weft_free(n);

@@ -35,7 +35,6 @@
 #include "config.h"
 
 #include <limits.h>
-#include <pthread.h>
 #include <string.h>
 
 #include "alloc.h"
@@ -96,7 +95,7 @@ typedef struct htype {
 
 static htype_t types[MAX_TYPES];
 static int ntypes;
-static pthread_mutex_t types_lock = PTHREAD_MUTEX_INITIALIZER;
+static weft_mutex_t types_lock = WEFT_MUTEX_INIT;
 
 int lw_serial_register(const char *tname, lw_pack_fn pack, lw_unpack_fn unpack)
 {
@@ -106,7 +105,7 @@ int lw_serial_register(const char *tname, lw_pack_fn pack, lw_unpack_fn unpack)
 	if (len == 0 || len > LW_SER_NAMEMAX)
 		return -1;
 	int rc = 0;
-	pthread_mutex_lock(&types_lock);
+	weft_mutex_lock(&types_lock);
 	int i;
 	for (i = 0; i < ntypes; i++)
 		if (types[i].len == len && memcmp(types[i].name, tname, len) == 0)
@@ -123,7 +122,7 @@ int lw_serial_register(const char *tname, lw_pack_fn pack, lw_unpack_fn unpack)
 	types[i].pack = pack;
 	types[i].unpack = unpack;
 out:
-	pthread_mutex_unlock(&types_lock);
+	weft_mutex_unlock(&types_lock);
 	return rc;
 }
 
@@ -132,7 +131,7 @@ out:
 static int find_type(const char *name, size_t len, htype_t *h)
 {
 	int found = 0;
-	pthread_mutex_lock(&types_lock);
+	weft_mutex_lock(&types_lock);
 	for (int i = 0; i < ntypes; i++) {
 		if (types[i].len == len && memcmp(types[i].name, name, len) == 0) {
 			*h = types[i];
@@ -140,7 +139,7 @@ static int find_type(const char *name, size_t len, htype_t *h)
 			break;
 		}
 	}
-	pthread_mutex_unlock(&types_lock);
+	weft_mutex_unlock(&types_lock);
 	return found;
 }
 

@@ -8,13 +8,9 @@
 #include "config.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stddef.h>
 #include <string.h>
-#include <sys/socket.h>
 
 #include "clock.h"
 #include "error.h"
@@ -265,7 +261,7 @@ static int s_bound(lua_State *L)
 	int bound = 0;
 	/* A unix socket is bound once it has a name: more than the family. */
 	if (s->fd >= 0 && getsockname(s->fd, (struct sockaddr *)&ss, &len) == 0)
-		bound = ss.ss_family == AF_UNIX ? len > sizeof(sa_family_t)
+		bound = ss.ss_family == AF_UNIX ? (size_t)len > offsetof(struct sockaddr_un, sun_path)
 						: weft_sa_port((struct sockaddr *)&ss) != 0;
 	lua_pushboolean(L, bound);
 	return 1;
@@ -996,62 +992,24 @@ static int s_setopt(lua_State *L)
 	return ok_or_error(L, rc);
 }
 
-#define FIELD(name, value)                                                                         \
-	(lua_pushinteger(L, (lua_Integer)(value)), lua_setfield(L, -2, name))
+static void set_field(void *ud, const char *name, long long value)
+{
+	lua_State *L = ud;
+	lua_pushinteger(L, (lua_Integer)value);
+	lua_setfield(L, -2, name);
+}
 
 /* The read-only structures, as tables. */
 static int getopt_struct(lua_State *L, lsock_t *s, const weft_sockopt_t *o)
 {
-	union {
-		struct ucred cred;
-		struct tcp_info ti;
-	} u;
-	memset(&u, 0, sizeof u);
-	socklen_t len = o->optname == SO_PEERCRED ? sizeof u.cred : sizeof u.ti;
-	int rc = weft_sockopt_get_raw(s->fd, o, &u, &len);
-	if (rc < 0)
-		return lw_error(L, rc);
 	lua_newtable(L);
-	if (o->optname == SO_PEERCRED && o->level == SOL_SOCKET) {
-		FIELD("pid", u.cred.pid);
-		FIELD("uid", u.cred.uid);
-		FIELD("gid", u.cred.gid);
-		return 1;
+	int rc = weft_sockopt_get_fields(s->fd, o, set_field, L);
+	if (rc < 0) {
+		lua_pop(L, 1);
+		return lw_error(L, rc);
 	}
-	const struct tcp_info *t = &u.ti;
-	FIELD("state", t->tcpi_state);
-	FIELD("ca_state", t->tcpi_ca_state);
-	FIELD("retransmits", t->tcpi_retransmits);
-	FIELD("probes", t->tcpi_probes);
-	FIELD("backoff", t->tcpi_backoff);
-	FIELD("options", t->tcpi_options);
-	FIELD("snd_wscale", t->tcpi_snd_wscale);
-	FIELD("rcv_wscale", t->tcpi_rcv_wscale);
-	FIELD("rto", t->tcpi_rto);
-	FIELD("ato", t->tcpi_ato);
-	FIELD("snd_mss", t->tcpi_snd_mss);
-	FIELD("rcv_mss", t->tcpi_rcv_mss);
-	FIELD("unacked", t->tcpi_unacked);
-	FIELD("sacked", t->tcpi_sacked);
-	FIELD("lost", t->tcpi_lost);
-	FIELD("retrans", t->tcpi_retrans);
-	FIELD("last_data_sent", t->tcpi_last_data_sent);
-	FIELD("last_ack_recv", t->tcpi_last_ack_recv);
-	FIELD("last_data_recv", t->tcpi_last_data_recv);
-	FIELD("pmtu", t->tcpi_pmtu);
-	FIELD("rcv_ssthresh", t->tcpi_rcv_ssthresh);
-	FIELD("rtt", t->tcpi_rtt);
-	FIELD("rttvar", t->tcpi_rttvar);
-	FIELD("snd_ssthresh", t->tcpi_snd_ssthresh);
-	FIELD("snd_cwnd", t->tcpi_snd_cwnd);
-	FIELD("advmss", t->tcpi_advmss);
-	FIELD("reordering", t->tcpi_reordering);
-	FIELD("rcv_rtt", t->tcpi_rcv_rtt);
-	FIELD("rcv_space", t->tcpi_rcv_space);
-	FIELD("total_retrans", t->tcpi_total_retrans);
 	return 1;
 }
-
 /* s:getopt(name) -> value | nil, err */
 static int s_getopt(lua_State *L)
 {
@@ -1127,7 +1085,7 @@ static int s_index(lua_State *L)
 	socklen_t len = sizeof a.ss;
 	int rc = remote ? getpeername(s->fd, (struct sockaddr *)ssp, &len)
 			: getsockname(s->fd, (struct sockaddr *)ssp, &len);
-	if (rc < 0 || len <= offsetof(struct sockaddr, sa_data) ||
+	if (rc < 0 || (size_t)len <= offsetof(struct sockaddr, sa_data) ||
 	    (ssp->ss_family != AF_INET && ssp->ss_family != AF_INET6 &&
 	     ssp->ss_family != AF_UNIX))
 		return 0;
@@ -1195,26 +1153,10 @@ static int l_adopt(lua_State *L)
 	lw_state_t *S = lw_S(L);
 	lua_Integer ofd = luaL_checkinteger(L, 1);
 	luaL_argcheck(L, ofd >= 0 && ofd <= INT_MAX, 1, "not a descriptor");
-	int type, family, protocol = 0, listening = 0;
-	socklen_t len = sizeof type;
-	if (getsockopt((int)ofd, SOL_SOCKET, SO_TYPE, &type, &len) < 0)
-		return lw_error(L, -errno);
-	len = sizeof family;
-	if (getsockopt((int)ofd, SOL_SOCKET, SO_DOMAIN, &family, &len) < 0)
-		return lw_error(L, -errno);
-	len = sizeof protocol;
-	getsockopt((int)ofd, SOL_SOCKET, SO_PROTOCOL, &protocol, &len);
-	len = sizeof listening;
-	getsockopt((int)ofd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len);
-	int fd = fcntl((int)ofd, F_DUPFD_CLOEXEC, 0);
+	int type, family, protocol, listening;
+	int fd = weft_sock_dup((int)ofd, &family, &type, &protocol, &listening);
 	if (fd < 0)
-		return lw_error(L, -errno);
-	int fl = fcntl(fd, F_GETFL);
-	if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
-		int e = -errno;
-		weft_sock_close(fd);
-		return lw_error(L, e);
-	}
+		return lw_error(L, fd);
 	int n = push_sock(L, S, fd, family, type, protocol);
 	if (n != 1)
 		return n;

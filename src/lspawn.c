@@ -31,7 +31,7 @@ typedef struct waiter {
 } waiter_t;
 
 typedef struct fut {
-	pthread_mutex_t lock;
+	weft_mutex_t lock;
 	_Atomic long refs;
 	int done;
 	lw_blob_t result; /* serialized: true, results... | false, message */
@@ -49,7 +49,7 @@ static void fut_unref(fut_t *f)
 {
 	if (atomic_fetch_sub(&f->refs, 1) != 1)
 		return;
-	pthread_mutex_destroy(&f->lock);
+	weft_mutex_destroy(&f->lock);
 	lw_blob_free(&f->result);
 	weft_free(f->waiters);
 	weft_free(f);
@@ -74,12 +74,12 @@ static void post_waiters(fut_t *f)
 /* Store the result (taking the blob) and wake every waiter. */
 static void fut_complete(fut_t *f, lw_blob_t *res)
 {
-	pthread_mutex_lock(&f->lock);
+	weft_mutex_lock(&f->lock);
 	f->result = *res;
 	memset(res, 0, sizeof *res);
 	f->done = 1;
 	post_waiters(f);
-	pthread_mutex_unlock(&f->lock);
+	weft_mutex_unlock(&f->lock);
 }
 
 /* Complete with failure `msg`. */
@@ -243,7 +243,7 @@ static int l_spawn(lua_State *L)
 		lua_insert(L, -2);
 		return 2;
 	}
-	pthread_mutex_init(&f->lock, NULL);
+	weft_mutex_init(&f->lock);
 	atomic_init(&f->refs, 2); /* the job's and the future object's */
 	j->f = f;
 	j->node.data = j;
@@ -272,18 +272,18 @@ static int fut_gc(lua_State *L)
 static int f_done(lua_State *L)
 {
 	fut_t *f = checkfut(L, 1);
-	pthread_mutex_lock(&f->lock);
+	weft_mutex_lock(&f->lock);
 	int done = f->done;
 	if (done && f->nwait)
 		post_waiters(f);
-	pthread_mutex_unlock(&f->lock);
+	weft_mutex_unlock(&f->lock);
 	lua_pushboolean(L, done);
 	return 1;
 }
 
 static void withdraw(fut_t *f, weft_worker_t *w, uint32_t slot, uint32_t seq)
 {
-	pthread_mutex_lock(&f->lock);
+	weft_mutex_lock(&f->lock);
 	for (size_t i = 0; i < f->nwait; i++) {
 		if (f->waiters[i].w == w && f->waiters[i].slot == slot &&
 		    f->waiters[i].seq == seq) {
@@ -293,7 +293,7 @@ static void withdraw(fut_t *f, weft_worker_t *w, uint32_t slot, uint32_t seq)
 			break;
 		}
 	}
-	pthread_mutex_unlock(&f->lock);
+	weft_mutex_unlock(&f->lock);
 }
 
 /* future:wait([expires]) -> true, results... | nil, message */
@@ -309,25 +309,25 @@ static int wait_k(lua_State *L, int status, lua_KContext ctx)
 			/* At the deadline a result that came in meanwhile (its
 			 * wake-up lost in the race, or never posted) is still
 			 * taken. */
-			pthread_mutex_lock(&f->lock);
+			weft_mutex_lock(&f->lock);
 			int done = f->done;
-			pthread_mutex_unlock(&f->lock);
+			weft_mutex_unlock(&f->lock);
 			if (code != WEFT_ETIMEOUT || !done)
 				return lw_error(L, code);
 		}
 	}
 	uint64_t deadline = lw_deadline(L, 2);
-	pthread_mutex_lock(&f->lock);
+	weft_mutex_lock(&f->lock);
 	if (!f->done) {
 		if (deadline != UINT64_MAX && weft_clock_ns() >= deadline) {
-			pthread_mutex_unlock(&f->lock);
+			weft_mutex_unlock(&f->lock);
 			return lw_error(L, WEFT_ETIMEOUT);
 		}
 		if (f->nwait == f->capwait) {
 			size_t cap = f->capwait ? f->capwait * 2 : 4;
 			waiter_t *v = weft_realloc(f->waiters, cap * sizeof *v);
 			if (!v) {
-				pthread_mutex_unlock(&f->lock);
+				weft_mutex_unlock(&f->lock);
 				return lw_error(L, WEFT_ENOMEM);
 			}
 			f->waiters = v;
@@ -335,12 +335,12 @@ static int wait_k(lua_State *L, int status, lua_KContext ctx)
 		}
 		uint32_t seq = weft_worker_wait_ext_until(S->w, slot, deadline);
 		f->waiters[f->nwait++] = (waiter_t){S->w, slot, seq};
-		pthread_mutex_unlock(&f->lock);
+		weft_mutex_unlock(&f->lock);
 		return lw_await(L, (lua_KContext)seq, wait_k);
 	}
 	if (f->nwait)
 		post_waiters(f);
-	pthread_mutex_unlock(&f->lock);
+	weft_mutex_unlock(&f->lock);
 	/* Done: the result never changes, so it is read without the lock. */
 	lua_settop(L, 0);
 	int n = lw_deserialize(L, f->result.data, f->result.len, 0);

@@ -18,10 +18,8 @@
  * set. */
 #include "config.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <limits.h>
-#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -60,9 +58,9 @@ typedef struct ctx_entry {
 	unsigned alpn_len;
 } ctx_entry_t;
 
-static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
+static weft_mutex_t cache_lock = WEFT_MUTEX_INIT;
 static ctx_entry_t *cache;
-static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+static weft_once_t init_once = WEFT_ONCE_INIT;
 static int ex_tls = -1;   /* SSL: the ltls_t */
 static int ex_entry = -1; /* SSL_CTX: the ctx_entry_t */
 static BIO_METHOD *bio_method;
@@ -70,7 +68,7 @@ static const weft_sockopt_t *opt_nodelay; /* set by wrap, looked up once */
 
 static void entry_release(ctx_entry_t *e)
 {
-	pthread_mutex_lock(&cache_lock);
+	weft_mutex_lock(&cache_lock);
 	int last = --e->users == 0;
 	if (last) {
 		ctx_entry_t **p = &cache;
@@ -78,7 +76,7 @@ static void entry_release(ctx_entry_t *e)
 			p = &(*p)->next;
 		*p = e->next;
 	}
-	pthread_mutex_unlock(&cache_lock);
+	weft_mutex_unlock(&cache_lock);
 	if (last) {
 		SSL_CTX_free(e->ctx);
 		OPENSSL_free(e->alpn);
@@ -270,11 +268,22 @@ static int get_string(lua_State *L, cfg_t *c, const char *name, const char **out
 	return 0;
 }
 
+/* Whether s[0..n) holds the NUL-free string w (memmem is not in every C
+ * library). */
+static int holds(const char *s, size_t n, const char *w)
+{
+	size_t k = strlen(w);
+	for (size_t i = 0; i + k <= n; i++)
+		if (s[i] == w[0] && memcmp(s + i, w, k) == 0)
+			return 1;
+	return 0;
+}
+
 /* A PEM string is used as it is; anything else names a file, read and
  * pushed as a string. */
 static int pem_or_file(lua_State *L, cfg_t *c, const char *name, const char **v, size_t *len)
 {
-	if (!*v || memmem(*v, *len, "-----BEGIN", 10))
+	if (!*v || holds(*v, *len, "-----BEGIN"))
 		return 0;
 	if (*len == 0 || strlen(*v) != *len)
 		return cfg_fail(c, "%s: not a file name nor PEM data", name);
@@ -811,7 +820,7 @@ static int build(cfg_t *c, ctx_entry_t *e)
 static int l_context(lua_State *L)
 {
 	luaL_checktype(L, 1, LUA_TTABLE);
-	pthread_once(&init_once, init);
+	weft_once(&init_once, init);
 	if (!bio_method)
 		return luaL_error(L, "weft.tls: OpenSSL could not be initialized");
 	cfg_t *c = lua_newuserdatauv(L, sizeof *c, 0); /* big: not on the C stack */
@@ -826,7 +835,7 @@ static int l_context(lua_State *L)
 
 	/* Building under the lock makes a second worker wait for the first
 	 * one's context instead of loading the same files again. */
-	pthread_mutex_lock(&cache_lock);
+	weft_mutex_lock(&cache_lock);
 	ctx_entry_t *e;
 	for (e = cache; e; e = e->next)
 		if (memcmp(e->key, key, sizeof key) == 0)
@@ -836,13 +845,13 @@ static int l_context(lua_State *L)
 	} else {
 		e = OPENSSL_zalloc(sizeof *e);
 		if (!e) {
-			pthread_mutex_unlock(&cache_lock);
+			weft_mutex_unlock(&cache_lock);
 			return lw_error(L, WEFT_ENOMEM);
 		}
 		memcpy(e->key, key, sizeof key);
 		ERR_clear_error();
 		if (build(c, e) < 0) {
-			pthread_mutex_unlock(&cache_lock);
+			weft_mutex_unlock(&cache_lock);
 			SSL_CTX_free(e->ctx);
 			OPENSSL_free(e->alpn);
 			OPENSSL_free(e);
@@ -854,7 +863,7 @@ static int l_context(lua_State *L)
 		e->next = cache;
 		cache = e;
 	}
-	pthread_mutex_unlock(&cache_lock);
+	weft_mutex_unlock(&cache_lock);
 	lua_settop(L, base);
 
 	lctx_t *x = lua_newuserdatauv(L, sizeof *x, 1);
@@ -954,10 +963,10 @@ static int ctx_sni(lua_State *L)
 static int l_contexts(lua_State *L)
 {
 	lua_Integer n = 0;
-	pthread_mutex_lock(&cache_lock);
+	weft_mutex_lock(&cache_lock);
 	for (ctx_entry_t *e = cache; e; e = e->next)
 		n++;
-	pthread_mutex_unlock(&cache_lock);
+	weft_mutex_unlock(&cache_lock);
 	lua_pushinteger(L, n);
 	return 1;
 }
@@ -1693,7 +1702,16 @@ static void push_time(lua_State *L, const ASN1_TIME *at, const char *field, cons
 	strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
 	lua_pushstring(L, buf);
 	lua_setfield(L, -3, field);
-	lua_pushinteger(L, (lua_Integer)timegm(&tm));
+	/* Seconds since the epoch, by OpenSSL's own arithmetic (timegm is
+	 * not in every C library). */
+	int days = 0, secs = 0;
+	ASN1_TIME *epoch = ASN1_TIME_set(NULL, 0);
+	if (!epoch || ASN1_TIME_diff(&days, &secs, epoch, at) != 1) {
+		ASN1_TIME_free(epoch);
+		return;
+	}
+	ASN1_TIME_free(epoch);
+	lua_pushinteger(L, (lua_Integer)days * 86400 + secs);
 	lua_setfield(L, -2, tfield);
 }
 

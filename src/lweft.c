@@ -203,14 +203,20 @@ static int l_clock(lua_State *L)
 	return 1;
 }
 
-/* weft.epoll_fd([epfd]): get the runtime's shared poller; set = join the
- * runtime of this process that owns epfd (a Lua state running on another
- * thread), so that both states share its listeners, channels and jobs.
- * A state can join only while it has no sockets open (they are counted
- * in the old runtime's fd table) and no spawned jobs queued (counted in
- * the old runtime's total). */
-static int l_epoll_fd(lua_State *L)
+/* weft.epoll_fd([epfd]) (Linux), weft.iocp([h]) (Windows): get the
+ * runtime's shared poller; set = join the runtime of this process that
+ * owns it (a Lua state running on another thread), so that both states
+ * share its listeners, channels and jobs.  A state can join only while it
+ * has no sockets open (they are counted in the old runtime's fd table)
+ * and no spawned jobs queued (counted in the old runtime's total).  The
+ * other platform's name says "not supported". */
+static int poller_handle(lua_State *L, const char *kind)
 {
+	if (strcmp(weft_poller_kind(), kind) != 0) {
+		luaL_pushfail(L);
+		lua_pushliteral(L, "not supported on this platform");
+		return 2;
+	}
 	lw_state_t *S = lw_S(L);
 	int own = weft_poller_fd(weft_runtime_poller(S->rt));
 	if (lua_isnoneornil(L, 1)) {
@@ -257,12 +263,14 @@ static int l_epoll_fd(lua_State *L)
 	return 1;
 }
 
-/* weft.iocp([h]): Windows only. */
+static int l_epoll_fd(lua_State *L)
+{
+	return poller_handle(L, "epoll");
+}
+
 static int l_iocp(lua_State *L)
 {
-	luaL_pushfail(L);
-	lua_pushliteral(L, "not supported");
-	return 2;
+	return poller_handle(L, "iocp");
 }
 
 /* weft.core._resolver_delay(ms): test hook simulating a slow resolver. */
@@ -524,7 +532,7 @@ int weft__open(lua_State *L)
 		S->tm_idle = LW_NONE;
 		S->budget = LW_IO_BUDGET;
 		S->L = L;
-		S->owner = pthread_self();
+		S->owner = weft_thread_self();
 		lua_newtable(L);
 		lua_pushcfunction(L, state_gc);
 		lua_setfield(L, -2, "__gc");

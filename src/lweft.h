@@ -5,11 +5,11 @@
 
 #include <lauxlib.h>
 #include <lua.h>
-#include <netdb.h>
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include "sock.h"
+#include "thread.h"
 #include "worker.h"
 
 /* Metatable names. */
@@ -51,7 +51,7 @@ typedef struct lw_state {
 	int *tm_free;      /* free slots of the held timers table (ltimer.c) */
 	uint32_t tm_nfree, tm_capfree;
 	int tm_top;        /* slots of that table used so far */
-	pthread_t owner; /* the thread that loaded weft: the only one that may run it */
+	weft_thread_id_t owner; /* the thread that loaded weft: the only one that may run it */
 } lw_state_t;
 
 /* The record, from the first upvalue. */

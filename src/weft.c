@@ -7,11 +7,9 @@
 #include "config.h"
 
 #include <errno.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -19,9 +17,7 @@
 
 #include "weft.h"
 #include "slab.h"
-
-#include <pthread.h>
-#include <unistd.h>
+#include "weft-os.h"
 
 static const char *progname = "weft";
 
@@ -260,17 +256,6 @@ static void setup_paths(lua_State *L)
 	lua_pushfstring(L, "%s;%s/?.lua;%s/?/init.lua", lua_tostring(L, -1), WEFT_LMOD, WEFT_LMOD);
 	lua_setfield(L, -3, "path");
 	lua_pop(L, 2);
-}
-
-/* Servers hold many sockets: like Go's runtime, raise the soft limit on
- * open files to the hard limit. */
-static void raise_nofile(void)
-{
-	struct rlimit rl;
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-		rl.rlim_cur = rl.rlim_max;
-		setrlimit(RLIMIT_NOFILE, &rl);
-	}
 }
 
 static int pmain(lua_State *L)
@@ -562,63 +547,12 @@ static int thread_count(char **argv)
 			return -1;
 		}
 		if (n == 0) {
-			long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+			long cpus = weft_os_ncpu();
 			n = cpus < 1 ? 1 : cpus > WEFT_LUA_MAX_STATES ? WEFT_LUA_MAX_STATES : cpus;
 		}
 		return (int)n;
 	}
 	return 1;
-}
-
-/* SIGINT and SIGTERM are blocked in every thread and taken here: the first
- * asks every worker to leave its loop (weft.exit()), so the program ends
- * normally with status 0; a second one exits at once with status 1. */
-static void *signal_main(void *arg)
-{
-	sigset_t *set = arg;
-	int sig, seen = 0;
-	for (;;) {
-		if (sigwait(set, &sig) != 0)
-			continue;
-		if (seen++) {
-			static const char msg[] = "weft: second signal, exiting now\n";
-			ssize_t rc = write(STDERR_FILENO, msg, sizeof msg - 1);
-			(void)rc;
-			_exit(1);
-		}
-		weft_lua_runtime_exit(NULL);
-	}
-	return NULL;
-}
-
-static pthread_t signal_tid;
-static int signal_thread;
-
-static void handle_signals(void)
-{
-	static sigset_t set;
-	sigemptyset(&set);
-	sigaddset(&set, SIGINT);
-	sigaddset(&set, SIGTERM);
-	if (pthread_sigmask(SIG_BLOCK, &set, NULL) != 0)
-		return;
-	if (pthread_create(&signal_tid, NULL, signal_main, &set) == 0)
-		signal_thread = 1;
-	else
-		pthread_sigmask(SIG_UNBLOCK, &set, NULL);
-}
-
-/* The signal thread waits in sigwait(), a cancellation point: stop it on
- * the way out, so that the process ends with no thread of weft's left
- * (leak checkers count a running thread's stack as lost). */
-static int stop_signals(int status)
-{
-	if (signal_thread) {
-		pthread_cancel(signal_tid);
-		pthread_join(signal_tid, NULL);
-		signal_thread = 0;
-	}
-	return status;
 }
 
 int main(int argc, char **argv)
@@ -629,14 +563,12 @@ int main(int argc, char **argv)
 		print_usage(stdout);
 		return EXIT_SUCCESS;
 	}
-	signal(SIGPIPE, SIG_IGN);
-	raise_nofile();
-	handle_signals();
+	weft_os_init();
 	int n = thread_count(argv);
 	if (n < 0 || memory_limit(argv) < 0)
-		return stop_signals(EXIT_FAILURE);
+		return weft_os_finish(EXIT_FAILURE);
 	if (n == 1)
-		return stop_signals(run_state(argc, argv, NULL, 1, 1) ? EXIT_SUCCESS : EXIT_FAILURE);
+		return weft_os_finish(run_state(argc, argv, NULL, 1, 1) ? EXIT_SUCCESS : EXIT_FAILURE);
 
 	/* N workers: each thread runs the whole program in its own state,
 	 * all attached to one runtime (one poller). */
@@ -646,7 +578,7 @@ int main(int argc, char **argv)
 		return EXIT_FAILURE;
 	}
 	worker_arg_t *args = calloc((size_t)n, sizeof *args);
-	pthread_t *tids = calloc((size_t)n, sizeof *tids);
+	weft_os_thread_t *tids = calloc((size_t)n, sizeof *tids);
 	if (!args || !tids) {
 		message("not enough memory");
 		return EXIT_FAILURE;
@@ -654,7 +586,7 @@ int main(int argc, char **argv)
 	int started = 0;
 	for (int i = 0; i < n; i++) {
 		args[i] = (worker_arg_t){argc, i + 1, n, 0, argv, rt};
-		if (pthread_create(&tids[i], NULL, worker_main, &args[i]) != 0) {
+		if (weft_os_thread_start(&tids[i], worker_main, &args[i]) != 0) {
 			message("cannot start a worker thread");
 			break;
 		}
@@ -662,11 +594,11 @@ int main(int argc, char **argv)
 	}
 	int ok = started == n;
 	for (int i = 0; i < started; i++) {
-		pthread_join(tids[i], NULL);
+		weft_os_thread_join(tids[i]);
 		ok = ok && args[i].ok;
 	}
 	weft_lua_runtime_free(rt);
 	free(args);
 	free(tids);
-	return stop_signals(ok ? EXIT_SUCCESS : EXIT_FAILURE);
+	return weft_os_finish(ok ? EXIT_SUCCESS : EXIT_FAILURE);
 }

@@ -7,7 +7,7 @@
 #include "channel.h"
 
 #include <errno.h>
-#include <pthread.h>
+#include "thread.h"
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -969,12 +969,12 @@ static void *producer(void *arg)
 START_TEST(test_stress)
 {
 	weft_chan_t *c;
-	pthread_t t;
+	weft_thread_t t;
 	unsigned got = 0;
 	uint64_t end = weft_clock_ns() + 6000000000ull;
 
 	ck_assert_int_eq(weft_chan_new(16, &c), 0);
-	ck_assert_int_eq(pthread_create(&t, NULL, producer, c), 0);
+	ck_assert_int_eq(weft_thread_create(&t, producer, c, 0), 0);
 	while (got < NMSG) {
 		char *p;
 		size_t len;
@@ -995,7 +995,7 @@ START_TEST(test_stress)
 		end = weft_clock_ns() + 6000000000ull; /* progress: a new bound */
 	}
 	void *ret;
-	ck_assert_int_eq(pthread_join(t, &ret), 0);
+	ck_assert_int_eq(weft_thread_join(t, &ret), 0);
 	ck_assert_ptr_null(ret);
 	ck_assert_uint_eq(got, NMSG);
 	recv_fails(c, -EAGAIN); /* nothing extra */

@@ -7,7 +7,7 @@
 #include "fdtab.h"
 
 #include <errno.h>
-#include <pthread.h>
+#include "thread.h"
 #include <sched.h>
 #include <stdint.h>
 #include <time.h>
@@ -510,13 +510,13 @@ START_TEST(test_stress_ready_vs_owner)
 	uint64_t consumed = 0, waits = 0, wait_ready = 0, reads = 0;
 	uint64_t cancel_won = 0, wakes = 0, lost = 0;
 	uint32_t id = 0, rnd = 12345;
-	pthread_t th;
+	weft_thread_t th;
 
 	s.r = weft_fdtab_open(t, 3, 0);
 	s.gen = gen_of(s.r);
 	s.edges = 1000000;
 	s.deadline = now_ns() + 2000000000u;
-	ck_assert_int_eq(pthread_create(&th, NULL, firer, &s), 0);
+	ck_assert_int_eq(weft_thread_create(&th, firer, &s, 0), 0);
 	for (;;) {
 		int done = atomic_load_explicit(&s.done, memory_order_acquire);
 		uint64_t p = atomic_load_explicit(&s.produced, memory_order_acquire), m, t0;
@@ -576,7 +576,7 @@ START_TEST(test_stress_ready_vs_owner)
 			wakes++;
 		}
 	}
-	pthread_join(th, NULL);
+	weft_thread_join(th, NULL);
 
 	ck_assert_uint_eq(lost, 0);
 	ck_assert_uint_eq(s.stalls, 0);
@@ -656,9 +656,9 @@ START_TEST(test_stress_ready_vs_shut_cancel)
 	uint64_t deadline = now_ns() + 1500000000u;
 	uint64_t ready_won = 0, other_won = 0;
 	uint32_t round, rnd = 4242, delay = 64;
-	pthread_t th;
+	weft_thread_t th;
 
-	ck_assert_int_eq(pthread_create(&th, NULL, racer, &x), 0);
+	ck_assert_int_eq(weft_thread_create(&th, racer, &x, 0), 0);
 	for (round = 1; round <= 50000 && now_ns() < deadline; round++) {
 		weft_fd_t *r = weft_fdtab_open(t, 3, 0);
 		uint32_t waiter = round % 1000;
@@ -698,7 +698,7 @@ START_TEST(test_stress_ready_vs_shut_cancel)
 		close_record(t, r);
 	}
 	atomic_store_explicit(&x.go, RACE_STOP, memory_order_release);
-	pthread_join(th, NULL);
+	weft_thread_join(th, NULL);
 	/* Both orders must have happened for the run to mean anything. */
 	ck_assert_uint_gt(ready_won, 0);
 	ck_assert_uint_gt(other_won, 0);

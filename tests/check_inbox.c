@@ -135,7 +135,7 @@ static void *produce(void *arg)
 START_TEST(test_multi_producer_stress)
 {
 	weft_inbox_t in;
-	pthread_t th[PRODUCERS];
+	weft_thread_t th[PRODUCERS];
 	struct producer prod[PRODUCERS];
 	uint32_t next[PRODUCERS] = {0};
 	size_t received = 0, total = (size_t)PRODUCERS * PER_PRODUCER;
@@ -143,7 +143,7 @@ START_TEST(test_multi_producer_stress)
 	ck_assert_int_eq(weft_inbox_init(&in), 0);
 	for (uint32_t i = 0; i < PRODUCERS; i++) {
 		prod[i] = (struct producer){.in = &in, .id = i};
-		ck_assert_int_eq(pthread_create(&th[i], NULL, produce, &prod[i]), 0);
+		ck_assert_int_eq(weft_thread_create(&th[i], produce, &prod[i], 0), 0);
 	}
 
 	while (received < total) {
@@ -168,7 +168,7 @@ START_TEST(test_multi_producer_stress)
 	}
 
 	for (int i = 0; i < PRODUCERS; i++) {
-		ck_assert_int_eq(pthread_join(th[i], NULL), 0);
+		ck_assert_int_eq(weft_thread_join(th[i], NULL), 0);
 		ck_assert_int_eq(prod[i].failures, 0);
 		ck_assert_uint_eq(next[i], PER_PRODUCER);
 	}

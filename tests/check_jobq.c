@@ -4,7 +4,7 @@
  * job is taken exactly once. */
 #include "jobq.h"
 
-#include <pthread.h>
+#include "thread.h"
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -197,7 +197,7 @@ static weft_jobq_t owner_q;
 static atomic_int owner_done;
 
 typedef struct thief {
-	pthread_t t;
+	weft_thread_t t;
 	weft_jobq_t q;
 	size_t got, steals;
 } thief_t;
@@ -249,7 +249,7 @@ START_TEST(test_stress)
 	for (int i = 0; i < NTHIEVES; i++) {
 		weft_jobq_init(&th[i].q);
 		th[i].got = th[i].steals = 0;
-		ck_assert_int_eq(pthread_create(&th[i].t, NULL, thief_main, &th[i]), 0);
+		ck_assert_int_eq(weft_thread_create(&th[i].t, thief_main, &th[i], 0), 0);
 	}
 
 	/* Push in bursts and pop one now and then, so the owner and the
@@ -274,7 +274,7 @@ START_TEST(test_stress)
 	total = owner_got;
 	for (int i = 0; i < NTHIEVES; i++) {
 		void *ret;
-		ck_assert_int_eq(pthread_join(th[i].t, &ret), 0);
+		ck_assert_int_eq(weft_thread_join(th[i].t, &ret), 0);
 		ck_assert_ptr_null(ret);
 		ck_assert_uint_eq(qlen(&th[i].q), 0);
 		total += th[i].got;

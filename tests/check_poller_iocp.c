@@ -626,6 +626,57 @@ START_TEST(test_adopt)
 }
 END_TEST
 
+/* A poller registered in two others (as the runtime's shared poller is in
+ * each worker's): while it holds an event, both parents report IN for it;
+ * the event itself is taken from the nested poller, once.  Its wake-up
+ * reaches the parents too; deletes and frees leave nothing behind. */
+START_TEST(test_nested)
+{
+	weft_poller_t *child = poller(), *a = poller(), *b = poller();
+	weft_poll_event_t ev[MAXEV];
+	SOCKET sv[2];
+	int n;
+
+	ck_assert_int_eq(weft_poller_caps() & WEFT_POLLER_EDGES, 0);
+	ck_assert_int_eq(weft_poller_add(a, weft_poller_fd(child), WEFT_POLL_IN, 1), 0);
+	ck_assert_int_eq(weft_poller_add(b, weft_poller_fd(child), WEFT_POLL_IN, 1), 0);
+	ck_assert_int_eq(weft_poller_add(a, weft_poller_fd(child), WEFT_POLL_IN, 1), -EEXIST);
+	ck_assert_int_eq(weft_poller_add(child, weft_poller_fd(child), WEFT_POLL_IN, 1), -EINVAL);
+	pair(sv);
+	ck_assert_int_eq(weft_poller_add(child, fd_of(sv[0]), WEFT_POLL_IN | WEFT_POLL_ONESHOT, 9),
+	                 0);
+	quiet(a);
+	put(sv[1], "x");
+	ck_assert_uint_eq(wait_for(a, 1), WEFT_POLL_IN);
+	ck_assert_uint_eq(wait_for(b, 1), WEFT_POLL_IN);
+	n = weft_poller_wait(child, ev, MAXEV, 0);
+	ck_assert_int_eq(n, 1);
+	ck_assert_uint_eq(ev[0].token, 9);
+	ck_assert_uint_eq(ev[0].events, WEFT_POLL_IN);
+	/* One-shot: taken once; the parents' notices are spent. */
+	ck_assert_int_eq(weft_poller_wait(child, ev, MAXEV, 0), 0);
+	quiet(a);
+	/* Re-armed: the next notice comes, and a blocking wait on the nested
+	 * poller itself gets the event. */
+	ck_assert_int_eq(
+	    weft_poller_modify(child, fd_of(sv[0]), WEFT_POLL_IN | WEFT_POLL_ONESHOT, 9), 0);
+	ck_assert_uint_eq(wait_for(child, 9), WEFT_POLL_IN);
+	/* A wake of the nested poller reaches its parents. */
+	weft_poller_wake(child);
+	ck_assert_uint_eq(wait_for(a, 1), WEFT_POLL_IN);
+	ck_assert_int_eq(weft_poller_wait(child, ev, MAXEV, 0), 0);
+	ck_assert_int_eq(weft_poller_delete(a, weft_poller_fd(child)), 0);
+	ck_assert_int_eq(weft_poller_delete(a, weft_poller_fd(child)), -ENOENT);
+	ck_assert_int_eq(weft_poller_delete(child, fd_of(sv[0])), 0);
+	ck_assert_int_eq(weft_poller_delete(b, weft_poller_fd(child)), 0);
+	weft_poller_free(a);
+	weft_poller_free(b);
+	weft_poller_free(child);
+	closesocket(sv[0]);
+	closesocket(sv[1]);
+}
+END_TEST
+
 static Suite *poller_suite(void)
 {
 	Suite *s = suite_create("poller-iocp");
@@ -647,6 +698,7 @@ static Suite *poller_suite(void)
 	tcase_add_test(tc, test_local_close);
 	tcase_add_test(tc, test_oneshot_cancel_rearm);
 	tcase_add_test(tc, test_adopt);
+	tcase_add_test(tc, test_nested);
 	suite_add_tcase(s, tc);
 	tcase_add_test(th, test_two_threads_one_port);
 	tcase_add_test(th, test_wake_cross_thread);

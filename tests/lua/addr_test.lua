@@ -80,10 +80,19 @@ test("next and addrs walk the list", function()
 		vianext[#vianext + 1] = e:tostring() .. "/" .. e:type()
 		e = e:next()
 	end
-	tap.cmp_ok(#viaiter, ">=", 2, "type 0 gives several entries")
+	local one = tap.windows and #viaiter == 1
+	if one then
+		tap.skip("Winsock gives one entry of type 0 where glibc gives one per socket type", 1)
+	else
+		tap.cmp_ok(#viaiter, ">=", 2, "type 0 gives several entries")
+	end
 	tap.is_deeply(vianext, viaiter, "ai:next() and ai:addrs() agree")
 	is(viaiter[1], "127.0.0.1:7/" .. ai:type(), "addrs() starts with the entry itself")
-	ok(types.tcp and types.udp, "tcp and udp entries present")
+	if one then
+		tap.skip("Winsock gives one entry of type 0 where glibc gives one per socket type", 1)
+	else
+		ok(types.tcp and types.udp, "tcp and udp entries present")
+	end
 	local last = ai
 	while last:next() do last = last:next() end
 	is(last:next(), nil, "next() of the last entry is nil")
@@ -136,7 +145,11 @@ end)
 test("ai:free", function()
 	local ai = assert(weft.addr("127.0.0.1", 80, 0, "inet"))
 	local second = ai:next()
-	ok(second, "list has a second entry")
+	if tap.windows and not second then
+		tap.skip("Winsock gives one entry of type 0 where glibc gives one per socket type", 1)
+	else
+		ok(second, "list has a second entry")
+	end
 	ai:free()
 	ok(raises(function() return ai:type() end), "a freed ai raises when used")
 	ok(raises(function() return ai:tostring() end), "a freed ai raises in tostring")

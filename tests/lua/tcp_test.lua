@@ -611,15 +611,25 @@ H.test("close semantics: FIN, RST with unread data, RST with so_linger 0", funct
 	weft.sleep(0.02)
 	a2:close()
 	local r, err = c2:recv(buf, 100, deadline())
-	is(r, nil, "close with unread data: peer recv fails")
-	is(err, "connection_reset", "close with unread data sends RST")
+	-- Wine reads a reset that came before the receive as end of stream.
+	local wine = "under Wine a reset before recv reads as end of stream"
+	if tap.wine then
+		tap.skip(wine, 2)
+	else
+		is(r, nil, "close with unread data: peer recv fails")
+		is(err, "connection_reset", "close with unread data sends RST")
+	end
 	c2:close()
 	local c3, a3 = tcp_pair()
 	is(c3:setopt("so_linger", 0), true, "setopt so_linger 0")
 	c3:close()
 	local r3, err3 = a3:recv(buf, 100, deadline())
-	is(r3, nil, "so_linger 0: peer recv fails")
-	is(err3, "connection_reset", "so_linger 0 sends RST")
+	if tap.wine then
+		tap.skip(wine, 2)
+	else
+		is(r3, nil, "so_linger 0: peer recv fails")
+		is(err3, "connection_reset", "so_linger 0 sends RST")
+	end
 	a3:close()
 end)
 
@@ -691,7 +701,15 @@ end)
 H.test("getopt/setopt round trips", function()
 	local s = assert(weft.tcp())
 	local function rt(opt, val, expected, note)
-		local r, err = s:setopt(opt, val)
+		local known, r, err = pcall(s.setopt, s, opt, val)
+		if not known and tap.windows and tostring(r):find("unknown socket option", 1, true) then
+			tap.skip(opt .. " is not an option on Windows (doc/design.md)", 2)
+			return
+		end
+		if tap.wine and r ~= true and opt:find("^tcp_keep") then
+			tap.skip("Wine does not implement " .. opt, 2)
+			return
+		end
 		is(r, true, ("setopt(%s, %s)"):format(opt, tostring(val)) .. (note or ""))
 		if r ~= true then tap.diag("  setopt message: " .. tostring(err)) end
 		local g, gerr = s:getopt(opt)
@@ -723,12 +741,18 @@ H.test("getopt/setopt round trips", function()
 	is(s:setopt("so_sndbuf", 65536), true, "setopt so_sndbuf")
 	cmp_ok(s:getopt("so_sndbuf") or 0, ">=", 65536, "so_sndbuf at least what was set")
 	is(s:getopt("so_type"), 1, "so_type is SOCK_STREAM")
-	is(s:getopt("so_domain"), 2, "so_domain is AF_INET")
-	is(s:getopt("so_protocol"), 6, "so_protocol is IPPROTO_TCP")
+	if tap.windows then
+		tap.skip("so_domain and so_protocol are Linux's", 2)
+	else
+		is(s:getopt("so_domain"), 2, "so_domain is AF_INET")
+		is(s:getopt("so_protocol"), 6, "so_protocol is IPPROTO_TCP")
+	end
 	is(s:getopt("so_error"), 0, "so_error is 0")
 	is(s:getopt("so_acceptconn"), false, "so_acceptconn false before listen")
-	local cc, ccerr = s:getopt("tcp_congestion")
-	if cc == nil then
+	local has_cc, cc, ccerr = pcall(s.getopt, s, "tcp_congestion")
+	if not has_cc then
+		tap.skip("tcp_congestion is not an option here")
+	elseif cc == nil then
 		tap.skip("tcp_congestion not supported here: " .. tostring(ccerr))
 	else
 		is(type(cc), "string", "tcp_congestion is a string")
@@ -740,7 +764,11 @@ H.test("getopt/setopt round trips", function()
 	if s6 then
 		is(s6:setopt("ipv6_v6only", true), true, "setopt ipv6_v6only")
 		is(s6:getopt("ipv6_v6only"), true, "getopt ipv6_v6only")
-		is(s6:getopt("so_domain"), 10, "so_domain is AF_INET6")
+		if tap.windows then
+			tap.skip("so_domain is Linux's")
+		else
+			is(s6:getopt("so_domain"), 10, "so_domain is AF_INET6")
+		end
 		s6:close()
 	else
 		tap.skip("no inet6 sockets")

@@ -1,0 +1,74 @@
+/* Error messages (error.h) on Windows.  errno values are the C runtime's
+ * (sock-win32.c maps Winsock's errors onto them); getaddrinfo's EAI_*
+ * codes are positive Winsock values (EAI_NONAME is WSAHOST_NOT_FOUND,
+ * 11001), and EAI_NODATA is EAI_NONAME there. */
+#include "error.h"
+
+#include <string.h>
+#include <winsock2.h>
+#include <ws2tcpip.h>
+
+/* Winsock's codes run to about 11100 (WSA_QOS_*); leave room. */
+#define EAI_SPAN 12000
+
+const char *weft__errno_text(int e)
+{
+	/* The C runtime has no words for the POSIX socket codes (it says
+	 * "Unknown error"): glibc's. */
+	switch (e) {
+	case EUSERS:
+		return "Too many users";
+	case ENOPROTOOPT:
+		return "Protocol not available";
+	case EOPNOTSUPP:
+		return "Operation not supported";
+	case EPROTONOSUPPORT:
+		return "Protocol not supported";
+	case EPROTOTYPE:
+		return "Protocol wrong type for socket";
+	case ENOTSOCK:
+		return "Socket operation on non-socket";
+	case EINPROGRESS:
+		return "Operation now in progress";
+	case EALREADY:
+		return "Operation already in progress";
+	case EWOULDBLOCK:
+		return "Resource temporarily unavailable";
+	case ENETDOWN:
+		return "Network is down";
+	case ENETRESET:
+		return "Network dropped connection on reset";
+	case ECANCELED:
+		return "Operation canceled";
+	case ELOOP:
+		return "Too many levels of symbolic links";
+	}
+	/* The C runtime's strerror keeps its buffer per thread. */
+	const char *s = strerror(e);
+	return s ? s : "unknown error";
+}
+
+const char *weft__eai_message(int mag)
+{
+	if (mag <= 0 || mag >= EAI_SPAN)
+		return NULL;
+	switch (mag) {
+	case EAI_NONAME:
+		return "host_not_found";
+	case EAI_AGAIN:
+		return "try_again";
+	case EAI_SERVICE:
+		return "service_not_found";
+	case EAI_FAMILY:
+		return "address_family_not_supported";
+	case EAI_MEMORY:
+		return "out_of_memory";
+	case EAI_FAIL:
+		return "non-recoverable failure in name resolution";
+	case EAI_BADFLAGS:
+		return "invalid value for ai_flags";
+	case EAI_SOCKTYPE:
+		return "ai_socktype not supported";
+	}
+	return "unknown error";
+}
