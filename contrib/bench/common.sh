@@ -69,3 +69,18 @@ http_get() {
 	exec {fd}<&-
 	printf '%s' "$body"
 }
+
+# Stop the server's whole process group ($server_pid leads it): SIGTERM,
+# then SIGKILL after 5 s; clears server_pid.  Nothing to do without one.
+stop_server() {
+	[[ -n $server_pid ]] || return 0
+	kill -TERM -- "-$server_pid" 2>/dev/null || true
+	local i
+	for ((i = 0; i < 50; i++)); do
+		kill -0 -- "-$server_pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	kill -KILL -- "-$server_pid" 2>/dev/null || true
+	wait "$server_pid" 2>/dev/null || true
+	server_pid=
+}

@@ -103,14 +103,6 @@ start_server() { # -> sets server_pid, port, group
 	mapfile -t group < <(pgrep -g "$server_pid")
 }
 
-stop_server() {
-	kill -TERM -- "-$server_pid" 2>/dev/null || true
-	sleep 0.1
-	kill -KILL -- "-$server_pid" 2>/dev/null || true
-	wait "$server_pid" 2>/dev/null || true
-	server_pid=
-}
-
 # measure TEST NAME -> "us_per_request requests" in $tmp/measured
 measure() {
 	server_cmd "$1" "$2"

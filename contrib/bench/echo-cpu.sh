@@ -166,19 +166,6 @@ expect_line() {
 	fi
 }
 
-# Stop the server's whole process group: SIGTERM, then SIGKILL after 5 s.
-stop_server() {
-	kill -TERM -- "-$server_pid" 2>/dev/null || true
-	local i
-	for ((i = 0; i < 50; i++)); do
-		kill -0 -- "-$server_pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	kill -KILL -- "-$server_pid" 2>/dev/null || true
-	wait "$server_pid" 2>/dev/null || true
-	server_pid=
-}
-
 # Measure server $1 (command line in `cmd`) once; append one result line
 # "name us_per_rt roundtrips rps cpu_s util% p50 p99" to $tmp/results.
 measure() {

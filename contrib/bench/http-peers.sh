@@ -180,19 +180,6 @@ server_cmd() {
 	esac
 }
 
-stop_server() {
-	[[ -n $server_pid ]] || return 0
-	kill -TERM -- "-$server_pid" 2>/dev/null || true
-	local i
-	for ((i = 0; i < 50; i++)); do
-		kill -0 -- "-$server_pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	kill -KILL -- "-$server_pid" 2>/dev/null || true
-	wait "$server_pid" 2>/dev/null || true
-	server_pid=
-}
-
 # start_server PEER: on a free port, pinned to SERVER_CPU in a process group
 # of its own, until it answers GET /.  Sets server_pid, port, group.
 # Returns 1, after saying why on stderr, when it would not start.

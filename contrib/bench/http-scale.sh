@@ -237,20 +237,6 @@ start_server() {
 	return 0
 }
 
-# Stop the server's whole process group: SIGTERM, then SIGKILL after 5 s.
-stop_server() {
-	[[ -n $server_pid ]] || return 0
-	kill -TERM -- "-$server_pid" 2>/dev/null || true
-	local i
-	for ((i = 0; i < 50; i++)); do
-		kill -0 -- "-$server_pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	kill -KILL -- "-$server_pid" 2>/dev/null || true
-	wait "$server_pid" 2>/dev/null || true
-	server_pid=
-}
-
 # Run wrk for $1 seconds against the server; prints "requests req_per_s".
 run_wrk() {
 	local res reqs rps

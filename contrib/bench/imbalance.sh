@@ -65,18 +65,6 @@ trap 'exit 130' INT TERM
 turns=$("$WEFT_BIN" "$here/imbalance.lua" calibrate "$BURN_US") || die "calibration failed"
 [[ $turns =~ ^[0-9]+$ ]] || die "calibration printed '$turns'"
 
-stop_server() {
-	kill -TERM -- "-$server_pid" 2>/dev/null || true
-	local i
-	for ((i = 0; i < 50; i++)); do
-		kill -0 -- "-$server_pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	kill -KILL -- "-$server_pid" 2>/dev/null || true
-	wait "$server_pid" 2>/dev/null || true
-	server_pid=
-}
-
 # measure WORKERS -> one line of figures on stdout (see `fields` below), or
 # nothing after saying why on stderr.
 measure() {

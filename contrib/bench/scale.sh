@@ -126,18 +126,6 @@ rss_kb() {
 	echo "$sum"
 }
 
-stop_server() {
-	kill -TERM -- "-$server_pid" 2>/dev/null || true
-	local i
-	for ((i = 0; i < 50; i++)); do
-		kill -0 -- "-$server_pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	kill -KILL -- "-$server_pid" 2>/dev/null || true
-	wait "$server_pid" 2>/dev/null || true
-	server_pid=
-}
-
 # measure NAME SIZE -> "bytes_per_conn connect_s ping_ms" on stdout, or
 # nothing after saying why on stderr.
 measure() {
