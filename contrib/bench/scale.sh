@@ -14,7 +14,7 @@
 #
 # Servers (SERVERS, in this order; one not installed is skipped with a
 # line saying so): raw (rawecho), weft (contrib/examples/echo.lua),
-# weft-512 (echo-small.lua: the same with a 512-byte buffer), luv
+# weft-512 (echo.lua with a 512-byte buffer), luv
 # (echo-luv.lua), cqueues (echo-cqueues.lua), node (echo-node.js).  The
 # figure is runtime and program together, with whatever buffer the
 # program holds per connection: echo.lua's is a 16 KiB weft.buffer
@@ -89,7 +89,7 @@ server_cmd() {
 	case $1 in
 	raw) cmd=("$RAWECHO" 127.0.0.1 0) ;;
 	weft) cmd=(env "LUA_PATH=$weft_path" "$WEFT_BIN" "$srcdir/contrib/examples/echo.lua" 127.0.0.1 0) ;;
-	weft-512) cmd=(env "LUA_PATH=$weft_path" "$WEFT_BIN" "$here/echo-small.lua" 127.0.0.1 0 512) ;;
+	weft-512) cmd=(env "LUA_PATH=$weft_path" "$WEFT_BIN" "$srcdir/contrib/examples/echo.lua" 127.0.0.1 0 512) ;;
 	luv)
 		lua_has luv || { echo "skipped luv: no Lua 5.4 with the luv module (Debian package lua-luv)"; return 1; }
 		cmd=("$LUA" "$here/echo-luv.lua" 127.0.0.1 0)

@@ -1,11 +1,13 @@
 -- A TCP echo server: one coroutine per connection.
---   weft contrib/examples/echo.lua [host] [port]
+--   weft contrib/examples/echo.lua [host] [port] [bufsize]
 --   weft -t 4 contrib/examples/echo.lua [host] [port]   (four workers)
+-- bufsize: the bytes of each connection's buffer (default 16384).
 -- then, for instance:  nc 127.0.0.1 <port>
 local weft = require "weft"
 
 local host = arg[1] or "127.0.0.1"
 local port = tonumber(arg[2]) or 7000
+local bufsize = tonumber(arg[3]) or 16384
 
 -- With several workers, each listens on the same address and they share
 -- one listening socket.  Port 0 means "any": worker 1 picks it and tells
@@ -28,7 +30,7 @@ if weft.worker() == 1 then
 end
 
 local function serve(client)
-	local buf = weft.buffer(16384)
+	local buf = weft.buffer(bufsize)
 	while true do
 		local n = client:recv(buf, #buf)
 		if not n or n == 0 then break end
