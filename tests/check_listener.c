@@ -171,6 +171,24 @@ static uint32_t wait_accept(weft_worker_t *w, uint32_t *slot)
 	return weft_worker_wait_ext_until(w, *slot, UINT64_MAX);
 }
 
+/* A coroutine of w waits in accept on l (registering *tag), a client
+ * connects (*client), and the connection is handed to the waiter: its
+ * wake-up comes.  Returns the wait's seq; the waiter is *slot. */
+static uint32_t handed_one(weft_worker_t *w, weft_listener_t *l, int *tag, uint32_t *slot,
+			   int *client)
+{
+	uint32_t seq = wait_accept(w, slot);
+
+	ck_assert_int_eq(weft_listener_take(l, w, *slot, seq, tag), -EAGAIN);
+	*client = connect_to(port_of(weft_listener_fd(l)));
+	ck_assert_int_ge(*client, 0);
+	weft_wake_t wk = next_wake(w);
+	ck_assert_uint_eq(wk.slot, *slot);
+	ck_assert_uint_eq(wk.seq, seq);
+	ck_assert_int_eq(wk.code, 0);
+	return seq;
+}
+
 START_TEST(test_take_after_harvest)
 {
 	env_t e = setup();
@@ -203,16 +221,9 @@ START_TEST(test_waiter_claims)
 {
 	env_t e = setup();
 	weft_listener_t *l = listen_on(e.w, 0);
-	int tag;
-	uint32_t slot, seq = wait_accept(e.w, &slot);
+	int tag, c;
+	uint32_t slot, seq = handed_one(e.w, l, &tag, &slot, &c);
 
-	ck_assert_int_eq(weft_listener_take(l, e.w, slot, seq, &tag), -EAGAIN);
-	int c = connect_to(port_of(weft_listener_fd(l)));
-	ck_assert_int_ge(c, 0);
-	weft_wake_t wk = next_wake(e.w);
-	ck_assert_uint_eq(wk.slot, slot);
-	ck_assert_uint_eq(wk.seq, seq);
-	ck_assert_int_eq(wk.code, 0);
 	/* The connection was handed to this waiter, not queued for anyone. */
 	ck_assert_int_eq(weft_listener_take(l, e.w, 0, 0, NULL), -EAGAIN);
 	int fd = weft_listener_claim(l, e.w, slot, seq);
@@ -237,12 +248,8 @@ START_TEST(test_accept_wake_does_not_spin)
 	weft_listener_t *l = listen_on(e.w, 0);
 	int tag;
 	for (int round = 0; round < 3; round++) {
-		uint32_t slot, seq = wait_accept(e.w, &slot);
-		ck_assert_int_eq(weft_listener_take(l, e.w, slot, seq, &tag), -EAGAIN);
-		int c = connect_to(port_of(weft_listener_fd(l)));
-		ck_assert_int_ge(c, 0);
-		weft_wake_t wk = next_wake(e.w);
-		ck_assert_uint_eq(wk.slot, slot);
+		int c;
+		uint32_t slot, seq = handed_one(e.w, l, &tag, &slot, &c);
 		int fd = weft_listener_claim(l, e.w, slot, seq);
 		ck_assert_int_ge(fd, 0);
 		/* Idle now, right after that wake-up. */
