@@ -1,9 +1,10 @@
 /* Error messages (error.h) on Windows.  errno values are the C runtime's
  * (sock-win32.c maps Winsock's errors onto them); getaddrinfo's EAI_*
  * codes are positive Winsock values (EAI_NONAME is WSAHOST_NOT_FOUND,
- * 11001), and EAI_NODATA is EAI_NONAME there. */
+ * 11001; EAI_NODATA is WSANO_DATA, 11004). */
 #include "error.h"
 
+#include <stdlib.h>
 #include <string.h>
 #include <winsock2.h>
 #include <ws2tcpip.h>
@@ -43,9 +44,12 @@ const char *weft__errno_text(int e)
 	case ELOOP:
 		return "Too many levels of symbolic links";
 	}
-	/* The C runtime's strerror keeps its buffer per thread. */
-	const char *s = strerror(e);
-	return s ? s : "unknown error";
+	/* Not strerror: it writes into a per-thread buffer that the next
+	 * call overwrites, and weft's strings are static.  The runtime's own
+	 * table is; for codes it does not know it says "Unknown error", where
+	 * weft says its own. */
+	const char *s = e > 0 && e < _sys_nerr ? _sys_errlist[e] : NULL;
+	return s && strcmp(s, "Unknown error") != 0 ? s : "unknown error";
 }
 
 const char *weft__eai_message(int mag)
@@ -54,6 +58,7 @@ const char *weft__eai_message(int mag)
 		return NULL;
 	switch (mag) {
 	case EAI_NONAME:
+	case WSANO_DATA: /* a name without addresses: EAI_NODATA */
 		return "host_not_found";
 	case EAI_AGAIN:
 		return "try_again";

@@ -777,6 +777,14 @@ local function family_arg(h)
 	return h.family
 end
 
+-- LuaSocket's bind sets SO_REUSEADDR.  Not on Windows, where that option
+-- lets another socket take over a bound port (weft has no so_reuseaddr
+-- there) and binding over TIME_WAIT is allowed anyway.
+local WINDOWS = package.config:sub(1, 1) == "\\"
+local function reuseaddr(s)
+	if not WINDOWS then s:setopt("so_reuseaddr", true) end
+end
+
 function NATIVE:bind(host, port)
 	local s = self.s
 	if not s then
@@ -785,7 +793,7 @@ function NATIVE:bind(host, port)
 		if not s then return nil, errstr(err) end
 		self.s = s
 	end
-	s:setopt("so_reuseaddr", true)
+	reuseaddr(s)
 	if host == "*" then host = (s:family() == "inet6") and "::" or "0.0.0.0" end
 	local ok, err = s:bind(host, port)
 	if not ok then return nil, errstr(err) end
@@ -934,7 +942,7 @@ function socketlib.bind(host, port, backlog)
 	local s
 	s, err = weft.tcp(ai:family())
 	if not s then return nil, errstr(err) end
-	s:setopt("so_reuseaddr", true)
+	reuseaddr(s)
 	local ok, e = s:listen(backlog or 32, ai)
 	if not ok then
 		s:close()

@@ -10,6 +10,9 @@ local dir = srcdir .. "/tests/lua/copas_programs/"
 
 local function run(args)
 	local cmd = ("LUA_PATH='%s/lua/?.lua;;' timeout -k 5 60 %s %s 2>&1"):format(srcdir, bin, args)
+	if tap.windows then -- cmd.exe runs the line; the environment has LUA_PATH
+		cmd = ("%s %s 2>&1"):format(bin:gsub("/", "\\"), args)
+	end
 	local f = io.popen(cmd)
 	local out = f:read("a")
 	local ok, _, code = f:close()
