@@ -862,6 +862,11 @@ function NATIVE:setoption(name, value)
 	if not s then return nil, "closed" end
 	local o = optnames[name]
 	if not o then error("unsupported option '" .. tostring(name) .. "'", 2) end
+	-- LuaSocket programs set reuseaddr before bind as a matter of course.
+	-- On Windows it is accepted and does nothing: binding over TIME_WAIT
+	-- works there without it, and the real option would let another
+	-- socket take the port over (see reuseaddr above).
+	if o == "so_reuseaddr" and WINDOWS then return 1 end
 	if o == "so_linger" and type(value) == "table" then
 		value = value.on and (value.timeout or 0) or false
 	end
@@ -875,6 +880,7 @@ function NATIVE:getoption(name)
 	if not s then return nil, "closed" end
 	local o = optnames[name]
 	if not o then error("unsupported option '" .. tostring(name) .. "'", 2) end
+	if o == "so_reuseaddr" and WINDOWS then return false end
 	local v, err = s:getopt(o)
 	if v == nil then return nil, errstr(err) end
 	if o == "so_linger" then return {on = v ~= false, timeout = v or 0} end
