@@ -84,3 +84,16 @@ stop_server() {
 	wait "$server_pid" 2>/dev/null || true
 	server_pid=
 }
+
+# For a script's EXIT trap: kill the load generator ($load_pid) and the
+# server's process group ($server_pid), whichever is running, at once.
+kill_running() {
+	if [[ -n ${load_pid:-} ]]; then
+		kill "$load_pid" 2>/dev/null || true
+		wait "$load_pid" 2>/dev/null || true
+	fi
+	if [[ -n ${server_pid:-} ]]; then
+		kill -KILL -- "-$server_pid" 2>/dev/null || true
+		wait "$server_pid" 2>/dev/null || true
+	fi
+}

@@ -74,10 +74,7 @@ tmp=$(mktemp -d "${TMPDIR:-/tmp}/http-peers.XXXXXX")
 server_pid=
 group=()
 cleanup() {
-	if [[ -n $server_pid ]]; then
-		kill -KILL -- "-$server_pid" 2>/dev/null || true
-		wait "$server_pid" 2>/dev/null || true
-	fi
+	kill_running
 	rm -rf "$tmp"
 }
 trap cleanup EXIT

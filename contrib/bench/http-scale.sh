@@ -125,10 +125,7 @@ cleanup() {
 		kill -INT "$tracer_pid" 2>/dev/null || true
 		wait "$tracer_pid" 2>/dev/null || true
 	fi
-	if [[ -n $server_pid ]]; then
-		kill -KILL -- "-$server_pid" 2>/dev/null || true
-		wait "$server_pid" 2>/dev/null || true
-	fi
+	kill_running
 	rm -rf "$tmp"
 }
 trap cleanup EXIT

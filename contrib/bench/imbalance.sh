@@ -49,14 +49,7 @@ server_pid=
 load_pid=
 group=()
 cleanup() {
-	if [[ -n $load_pid ]]; then
-		kill "$load_pid" 2>/dev/null || true
-		wait "$load_pid" 2>/dev/null || true
-	fi
-	if [[ -n $server_pid ]]; then
-		kill -KILL -- "-$server_pid" 2>/dev/null || true
-		wait "$server_pid" 2>/dev/null || true
-	fi
+	kill_running
 	rm -rf "$tmp"
 }
 trap cleanup EXIT
