@@ -311,18 +311,7 @@ H.test("a deadline covers the name lookup too (connect, sendto, addr)", function
 	c:close() u:close() l:close()
 end)
 
--- A connected pair, made inside a thread.
-local function tcp_pair()
-	local l = assert(weft.tcp())
-	assert(l:listen("127.0.0.1", 0))
-	local a
-	weft.thread(function() a = assert(l:accept(deadline())) end)
-	local c = assert(weft.tcp())
-	assert(c:connect("127.0.0.1", l.local_port, deadline()))
-	while not a do weft.sleep(0.001) end
-	l:close()
-	return c, a
-end
+local tcp_pair = require("net_helper").tcp_pair
 
 H.test("recvall_read: nil, \"eof\" at the end; a reader over the partial data on error", function()
 	local c, a = tcp_pair()

@@ -11,17 +11,7 @@ local function deadline(s)
 	return weft.clock() + (s or 5)
 end
 
-local function tcp_pair()
-	local l = assert(weft.tcp())
-	assert(l:listen("127.0.0.1", 0))
-	local a
-	weft.thread(function() a = assert(l:accept(deadline())) end)
-	local c = assert(weft.tcp())
-	assert(c:connect("127.0.0.1", l.local_port, deadline()))
-	while not a do weft.sleep(0.001) end
-	l:close()
-	return c, a
-end
+local tcp_pair = require("net_helper").tcp_pair
 
 local function open_fds()
 	local n = 0
