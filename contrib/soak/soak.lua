@@ -105,27 +105,33 @@ local function exchange(s, rbuf, c, rounds, what, drop)
 	end
 end
 
-function workloads.echo(stop)
-	local c = {exchanges = 0, bytes = 0, aborted = 0, errors = 0, served = 0}
-	-- server: echo until the peer closes or resets
+-- Accept on l until stop() says so (checked at least once a second),
+-- each connection served by handle(socket) in a thread of its own.
+local function serve(l, stop, handle)
 	weft.thread(function()
 		while true do
-			local s = listener:accept(weft.clock() + 1)
+			local s = l:accept(weft.clock() + 1)
 			if not s then
 				if stop() then return end
 			else
-				weft.thread(function()
-					local buf = weft.buffer(16384)
-					while true do
-						local n = s:recv(buf, #buf, weft.clock() + 10)
-						if not n or n == 0 then break end
-						if not s:send(buf, n, weft.clock() + 10) then break end
-					end
-					s:close()
-					c.served = c.served + 1
-				end)
+				weft.thread(handle, s)
 			end
 		end
+	end)
+end
+
+function workloads.echo(stop)
+	local c = {exchanges = 0, bytes = 0, aborted = 0, errors = 0, served = 0}
+	-- server: echo until the peer closes or resets
+	serve(listener, stop, function(s)
+		local buf = weft.buffer(16384)
+		while true do
+			local n = s:recv(buf, #buf, weft.clock() + 10)
+			if not n or n == 0 then break end
+			if not s:send(buf, n, weft.clock() + 10) then break end
+		end
+		s:close()
+		c.served = c.served + 1
 	end)
 	local clients = 8
 	local done = 0
@@ -298,24 +304,15 @@ function workloads.tls(stop)
 	local sctx = assert(tls.context {mode = "server", certificate = setup.dir .. "/server.pem",
 		key = setup.dir .. "/server.key"})
 	local cctx = assert(tls.context {mode = "client", cafile = setup.dir .. "/ca.pem"})
-	weft.thread(function()
-		while true do
-			local a = l:accept(weft.clock() + 1)
-			if not a then
-				if stop() then return end
-			else
-				weft.thread(function()
-					local t = tls.wrap(a, sctx)
-					local buf = weft.buffer(16384)
-					while t do
-						local n = t:recv(buf, #buf, weft.clock() + 10)
-						if not n or n == 0 then break end
-						if not t:send(buf, n, weft.clock() + 10) then break end
-					end
-					if t then t:close() else a:close() end
-				end)
-			end
+	serve(l, stop, function(a)
+		local t = tls.wrap(a, sctx)
+		local buf = weft.buffer(16384)
+		while t do
+			local n = t:recv(buf, #buf, weft.clock() + 10)
+			if not n or n == 0 then break end
+			if not t:send(buf, n, weft.clock() + 10) then break end
 		end
+		if t then t:close() else a:close() end
 	end)
 	local clients, done = 4, 0
 	for _ = 1, clients do
