@@ -67,6 +67,7 @@ lw_buffer_t *lw_buffer_push(lua_State *L, const char *data, size_t len)
 	/* Created empty first, then filled, so that a failed allocation leaves
 	 * a valid (empty) object for the collector. */
 	lw_buffer_t *b = lua_newuserdatauv(L, sizeof *b, 1);
+	b->tag = &lw_tag_buffer;
 	b->data = NULL;
 	b->len = 0;
 	b->off = 0;
@@ -248,6 +249,7 @@ static int b_view(lua_State *L)
 		lua_pushvalue(L, 1);
 	}
 	lw_buffer_t *v = lua_newuserdatauv(L, sizeof *v, 1);
+	v->tag = &lw_tag_buffer;
 	v->data = NULL;
 	v->len = (size_t)n;
 	v->off = (size_t)root_off;
@@ -293,7 +295,6 @@ static const luaL_Reg meta[] = {
 void lw_open_buffer(lua_State *L, lw_state_t *S)
 {
 	luaL_newmetatable(L, LW_BUFFER);
-	lw_settag(L, &lw_tag_buffer);
 	lw_register(L, S, meta);
 	lua_newtable(L);
 	lw_register(L, S, methods);

@@ -19,12 +19,15 @@
 #include "sock.h"
 
 typedef struct lsock {
-	int fd; /* -1 when closed */
+	const void *tag; /* &lw_tag_socket (lw_testclass) */
 	weft_fd_t *rec;
-	int family, type, protocol;
-	int listening;
-	int connected; /* TCP: a connect completed (or accepted) */
 	weft_listener_t *lst; /* listening: the (maybe shared) listener */
+	int fd; /* -1 when closed */
+	int protocol;
+	unsigned short family;
+	unsigned char type;
+	unsigned char listening : 1;
+	unsigned char connected : 1; /* TCP: a connect completed (or accepted) */
 } lsock_t;
 
 static lsock_t *checksock(lua_State *L, int idx)
@@ -62,6 +65,7 @@ static int push_sock(lua_State *L, lw_state_t *S, int fd, int family, int type, 
 {
 	/* Created closed, then opened: a failure leaves a valid object. */
 	lsock_t *s = lua_newuserdatauv(L, sizeof *s, 0);
+	s->tag = &lw_tag_socket;
 	s->fd = -1;
 	s->rec = NULL;
 	s->family = family;
@@ -1189,7 +1193,6 @@ void lw_open_socket(lua_State *L, lw_state_t *S)
 	/* Methods are found through a C __index so that the address fields
 	 * (local_addr, ...) can be computed on demand from the socket. */
 	luaL_newmetatable(L, LW_SOCKET);
-	lw_settag(L, &lw_tag_socket);
 	lw_register(L, S, meta);
 	lua_newtable(L);
 	lw_register(L, S, methods);

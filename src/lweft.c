@@ -61,22 +61,16 @@ static int own_copy(lua_State *L)
 	"the module weft/core.so?): link the program with the shared libweft, or give "  \
 	"its states weft.core from the program (package.preload with luaopen_weft_core)"
 
-char lw_tag_socket, lw_tag_buffer;
+const char lw_tag_socket, lw_tag_buffer;
 
 void *lw_testclass(lua_State *L, int idx, const void *tag)
 {
 	void *p = lua_touserdata(L, idx);
-	if (!p || !lua_getmetatable(L, idx))
-		return NULL;
-	int ok = lua_rawgeti(L, -1, 1) == LUA_TLIGHTUSERDATA && lua_touserdata(L, -1) == tag;
-	lua_pop(L, 2);
-	return ok ? p : NULL;
-}
-
-void lw_settag(lua_State *L, const void *tag)
-{
-	lua_pushlightuserdata(L, (void *)tag);
-	lua_rawseti(L, -2, 1);
+	/* lua_rawlen is 0 for a light userdata: only a full userdata at least
+	 * a pointer long is read. */
+	if (p && lua_rawlen(L, idx) >= sizeof tag && *(const void *const *)p == tag)
+		return p;
+	return NULL;
 }
 
 void lw_register(lua_State *L, lw_state_t *S, const luaL_Reg *funcs)

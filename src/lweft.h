@@ -58,13 +58,15 @@ typedef struct lw_state {
 #define lw_S(L) ((lw_state_t *)lua_touserdata((L), lua_upvalueindex(1)))
 
 /* Fast type checks for the classes on the I/O paths (sockets, buffers):
- * their metatables hold a tag, a light userdata, at key 1, which is
- * cheaper to compare than luaL_checkudata's registry lookup by name.
- * lw_testclass returns the userdata at idx if its metatable has the tag,
- * else NULL; lw_settag tags the metatable at the top of the stack. */
-extern char lw_tag_socket, lw_tag_buffer;
+ * their userdata start with a tag, the address of lw_tag_socket or
+ * lw_tag_buffer.  Two API calls (lua_touserdata, lua_rawlen) and a load
+ * tell the class, where a metatable comparison takes five and
+ * luaL_checkudata a registry lookup by name: these checks run several
+ * times per recv and send.  Only C code that takes the address of these
+ * tags could make another userdata pass.  lw_testclass returns the
+ * userdata at idx if it starts with tag, else NULL. */
+extern const char lw_tag_socket, lw_tag_buffer;
 void *lw_testclass(lua_State *L, int idx, const void *tag);
-void lw_settag(lua_State *L, const void *tag);
 
 /* Register funcs into the table at the top, each with the state record as
  * upvalue. */
@@ -125,6 +127,7 @@ int lw_fair_yield(lua_State *L, lw_state_t *S, lua_KContext ctx, lua_KFunction k
 
 /* Buffers. */
 typedef struct lw_buffer {
+	const void *tag; /* &lw_tag_buffer (lw_testclass) */
 	char *data;     /* owned bytes (NULL for a view) */
 	size_t len;     /* length; for a view, its length */
 	size_t off;     /* for a view: offset in the parent */

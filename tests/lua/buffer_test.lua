@@ -138,4 +138,22 @@ test("bad arguments raise", function()
 	ok(raises(b.set, b, 1, {}), "set with a table raises")
 end)
 
+-- The class checks read a tag at the start of the userdata: other full
+-- userdata (a file, a socket), other values and the wrong one of weft's
+-- own classes must all be refused, never misread.
+test("other userdata are not buffers, nor buffers sockets", function()
+	local b = weft.buffer(64)
+	local s = assert(weft.tcp())
+	ok(raises(b.tostring, io.stdout), "a file is not a buffer")
+	ok(raises(b.tostring, s), "a socket is not a buffer")
+	ok(raises(b.set, s, 1, "x"), "set on a socket raises")
+	ok(raises(b.len, s), "len of a socket raises")
+	ok(raises(s.close, b), "a buffer is not a socket")
+	ok(raises(s.recv, b, b), "recv on a buffer raises")
+	ok(raises(s.send, s, io.stdout), "send of a file raises")
+	ok(raises(b.tostring, weft.stats), "a function is not a buffer")
+	is(b:tostring(1, 3), "\0\0\0", "the buffer still works")
+	s:close()
+end)
+
 tap.done()
