@@ -135,6 +135,16 @@ static int b_gc(lua_State *L)
 	return 0;
 }
 
+/* luaL_optinteger with one API call when the argument is there. */
+static lua_Integer optint(lua_State *L, int idx, lua_Integer def)
+{
+	int isnum;
+	lua_Integer v = lua_tointegerx(L, idx, &isnum);
+	if (isnum)
+		return v;
+	return lua_isnoneornil(L, idx) ? def : luaL_checkinteger(L, idx);
+}
+
 /* Translate string.sub-style indices (negative from the end) to a 0-based
  * [*from, *to) range, clamped. */
 static void range(lua_Integer i, lua_Integer j, size_t len, size_t *from, size_t *to)
@@ -162,7 +172,7 @@ static int b_tostring(lua_State *L)
 	lw_buffer_t *b = checkbuf(L, 1);
 	char *d = resolve(L, 1, b);
 	size_t from, to;
-	range(luaL_optinteger(L, 2, 1), luaL_optinteger(L, 3, -1), b->len, &from, &to);
+	range(optint(L, 2, 1), optint(L, 3, -1), b->len, &from, &to);
 	lua_pushlstring(L, d ? d + from : "", to - from);
 	return 1;
 }
@@ -231,6 +241,91 @@ static int b_set(lua_State *L)
 	return 1;
 }
 
+/* The first n[0..nl) in h[0..hl), or NULL; 1 <= nl <= hl.  Candidates
+ * come from memchr on the needle's first byte, which is quick for the short
+ * needles of protocol parsing.  That alone is O(hl * nl) when candidates
+ * keep failing late, so where the C library has memmem (linear at worst)
+ * the rest of such a haystack goes to it. */
+static const char *search(const char *h, size_t hl, const char *n, size_t nl)
+{
+	const char *last = h + (hl - nl); /* the last place a match can start */
+#ifdef __GLIBC__
+	int misses = 0;
+#endif
+	while (h <= last) {
+		const char *c = memchr(h, (unsigned char)n[0], (size_t)(last - h) + 1);
+		if (!c)
+			return NULL;
+		if (memcmp(c + 1, n + 1, nl - 1) == 0)
+			return c;
+		h = c + 1;
+#ifdef __GLIBC__
+		if (++misses == 8 && h <= last)
+			return memmem(h, (size_t)(last - h) + nl, n, nl);
+#endif
+	}
+	return NULL;
+}
+
+/* buf:find(s [, init [, j]]): the first s (plain bytes) within the bytes
+ * init..j, as string.find(buf:tostring(1, j), s, init, true) but with a
+ * negative init counted from the end of the buffer. */
+static int b_find(lua_State *L)
+{
+	lw_buffer_t *b = checkbuf(L, 1);
+	size_t nl;
+	const char *n = lw_checkbytes(L, 2, &nl);
+	lua_Integer len = (lua_Integer)b->len;
+	lua_Integer i = optint(L, 3, 1);
+	lua_Integer j = optint(L, 4, -1);
+	const char *d = resolve(L, 1, b);
+	/* init as string.find clamps it, j as string.sub does */
+	if (i < 0)
+		i = i < -len ? 1 : len + i + 1;
+	else if (i == 0)
+		i = 1;
+	if (j < 0)
+		j = j < -len ? 0 : len + j + 1;
+	else if (j > len)
+		j = len;
+	/* the match starts at i at the earliest and must end by j */
+	if (i - 1 > j || (lua_Integer)nl > j - (i - 1)) {
+		lua_pushnil(L);
+		return 1;
+	}
+	if (nl > 0) {
+		const char *m = search(d + i - 1, (size_t)(j - (i - 1)), n, nl);
+		if (!m) {
+			lua_pushnil(L);
+			return 1;
+		}
+		i = (lua_Integer)(m - d) + 1;
+	}
+	lua_pushinteger(L, i);
+	lua_pushinteger(L, i + (lua_Integer)nl - 1);
+	return 2;
+}
+
+/* buf:copy(at, src [, i [, j]]) */
+static int b_copy(lua_State *L)
+{
+	lw_buffer_t *b = checkbuf(L, 1);
+	lua_Integer at = luaL_checkinteger(L, 2);
+	size_t sl;
+	const char *s = lw_checkbytes(L, 3, &sl);
+	size_t from, to;
+	range(optint(L, 4, 1), optint(L, 5, -1), sl, &from, &to);
+	size_t n = to - from;
+	luaL_argcheck(L,
+		      at >= 1 && (lua_Unsigned)at - 1 <= b->len && n <= b->len - (size_t)(at - 1),
+		      2, "does not fit in the buffer");
+	char *d = resolve(L, 1, b);
+	if (n)
+		memmove(d + at - 1, s + from, n);
+	lua_settop(L, 1);
+	return 1;
+}
+
 /* buf:view(i [, len]) */
 static int b_view(lua_State *L)
 {
@@ -277,6 +372,8 @@ static int b_resize(lua_State *L)
 static const luaL_Reg methods[] = {
 	{"tostring", b_tostring},
 	{"set", b_set},
+	{"copy", b_copy},
+	{"find", b_find},
 	{"view", b_view},
 	{"resize", b_resize},
 	{"len", b_len},
