@@ -517,18 +517,16 @@ static const char *send_args_(lua_State *L, int idx, size_t *len, int known)
 	return p;
 }
 
-/* tcp:send(data, [len], [expires]) -> true | nil, err, sent */
-static int tcp_send_k(lua_State *L, int status, lua_KContext ctx)
+/* tcp:send(data, [len], [expires]) -> true | nil, err, sent
+ *
+ * The loop takes the bytes as checked by its caller: s_send on the first
+ * call, tcp_send_k after a wake-up (the arguments are parsed once per
+ * entry, not again for the first try). */
+static int tcp_send_k(lua_State *L, int status, lua_KContext ctx);
+
+static int tcp_send_loop(lua_State *L, lw_state_t *S, lsock_t *s, const char *p, size_t len,
+			 size_t sent, uint64_t deadline)
 {
-	lw_state_t *S = lw_S(L);
-	lsock_t *s = known_sock(L);
-	size_t sent = (size_t)ctx;
-	int code = resumed(L, status, s);
-	if (code < 0)
-		return lw_error_partial(L, code, (lua_Integer)sent);
-	size_t len;
-	const char *p = send_args_known(L, 2, &len);
-	uint64_t deadline = lw_deadline(L, 4);
 	while (sent < len) {
 		uint32_t edges = 0;
 		ssize_t n = -EAGAIN;
@@ -557,6 +555,18 @@ static int tcp_send_k(lua_State *L, int status, lua_KContext ctx)
 		return lw_fair_yield(L, S, 0, lw_return_true_k);
 	lua_pushboolean(L, 1);
 	return 1;
+}
+
+static int tcp_send_k(lua_State *L, int status, lua_KContext ctx)
+{
+	lsock_t *s = known_sock(L);
+	size_t sent = (size_t)ctx;
+	int code = resumed(L, status, s);
+	if (code < 0)
+		return lw_error_partial(L, code, (lua_Integer)sent);
+	size_t len;
+	const char *p = send_args_known(L, 2, &len);
+	return tcp_send_loop(L, lw_S(L), s, p, len, sent, lw_deadline(L, 4));
 }
 
 /* Calls that return a count in one go (recv, datagram send and sendto):
@@ -614,16 +624,27 @@ static int dgram_send_k(lua_State *L, int status, lua_KContext ctx)
 	return count_op(L, status, WEFT_WRITE, 4, dgram_send, dgram_send_k);
 }
 
+/* Arguments past the last one a waiting method reads are dropped, so that
+ * its continuation finds its own at the same indices; missing ones read
+ * as none, which every argument check takes for nil. */
+static void trim_args(lua_State *L, int n)
+{
+	if (lua_gettop(L) > n)
+		lua_settop(L, n);
+}
+
 static int s_send(lua_State *L)
 {
-	lw_waiter(L, lw_S(L)); /* I/O runs inside weft threads only */
+	lw_state_t *S = lw_S(L);
+	lw_waiter(L, S); /* I/O runs inside weft threads only */
 	lsock_t *s = checksock(L, 1);
 	size_t len;
-	send_args(L, 2, &len);
+	const char *p = send_args(L, 2, &len);
+	uint64_t deadline = lw_deadline(L, 4);
 	CHECK_OPEN(L, s);
-	lua_settop(L, 4);
+	trim_args(L, 4);
 	if (s->type == SOCK_STREAM)
-		return tcp_send_k(L, LUA_OK, 0);
+		return tcp_send_loop(L, S, s, p, len, 0, deadline);
 	return dgram_send_k(L, LUA_OK, 0);
 }
 
@@ -683,33 +704,69 @@ static char *recv_args_(lua_State *L, int idx, size_t *maxlen, int known)
 }
 
 /* s:recv(buf, [maxlen], [expires]) -> n */
-static ssize_t do_recv(lua_State *L, lsock_t *s, size_t *want)
+/* The recv loop, on the target as checked by its caller (s_recv on the
+ * first call, recv_k after a wake-up). */
+static int recv_k(lua_State *L, int status, lua_KContext ctx);
+
+static int recv_loop(lua_State *L, lw_state_t *S, lsock_t *s, char *p, size_t maxlen,
+		     uint64_t deadline)
 {
-	size_t maxlen;
-	char *p = recv_args_known(L, 2, &maxlen);
-	*want = maxlen;
-	return weft_sock_recv(s->fd, p, maxlen, 0);
+	for (;;) {
+		uint32_t edges = 0;
+		ssize_t n = -EAGAIN;
+		if (worth_trying(s, WEFT_READ, &edges))
+			n = weft_sock_recv(s->fd, p, maxlen, 0);
+		if (n >= 0) {
+			if (s->rec && drains(s)) {
+				if (n > 0 && (size_t)n < maxlen)
+					weft_fd_drained(s->rec, WEFT_READ, edges);
+				else
+					weft_fd_undrain(s->rec, WEFT_READ);
+			}
+			if (lw_fair(L, S))
+				return lw_fair_yield(L, S, (lua_KContext)n, lw_return_ctx_k);
+			lua_pushinteger(L, (lua_Integer)n);
+			return 1;
+		}
+		if (n != -EAGAIN)
+			return lw_error(L, (int)n);
+		drained(s, WEFT_READ, edges);
+		int rc = io_wait(L, S, s, WEFT_READ, deadline);
+		if (rc < 0)
+			return lw_error(L, rc);
+		if (rc == 0)
+			return lw_await(L, 0, recv_k);
+	}
 }
 
 static int recv_k(lua_State *L, int status, lua_KContext ctx)
 {
-	return count_op(L, status, WEFT_READ, 4, do_recv, recv_k);
+	(void)ctx;
+	lsock_t *s = known_sock(L);
+	int code = resumed(L, status, s);
+	if (code < 0)
+		return lw_error(L, code);
+	size_t maxlen;
+	char *p = recv_args_known(L, 2, &maxlen);
+	return recv_loop(L, lw_S(L), s, p, maxlen, lw_deadline(L, 4));
 }
 
 static int s_recv(lua_State *L)
 {
-	lw_waiter(L, lw_S(L)); /* I/O runs inside weft threads only */
+	lw_state_t *S = lw_S(L);
+	lw_waiter(L, S); /* I/O runs inside weft threads only */
 	lsock_t *s = checksock(L, 1);
 	size_t maxlen;
-	recv_args(L, 2, &maxlen);
+	char *p = recv_args(L, 2, &maxlen);
 	/* On TCP a 0 from recv means end of stream: asking for 0 bytes would
 	 * wait for data and then read as the peer having closed. */
 	if (maxlen == 0 && s->type == SOCK_STREAM)
 		return luaL_argerror(L, lua_isnoneornil(L, 3) ? 2 : 3,
 				     "tcp recv needs room for at least 1 byte");
+	uint64_t deadline = lw_deadline(L, 4);
 	CHECK_OPEN(L, s);
-	lua_settop(L, 4);
-	return recv_k(L, LUA_OK, 0);
+	trim_args(L, 4);
+	return recv_loop(L, S, s, p, maxlen, deadline);
 }
 
 /* tcp:recvn(buf, len, [expires]) -> buf, len | nil, err, got */
