@@ -66,10 +66,11 @@ local function serve(c)
 		-- (what was searched before, but for its last three bytes, had none);
 		-- k: requests parsed but not answered yet
 		local pos, from, k = 1, math.max(1, have - 2), 0
+		local stats_here = buf:find("GET /stats ", 1, last) -- in this read at all?
 		while pos <= last do
 			local _, e = buf:find("\r\n\r\n", from, last)
 			if not e then break end
-			if buf:find("GET /stats ", pos, pos + 10) == pos then
+			if stats_here and buf:find("GET /stats ", pos, pos + 10) == pos then
 				if k > 0 and not c:send(responses[k]) then return c:close() end
 				if not c:send(stats()) then return c:close() end
 				k = 0
