@@ -38,6 +38,7 @@ typedef struct shared {
 #define DEFAULT_LIMIT ((size_t)64 << 20)
 
 typedef struct reader {
+	const void *tag;    /* &reader_tag (lw_testclass) */
 	size_t start, end;  /* pending bytes: store[start, end) */
 	int busy;           /* a receive waits in recv: others are refused */
 	int hits;           /* results from the buffer since the last counted one */
@@ -46,6 +47,8 @@ typedef struct reader {
 } reader_t;
 
 #define LW_COUNTER "weft.copas_counter"
+
+static const char reader_tag;
 
 /* core.copas_counter() -> the part the readers of one Copas instance
  * share: a counter of readers waiting in recv (for copas.status) and the
@@ -127,6 +130,7 @@ static int l_reader(lua_State *L)
 	luaL_checkany(L, 1);
 	shared_t *counter = luaL_testudata(L, 2, LW_COUNTER);
 	reader_t *r = lua_newuserdatauv(L, sizeof *r, UV_COUNT);
+	r->tag = &reader_tag;
 	r->start = r->end = 0;
 	r->busy = 0;
 	r->hits = 0;
@@ -147,6 +151,7 @@ static int l_reader(lua_State *L)
 	/* The view: a buffer that borrows the storage's bytes. */
 	lw_buffer_t *v = lua_newuserdatauv(L, sizeof *v, 1);
 	memset(v, 0, sizeof *v);
+	v->tag = &lw_tag_buffer;
 	v->view = 1;
 	luaL_setmetatable(L, LW_BUFFER);
 	lua_getiuservalue(L, ri, UV_STORE);
@@ -158,7 +163,10 @@ static int l_reader(lua_State *L)
 
 static reader_t *checkreader(lua_State *L, int idx)
 {
-	return luaL_checkudata(L, idx, LW_READER);
+	reader_t *r = lw_testclass(L, idx, &reader_tag);
+	if (!r)
+		luaL_typeerror(L, idx, LW_READER);
+	return r;
 }
 
 static int pattern_of(lua_State *L, lua_Integer *count)

@@ -33,7 +33,9 @@ typedef struct lsock {
 static lsock_t *checksock(lua_State *L, int idx)
 {
 	lsock_t *s = lw_testclass(L, idx, &lw_tag_socket);
-	return s ? s : luaL_checkudata(L, idx, LW_SOCKET);
+	if (!s)
+		luaL_typeerror(L, idx, LW_SOCKET);
+	return s;
 }
 
 static lsock_t *checktype(lua_State *L, int idx, int type, const char *what)

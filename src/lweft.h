@@ -64,7 +64,9 @@ typedef struct lw_state {
  * luaL_checkudata a registry lookup by name: these checks run several
  * times per recv and send.  Only C code that takes the address of these
  * tags could make another userdata pass.  lw_testclass returns the
- * userdata at idx if it starts with tag, else NULL. */
+ * userdata at idx if it starts with tag, else NULL.  Every object of
+ * these classes gets its tag where it is made; the checks have no slower
+ * fallback that could hide one made without. */
 extern const char lw_tag_socket, lw_tag_buffer;
 void *lw_testclass(lua_State *L, int idx, const void *tag);
 
