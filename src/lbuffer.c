@@ -14,7 +14,9 @@
 static lw_buffer_t *checkbuf(lua_State *L, int idx)
 {
 	lw_buffer_t *b = lw_testclass(L, idx, &lw_tag_buffer);
-	return b ? b : luaL_checkudata(L, idx, LW_BUFFER);
+	if (!b)
+		luaL_typeerror(L, idx, LW_BUFFER);
+	return b;
 }
 
 /* The parent's bytes for a view at idx; raises if the view no longer fits. */

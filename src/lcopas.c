@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "clock.h"
+#include "error.h"
 #include "lweft.h"
 
 #define LW_READER "weft.copas_reader"
@@ -38,14 +39,19 @@ typedef struct shared {
 #define DEFAULT_LIMIT ((size_t)64 << 20)
 
 typedef struct reader {
+	const void *tag;    /* &reader_tag (lw_testclass) */
 	size_t start, end;  /* pending bytes: store[start, end) */
 	int busy;           /* a receive waits in recv: others are refused */
 	int hits;           /* results from the buffer since the last counted one */
 	lw_buffer_t *store; /* the storage (kept alive as a uservalue) */
+	lsock_t *sock;      /* the stream if a weft TCP socket (kept alive as
+			     * a uservalue), else NULL: recv it is called */
 	shared_t *shared;   /* the instance's shared part, or NULL */
 } reader_t;
 
 #define LW_COUNTER "weft.copas_counter"
+
+static const char reader_tag;
 
 /* core.copas_counter() -> the part the readers of one Copas instance
  * share: a counter of readers waiting in recv (for copas.status) and the
@@ -127,6 +133,7 @@ static int l_reader(lua_State *L)
 	luaL_checkany(L, 1);
 	shared_t *counter = luaL_testudata(L, 2, LW_COUNTER);
 	reader_t *r = lua_newuserdatauv(L, sizeof *r, UV_COUNT);
+	r->tag = &reader_tag;
 	r->start = r->end = 0;
 	r->busy = 0;
 	r->hits = 0;
@@ -137,6 +144,7 @@ static int l_reader(lua_State *L)
 	}
 	luaL_setmetatable(L, LW_READER);
 	int ri = lua_gettop(L);
+	r->sock = lw_totcp(L, 1);
 	lua_pushvalue(L, 1);
 	lua_setiuservalue(L, ri, UV_SOCK);
 	if (lua_getfield(L, 1, "recv") == LUA_TNIL)
@@ -147,6 +155,7 @@ static int l_reader(lua_State *L)
 	/* The view: a buffer that borrows the storage's bytes. */
 	lw_buffer_t *v = lua_newuserdatauv(L, sizeof *v, 1);
 	memset(v, 0, sizeof *v);
+	v->tag = &lw_tag_buffer;
 	v->view = 1;
 	luaL_setmetatable(L, LW_BUFFER);
 	lua_getiuservalue(L, ri, UV_STORE);
@@ -158,7 +167,10 @@ static int l_reader(lua_State *L)
 
 static reader_t *checkreader(lua_State *L, int idx)
 {
-	return luaL_checkudata(L, idx, LW_READER);
+	reader_t *r = lw_testclass(L, idx, &reader_tag);
+	if (!r)
+		luaL_typeerror(L, idx, LW_READER);
+	return r;
 }
 
 static int pattern_of(lua_State *L, lua_Integer *count)
@@ -288,53 +300,38 @@ static int satisfied(lua_State *L, reader_t *r)
 	return 1;
 }
 
-/* rd:receive([pattern [, prefix]], timeout, partial)
- *   -> data | nil, err, partial
- * timeout: seconds per recv (nil or < 0: none; 0: only what is there).
- * partial (receivepartial): with "*a" or a count, return as soon as some
- * data came, as nil, "timeout", partial. */
-static int receive_k(lua_State *L, int status, lua_KContext ctx)
+/* What a recv brought: n bytes (> 0), the end of the stream (0), or an
+ * error err.  Returns the count of results pushed, or 0 when the pattern
+ * wants more. */
+static int got(lua_State *L, reader_t *r, int pat, lua_Integer count, lua_Integer n,
+	       const char *err)
 {
-	reader_t *r = lua_touserdata(L, 1);
-	lua_Integer count = 0;
-	int pat = pattern_of(L, &count);
 	lw_buffer_t *st = r->store;
-	if (status != LUA_OK) {
-		/* Back from recv: n, or nil, err. */
-		r->busy = 0;
-		if (r->shared)
-			r->shared->receiving--;
-		int isnum;
-		lua_Integer n = lua_tointegerx(L, 6, &isnum);
-		if (!isnum) {
-			const char *err = luasocket_error(lua_tostring(L, 7));
-			lua_settop(L, 5);
-			return fail(L, r, st->data, pat, err);
+	if (err)
+		return fail(L, r, st->data, pat, err);
+	if (n <= 0) {
+		/* "*a" ends well at the close, unless it got nothing (as
+		 * LuaSocket: then "closed", with the prefix). */
+		if (pat == PAT_ALL && r->end > r->start) {
+			size_t plen = 0;
+			const char *prefix =
+			    lua_type(L, 3) == LUA_TSTRING ? lua_tolstring(L, 3, &plen) : "";
+			push_result(L, prefix, plen, st->data + r->start, r->end - r->start, 0);
+			r->start = r->end = 0;
+			return 1;
 		}
-		lua_settop(L, 5);
-		if (n <= 0) {
-			/* "*a" ends well at the close, unless it got nothing (as
-			 * LuaSocket: then "closed", with the prefix). */
-			if (pat == PAT_ALL && r->end > r->start) {
-				size_t plen = 0;
-				const char *prefix =
-				    lua_type(L, 3) == LUA_TSTRING ? lua_tolstring(L, 3, &plen) : "";
-				push_result(L, prefix, plen, st->data + r->start, r->end - r->start,
-				            0);
-				r->start = r->end = 0;
-				return 1;
-			}
-			return fail(L, r, st->data, pat, "closed");
-		}
-		r->end += (size_t)n;
-		if (satisfy(L, r, st->data, pat, count))
-			return 1; /* the recv counted */
-	} else if (satisfy(L, r, st->data, pat, count)) {
-		return satisfied(L, r);
+		return fail(L, r, st->data, pat, "closed");
 	}
-	if (lua_toboolean(L, 5) && pat != PAT_LINE && r->end > r->start)
-		return fail(L, r, st->data, pat, "timeout");
-	/* Room for more: move the pending bytes to the front, grow when full. */
+	r->end += (size_t)n;
+	return satisfy(L, r, st->data, pat, count);
+}
+
+/* Room in the storage for the next recv: 0, or the count of results
+ * pushed by a failure. */
+static int make_room(lua_State *L, reader_t *r, int pat, lua_Integer count)
+{
+	lw_buffer_t *st = r->store;
+	/* Move the pending bytes to the front, grow when full. */
 	if (r->start > 0) {
 		memmove(st->data, st->data + r->start, r->end - r->start);
 		r->end -= r->start;
@@ -354,20 +351,116 @@ static int receive_k(lua_State *L, int status, lua_KContext ctx)
 		if (want > READER_MAX || lw_buffer_resize(st, want) < 0)
 			return fail(L, r, st->data, pat, "out of memory");
 	}
-	lua_getiuservalue(L, 1, UV_RECV);
-	lua_getiuservalue(L, 1, UV_SOCK);
-	lua_getiuservalue(L, 1, UV_VIEW);
-	lw_buffer_t *v = lua_touserdata(L, -1);
-	v->off = r->end;
-	v->len = st->len - r->end;
-	lua_pushinteger(L, (lua_Integer)v->len);
-	push_expires(L);
-	ctx = (lua_KContext)(r->end - r->start);
-	r->busy = 1;
+	return 0;
+}
+
+static void busy(reader_t *r, int on)
+{
+	r->busy = on;
 	if (r->shared)
-		r->shared->receiving++;
-	lua_callk(L, 4, 2, ctx, receive_k);
-	return receive_k(L, LUA_YIELD, ctx);
+		r->shared->receiving += on ? 1 : -1;
+}
+
+/* rd:receive([pattern [, prefix]], timeout, partial)
+ *   -> data | nil, err, partial
+ * timeout: seconds per recv (nil or < 0: none; 0: only what is there).
+ * partial (receivepartial): with "*a" or a count, return as soon as some
+ * data came, as nil, "timeout", partial.
+ *
+ * On a weft TCP socket the reader receives itself (lw_sock_recv) and
+ * waits with its own continuation, direct_k; any other stream's recv
+ * method is called with lua_callk and returns to call_k. */
+enum { CTX_RECV, CTX_FAIR };
+
+static int call_k(lua_State *L, int status, lua_KContext ctx);
+static int direct_k(lua_State *L, int status, lua_KContext ctx);
+
+/* Receive until the pattern is met (or fails). */
+static int pump(lua_State *L, reader_t *r, int pat, lua_Integer count)
+{
+	lw_buffer_t *st = r->store;
+	for (;;) {
+		if (lua_toboolean(L, 5) && pat != PAT_LINE && r->end > r->start)
+			return fail(L, r, st->data, pat, "timeout");
+		int nres = make_room(L, r, pat, count);
+		if (nres)
+			return nres;
+		if (!r->sock) {
+			lua_getiuservalue(L, 1, UV_RECV);
+			lua_getiuservalue(L, 1, UV_SOCK);
+			lua_getiuservalue(L, 1, UV_VIEW);
+			lw_buffer_t *v = lua_touserdata(L, -1);
+			v->off = r->end;
+			v->len = st->len - r->end;
+			lua_pushinteger(L, (lua_Integer)v->len);
+			push_expires(L);
+			busy(r, 1);
+			lua_callk(L, 4, 2, 0, call_k);
+			return call_k(L, LUA_YIELD, 0);
+		}
+		lw_state_t *S = lw_S(L);
+		uint64_t deadline = UINT64_MAX;
+		if (lua_type(L, 4) == LUA_TNUMBER && lua_tonumber(L, 4) >= 0)
+			deadline = weft_clock_s2ns(weft_clock() + lua_tonumber(L, 4));
+		ssize_t n = lw_sock_recv(L, S, r->sock, st->data + r->end, st->len - r->end,
+					 deadline);
+		if (n == LW_WAITING) {
+			busy(r, 1);
+			return lw_await(L, CTX_RECV, direct_k);
+		}
+		nres = got(L, r, pat, count, n,
+			   n < 0 ? luasocket_error(weft_strerror((int)n)) : NULL);
+		/* Each recv that brought bytes counts for the thread's budget,
+		 * as in s:recv. */
+		int fair = n > 0 && lw_fair(L, S);
+		if (nres)
+			return fair && nres == 1 ? lw_fair_yield(L, S, 0, result_k) : nres;
+		if (fair)
+			return lw_fair_yield(L, S, CTX_FAIR, direct_k);
+	}
+}
+
+/* Back from the stream's recv: n, or nil, err (at 6, 7). */
+static int call_k(lua_State *L, int status, lua_KContext ctx)
+{
+	(void)status;
+	(void)ctx;
+	reader_t *r = lua_touserdata(L, 1);
+	lua_Integer count = 0;
+	int pat = pattern_of(L, &count);
+	busy(r, 0);
+	int isnum;
+	lua_Integer n = lua_tointegerx(L, 6, &isnum);
+	int nres = got(L, r, pat, count, n, isnum ? NULL : luasocket_error(lua_tostring(L, 7)));
+	if (nres)
+		return nres; /* the recv counted */
+	lua_settop(L, 5);
+	return pump(L, r, pat, count);
+}
+
+/* Woken from a wait of lw_sock_recv, or after a fairness yield. */
+static int direct_k(lua_State *L, int status, lua_KContext ctx)
+{
+	(void)status;
+	reader_t *r = lua_touserdata(L, 1);
+	lua_Integer count = 0;
+	int pat = pattern_of(L, &count);
+	int code = lw_wakecode(L);
+	if (ctx == CTX_RECV) {
+		busy(r, 0);
+		if (code < 0)
+			return got(L, r, pat, count, code, luasocket_error(weft_strerror(code)));
+	}
+	return pump(L, r, pat, count);
+}
+
+static int receive(lua_State *L, reader_t *r)
+{
+	lua_Integer count = 0;
+	int pat = pattern_of(L, &count);
+	if (satisfy(L, r, r->store->data, pat, count))
+		return satisfied(L, r);
+	return pump(L, r, pat, count);
 }
 
 static int rd_receive(lua_State *L)
@@ -385,7 +478,7 @@ static int rd_receive(lua_State *L)
 	if (!lua_isnoneornil(L, 3))
 		luaL_checkstring(L, 3);
 	lua_settop(L, 5);
-	return receive_k(L, LUA_OK, 0);
+	return receive(L, r);
 }
 
 /* rd:buffered() -> bytes received and not yet returned */

@@ -33,7 +33,9 @@ typedef struct lsock {
 static lsock_t *checksock(lua_State *L, int idx)
 {
 	lsock_t *s = lw_testclass(L, idx, &lw_tag_socket);
-	return s ? s : luaL_checkudata(L, idx, LW_SOCKET);
+	if (!s)
+		luaL_typeerror(L, idx, LW_SOCKET);
+	return s;
 }
 
 static lsock_t *checktype(lua_State *L, int idx, int type, const char *what)
@@ -301,6 +303,12 @@ static int resumed(lua_State *L, int status, lsock_t *s)
 lsock_t *lw_checktcp(lua_State *L, int idx)
 {
 	return checktype(L, idx, SOCK_STREAM, "this call");
+}
+
+lsock_t *lw_totcp(lua_State *L, int idx)
+{
+	lsock_t *s = lw_testclass(L, idx, &lw_tag_socket);
+	return s && s->type == SOCK_STREAM ? s : NULL;
 }
 
 int lw_sock_fd(const lsock_t *s)
@@ -704,13 +712,15 @@ static char *recv_args_(lua_State *L, int idx, size_t *maxlen, int known)
 }
 
 /* s:recv(buf, [maxlen], [expires]) -> n */
-/* The recv loop, on the target as checked by its caller (s_recv on the
- * first call, recv_k after a wake-up). */
-static int recv_k(lua_State *L, int status, lua_KContext ctx);
-
-static int recv_loop(lua_State *L, lw_state_t *S, lsock_t *s, char *p, size_t maxlen,
+/* One recv into p[0, maxlen) with readiness tracking, waiting if need be:
+ * the count (0: end of stream on TCP), a negative code, or LW_WAITING when
+ * a wait was registered and the caller must yield with lw_await.  For
+ * s:recv and the Copas reader. */
+ssize_t lw_sock_recv(lua_State *L, lw_state_t *S, lsock_t *s, char *p, size_t maxlen,
 		     uint64_t deadline)
 {
+	if (s->fd < 0)
+		return WEFT_ECLOSED;
 	for (;;) {
 		uint32_t edges = 0;
 		ssize_t n = -EAGAIN;
@@ -723,20 +733,33 @@ static int recv_loop(lua_State *L, lw_state_t *S, lsock_t *s, char *p, size_t ma
 				else
 					weft_fd_undrain(s->rec, WEFT_READ);
 			}
-			if (lw_fair(L, S))
-				return lw_fair_yield(L, S, (lua_KContext)n, lw_return_ctx_k);
-			lua_pushinteger(L, (lua_Integer)n);
-			return 1;
+			return n;
 		}
 		if (n != -EAGAIN)
-			return lw_error(L, (int)n);
+			return n;
 		drained(s, WEFT_READ, edges);
 		int rc = io_wait(L, S, s, WEFT_READ, deadline);
-		if (rc < 0)
-			return lw_error(L, rc);
-		if (rc == 0)
-			return lw_await(L, 0, recv_k);
+		if (rc <= 0)
+			return rc < 0 ? rc : LW_WAITING;
 	}
+}
+
+/* The recv loop, on the target as checked by its caller (s_recv on the
+ * first call, recv_k after a wake-up). */
+static int recv_k(lua_State *L, int status, lua_KContext ctx);
+
+static int recv_loop(lua_State *L, lw_state_t *S, lsock_t *s, char *p, size_t maxlen,
+		     uint64_t deadline)
+{
+	ssize_t n = lw_sock_recv(L, S, s, p, maxlen, deadline);
+	if (n == LW_WAITING)
+		return lw_await(L, 0, recv_k);
+	if (n < 0)
+		return lw_error(L, (int)n);
+	if (lw_fair(L, S))
+		return lw_fair_yield(L, S, (lua_KContext)n, lw_return_ctx_k);
+	lua_pushinteger(L, (lua_Integer)n);
+	return 1;
 }
 
 static int recv_k(lua_State *L, int status, lua_KContext ctx)

@@ -64,7 +64,9 @@ typedef struct lw_state {
  * luaL_checkudata a registry lookup by name: these checks run several
  * times per recv and send.  Only C code that takes the address of these
  * tags could make another userdata pass.  lw_testclass returns the
- * userdata at idx if it starts with tag, else NULL. */
+ * userdata at idx if it starts with tag, else NULL.  Every object of
+ * these classes gets its tag where it is made; the checks have no slower
+ * fallback that could hide one made without. */
 extern const char lw_tag_socket, lw_tag_buffer;
 void *lw_testclass(lua_State *L, int idx, const void *tag);
 
@@ -205,6 +207,16 @@ typedef struct lsock lsock_t;
 lsock_t *lw_checktcp(lua_State *L, int idx);
 int lw_sock_fd(const lsock_t *s);
 int lw_sock_wait(lua_State *L, lw_state_t *S, lsock_t *s, int dir, uint64_t deadline);
+/* lw_totcp: the weft TCP socket at idx, or NULL.  lw_sock_recv receives
+ * up to maxlen bytes into p as s:recv does (readiness tracking, the
+ * deadline, a closed socket): the count (0 at the end of the stream), a
+ * negative error code, or LW_WAITING when the caller must `return
+ * lw_await(...)` and call it again once woken.  No fairness yield: that is
+ * the caller's (lw_fair). */
+#define LW_WAITING (-0x40000000) /* far from every error code (lib/error.h) */
+lsock_t *lw_totcp(lua_State *L, int idx);
+ssize_t lw_sock_recv(lua_State *L, lw_state_t *S, lsock_t *s, char *p, size_t maxlen,
+		     uint64_t deadline);
 void lw_open_tls(lua_State *L, lw_state_t *S);
 /* Socket arguments as the TCP methods take them: the bytes to send at idx
  * (a string or buffer) with an optional length at idx+1; the buffer to
