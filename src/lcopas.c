@@ -199,21 +199,30 @@ static int pattern_of(lua_State *L, lua_Integer *count)
 	return luaL_argerror(L, 2, "invalid receive pattern");
 }
 
-/* Push prefix .. bytes (with every CR dropped when strip_cr). */
+/* Push prefix .. bytes (with every CR dropped when strip_cr, as
+ * LuaSocket's "*l" does).  A line ending in CRLF, the usual case, is cut
+ * short by one byte, with no copy. */
 static void push_result(lua_State *L, const char *prefix, size_t plen, const char *p, size_t n,
                         int strip_cr)
 {
-	if (!plen && !(strip_cr && memchr(p, '\r', n))) {
-		lua_pushlstring(L, p, n);
+	const char *cr = strip_cr && n ? memchr(p, '\r', n) : NULL;
+	if (!plen && (!cr || cr == p + n - 1)) {
+		lua_pushlstring(L, p, cr ? n - 1 : n);
 		return;
 	}
 	luaL_Buffer b;
 	char *out = luaL_buffinitsize(L, &b, plen + n);
 	memcpy(out, prefix, plen);
 	size_t k = plen;
-	for (size_t i = 0; i < n; i++)
-		if (!strip_cr || p[i] != '\r')
-			out[k++] = p[i];
+	const char *end = p + n;
+	while (cr) {
+		memcpy(out + k, p, (size_t)(cr - p));
+		k += (size_t)(cr - p);
+		p = cr + 1;
+		cr = memchr(p, '\r', (size_t)(end - p));
+	}
+	memcpy(out + k, p, (size_t)(end - p));
+	k += (size_t)(end - p);
 	luaL_pushresultsize(&b, k);
 }
 
@@ -454,10 +463,8 @@ static int direct_k(lua_State *L, int status, lua_KContext ctx)
 	return pump(L, r, pat, count);
 }
 
-static int receive(lua_State *L, reader_t *r)
+static int receive(lua_State *L, reader_t *r, int pat, lua_Integer count)
 {
-	lua_Integer count = 0;
-	int pat = pattern_of(L, &count);
 	if (satisfy(L, r, r->store->data, pat, count))
 		return satisfied(L, r);
 	return pump(L, r, pat, count);
@@ -473,12 +480,12 @@ static int rd_receive(lua_State *L)
 		lua_pushliteral(L, "Operation already in progress");
 		return 2;
 	}
-	lua_Integer count;
-	pattern_of(L, &count);
+	lua_Integer count = 0;
+	int pat = pattern_of(L, &count);
 	if (!lua_isnoneornil(L, 3))
 		luaL_checkstring(L, 3);
 	lua_settop(L, 5);
-	return receive(L, r);
+	return receive(L, r, pat, count);
 }
 
 /* rd:buffered() -> bytes received and not yet returned */

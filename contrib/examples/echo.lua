@@ -32,7 +32,7 @@ end
 local function serve(client)
 	local buf = weft.buffer(bufsize)
 	while true do
-		local n = client:recv(buf, #buf)
+		local n = client:recv(buf)
 		if not n or n == 0 then break end
 		if not client:send(buf, n) then break end
 	end
