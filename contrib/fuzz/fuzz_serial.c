@@ -4,8 +4,9 @@
  * from outside the process would: it must return a count or an error,
  * never crash, hang or leak, and never load code.  What decodes is
  * serialized again and decoded again: the second round must give as
- * many values, and the re-encoding must be stable (encoding the second
- * result gives the same bytes).  No handle type is registered here, so
+ * many values, and the re-encoding must be stable: encoding the second
+ * result gives the same bytes when there are no tables, the same length
+ * when there are fewer than 128 objects (see below).  No handle type is registered here, so
  * handle tags are unknown ones (handles carry process-local pointers and
  * only ever come from this process). */
 #include "config.h"
@@ -48,7 +49,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	int m = lw_deserialize(L, a.data, a.len, 0);
 	if (m != n)
 		abort();
-	if (lw_serialize(L, 1, m, 0, &b) != 0 || a.len != b.len)
+	if (lw_serialize(L, 1, m, 0, &b) != 0)
+		abort();
+	/* A reference is the varint number of its object in order of first
+	 * appearance, and that order follows lua_next, which may differ
+	 * between two rebuilds of a table: from the 128th object on, a
+	 * reference can take one byte more or less.  Lengths are compared
+	 * only below that (counting every byte that could be an object's
+	 * tag overcounts, which only skips the check more often). */
+	size_t objs = 0;
+	for (size_t i = 0; i < a.len; i++) {
+		unsigned char c = (unsigned char)a.data[i];
+		objs += c == 0x06 || c == 0x08 || c == 0x09;
+	}
+	if (objs < 128 && a.len != b.len)
 		abort();
 	/* Tables' key order may differ between two rebuilds, so only the
 	 * length is compared byte for byte when tables are present. */
