@@ -228,21 +228,6 @@ static int b_newindex(lua_State *L)
 	return 0;
 }
 
-/* buf:set(i, s) */
-static int b_set(lua_State *L)
-{
-	lw_buffer_t *b = checkbuf(L, 1);
-	lua_Integer i = luaL_checkinteger(L, 2);
-	size_t n;
-	const char *s = lw_checkbytes(L, 3, &n);
-	luaL_argcheck(L, i >= 1 && (lua_Unsigned)i - 1 <= b->len && n <= b->len - (size_t)(i - 1),
-		      2, "does not fit in the buffer");
-	if (n)
-		memmove(resolve(L, 1, b) + i - 1, s, n);
-	lua_settop(L, 1);
-	return 1;
-}
-
 /* The first n[0..nl) in h[0..hl), or NULL; 1 <= nl <= hl.  Candidates
  * come from memchr on the needle's first byte, which is quick for the short
  * needles of protocol parsing.  That alone is O(hl * nl) when candidates
@@ -308,7 +293,7 @@ static int b_find(lua_State *L)
 	return 2;
 }
 
-/* buf:copy(at, src [, i [, j]]) */
+/* buf:copy(at, src [, i [, j]]), also buf:set(at, src) */
 static int b_copy(lua_State *L)
 {
 	lw_buffer_t *b = checkbuf(L, 1);
@@ -373,7 +358,7 @@ static int b_resize(lua_State *L)
 
 static const luaL_Reg methods[] = {
 	{"tostring", b_tostring},
-	{"set", b_set},
+	{"set", b_copy}, /* buf:set(i, s) is buf:copy(i, s) */
 	{"copy", b_copy},
 	{"find", b_find},
 	{"view", b_view},

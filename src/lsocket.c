@@ -298,6 +298,19 @@ static int resumed(lua_State *L, int status, lsock_t *s)
 	return code;
 }
 
+/* The start of a continuation: the socket, or NULL when woken with an
+ * error or closed, with nil, err pushed, and for a call that reports how
+ * far it got (partial), done as the third value (*nret values). */
+static lsock_t *resume_io(lua_State *L, int status, int partial, size_t done, int *nret)
+{
+	lsock_t *s = known_sock(L);
+	int code = resumed(L, status, s);
+	if (code >= 0)
+		return s;
+	*nret = partial ? lw_error_partial(L, code, (lua_Integer)done) : lw_error(L, code);
+	return NULL;
+}
+
 /* For ltls.c, which does its I/O on a TCP socket's fd and waits on it the
  * same way. */
 lsock_t *lw_checktcp(lua_State *L, int idx)
@@ -376,10 +389,10 @@ static int return_top_k(lua_State *L, int status, lua_KContext ctx)
 static int connect_k(lua_State *L, int status, lua_KContext ctx)
 {
 	lw_state_t *S = lw_S(L);
-	lsock_t *s = known_sock(L);
-	int code = resumed(L, status, s);
-	if (code < 0)
-		return lw_error(L, code);
+	int nret;
+	lsock_t *s = resume_io(L, status, 0, 0, &nret);
+	if (!s)
+		return nret;
 	uint64_t deadline = lw_deadline(L, 3);
 	for (;;) {
 		int rc;
@@ -567,14 +580,13 @@ static int tcp_send_loop(lua_State *L, lw_state_t *S, lsock_t *s, const char *p,
 
 static int tcp_send_k(lua_State *L, int status, lua_KContext ctx)
 {
-	lsock_t *s = known_sock(L);
-	size_t sent = (size_t)ctx;
-	int code = resumed(L, status, s);
-	if (code < 0)
-		return lw_error_partial(L, code, (lua_Integer)sent);
+	int nret;
+	lsock_t *s = resume_io(L, status, 1, (size_t)ctx, &nret);
+	if (!s)
+		return nret;
 	size_t len;
 	const char *p = send_args_known(L, 2, &len);
-	return tcp_send_loop(L, lw_S(L), s, p, len, sent, lw_deadline(L, 4));
+	return tcp_send_loop(L, lw_S(L), s, p, len, (size_t)ctx, lw_deadline(L, 4));
 }
 
 /* Calls that return a count in one go (recv, datagram send and sendto):
@@ -586,10 +598,10 @@ static int count_op(lua_State *L, int status, int dir, int expires_idx, count_fn
 		    lua_KFunction self)
 {
 	lw_state_t *S = lw_S(L);
-	lsock_t *s = known_sock(L);
-	int code = resumed(L, status, s);
-	if (code < 0)
-		return lw_error(L, code);
+	int nret;
+	lsock_t *s = resume_io(L, status, 0, 0, &nret);
+	if (!s)
+		return nret;
 	uint64_t deadline = lw_deadline(L, expires_idx);
 	for (;;) {
 		uint32_t edges = 0;
@@ -765,10 +777,10 @@ static int recv_loop(lua_State *L, lw_state_t *S, lsock_t *s, char *p, size_t ma
 static int recv_k(lua_State *L, int status, lua_KContext ctx)
 {
 	(void)ctx;
-	lsock_t *s = known_sock(L);
-	int code = resumed(L, status, s);
-	if (code < 0)
-		return lw_error(L, code);
+	int nret;
+	lsock_t *s = resume_io(L, status, 0, 0, &nret);
+	if (!s)
+		return nret;
 	size_t maxlen;
 	char *p = recv_args_known(L, 2, &maxlen);
 	return recv_loop(L, lw_S(L), s, p, maxlen, lw_deadline(L, 4));
@@ -796,11 +808,11 @@ static int s_recv(lua_State *L)
 static int recvn_k(lua_State *L, int status, lua_KContext ctx)
 {
 	lw_state_t *S = lw_S(L);
-	lsock_t *s = known_sock(L);
 	size_t got = (size_t)ctx;
-	int code = resumed(L, status, s);
-	if (code < 0)
-		return lw_error_partial(L, code, (lua_Integer)got);
+	int nret;
+	lsock_t *s = resume_io(L, status, 1, got, &nret);
+	if (!s)
+		return nret;
 	size_t len;
 	char *p = recv_args_known(L, 2, &len);
 	uint64_t deadline = lw_deadline(L, 4);
@@ -941,10 +953,10 @@ static int s_recvall(lua_State *L)
 static int recvnext_k(lua_State *L, int status, lua_KContext ctx)
 {
 	lw_state_t *S = lw_S(L);
-	lsock_t *s = known_sock(L);
-	int code = resumed(L, status, s);
-	if (code < 0)
-		return lw_error(L, code);
+	int nret;
+	lsock_t *s = resume_io(L, status, 0, 0, &nret);
+	if (!s)
+		return nret;
 	size_t maxlen;
 	char *p = recv_args_known(L, 2, &maxlen);
 	uint64_t deadline = lw_deadline(L, 4);
