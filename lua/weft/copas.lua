@@ -24,6 +24,9 @@ local coroutine, error, pcall, xpcall, select, type, tostring, setmetatable, get
 local pack, unpack = table.pack, table.unpack
 local running = coroutine.running
 local clock, newthread, resume = weft.clock, weft.newthread, weft.resume
+-- A weft TCP socket's send, called as a function: no method lookup
+-- through the socket's __index on the hot path.
+local sock_send = core.socket_methods.send
 local yield_step, newreader, errstr = core.copas_yield, core.copas_reader, core.copas_errstr
 local huge = math.huge
 
@@ -1168,7 +1171,7 @@ function WT:send(data, i, j)
 		local to = h.sto
 		counts.write = counts.write + 1
 		h.writing = true
-		local ok, err, sent = s:send(data, nil, to and clock() + to)
+		local ok, err, sent = (h.tls and s.send or sock_send)(s, data, nil, to and clock() + to)
 		h.writing = false
 		counts.write = counts.write - 1
 		if nremoved > 0 then after_io() end
