@@ -589,13 +589,12 @@ static int tcp_send_k(lua_State *L, int status, lua_KContext ctx)
 	return tcp_send_loop(L, lw_S(L), s, p, len, (size_t)ctx, lw_deadline(L, 4));
 }
 
-/* Calls that return a count in one go (recv, datagram send and sendto):
- * try, on EAGAIN wait for direction dir until the deadline at argument
- * expires_idx, then try again from the continuation `self`. */
-typedef ssize_t (*count_fn)(lua_State *L, lsock_t *s, size_t *want);
+/* Datagram sends (send and sendto on udp and raw sockets), which send
+ * all or nothing: try, on EAGAIN wait for room until the deadline at
+ * argument expires_idx, then try again from the continuation `self`. */
+typedef ssize_t (*dgram_fn)(lua_State *L, lsock_t *s);
 
-static int count_op(lua_State *L, int status, int dir, int expires_idx, count_fn fn,
-		    lua_KFunction self)
+static int dgram_op(lua_State *L, int status, int expires_idx, dgram_fn fn, lua_KFunction self)
 {
 	lw_state_t *S = lw_S(L);
 	int nret;
@@ -605,15 +604,8 @@ static int count_op(lua_State *L, int status, int dir, int expires_idx, count_fn
 	uint64_t deadline = lw_deadline(L, expires_idx);
 	for (;;) {
 		uint32_t edges = 0;
-		size_t want = 0;
-		ssize_t n = worth_trying(s, dir, &edges) ? fn(L, s, &want) : -EAGAIN;
+		ssize_t n = worth_trying(s, WEFT_WRITE, &edges) ? fn(L, s) : -EAGAIN;
 		if (n >= 0) {
-			if (s->rec && dir == WEFT_READ && drains(s)) {
-				if (n > 0 && (size_t)n < want)
-					weft_fd_drained(s->rec, dir, edges);
-				else
-					weft_fd_undrain(s->rec, dir);
-			}
 			if (lw_fair(L, S))
 				return lw_fair_yield(L, S, (lua_KContext)n, lw_return_ctx_k);
 			lua_pushinteger(L, (lua_Integer)n);
@@ -621,8 +613,8 @@ static int count_op(lua_State *L, int status, int dir, int expires_idx, count_fn
 		}
 		if (n != -EAGAIN)
 			return lw_error(L, (int)n);
-		drained(s, dir, edges);
-		int rc = io_wait(L, S, s, dir, deadline);
+		drained(s, WEFT_WRITE, edges);
+		int rc = io_wait(L, S, s, WEFT_WRITE, deadline);
 		if (rc < 0)
 			return lw_error(L, rc);
 		if (rc == 0)
@@ -631,17 +623,16 @@ static int count_op(lua_State *L, int status, int dir, int expires_idx, count_fn
 }
 
 /* udp/raw:send(data, [len], [expires]) -> len */
-static ssize_t dgram_send(lua_State *L, lsock_t *s, size_t *want)
+static ssize_t dgram_send(lua_State *L, lsock_t *s)
 {
 	size_t len;
 	const char *p = send_args_known(L, 2, &len);
-	*want = len;
 	return weft_sock_send(s->fd, p, len, 0);
 }
 
 static int dgram_send_k(lua_State *L, int status, lua_KContext ctx)
 {
-	return count_op(L, status, WEFT_WRITE, 4, dgram_send, dgram_send_k);
+	return dgram_op(L, status, 4, dgram_send, dgram_send_k);
 }
 
 /* Arguments past the last one a waiting method reads are dropped, so that
@@ -669,19 +660,18 @@ static int s_send(lua_State *L)
 }
 
 /* udp:_sendto(addr, data, [len], [expires]) -> len */
-static ssize_t dgram_sendto(lua_State *L, lsock_t *s, size_t *want)
+static ssize_t dgram_sendto(lua_State *L, lsock_t *s)
 {
 	unsigned salen;
 	const struct sockaddr *sa = lw_checkaddr(L, 2, &salen, NULL);
 	size_t len;
 	const char *p = send_args_known(L, 3, &len);
-	*want = len;
 	return weft_sock_sendto(s->fd, p, len, 0, sa, salen);
 }
 
 static int sendto_k(lua_State *L, int status, lua_KContext ctx)
 {
-	return count_op(L, status, WEFT_WRITE, 5, dgram_sendto, sendto_k);
+	return dgram_op(L, status, 5, dgram_sendto, sendto_k);
 }
 
 static int s_sendto(lua_State *L)
@@ -723,8 +713,9 @@ static char *recv_args_(lua_State *L, int idx, size_t *maxlen, int known)
 	return p;
 }
 
-/* s:recv(buf, [maxlen], [expires]) -> n */
-/* One recv into p[0, maxlen) with readiness tracking, waiting if need be:
+/* s:recv(buf, [maxlen], [expires]) -> n
+ *
+ * One recv into p[0, maxlen) with readiness tracking, waiting if need be:
  * the count (0: end of stream on TCP), a negative code, or LW_WAITING when
  * a wait was registered and the caller must yield with lw_await.  For
  * s:recv and the Copas reader. */
