@@ -271,18 +271,27 @@ static int satisfy(lua_State *L, reader_t *r, const char *data, int pat, lua_Int
 	return 1;
 }
 
-/* The deadline for one recv: nil (no timeout) or clock + timeout. */
-static void push_expires(lua_State *L)
+/* The deadline for one recv, from the timeout at 4: 0 when there is none
+ * (nil or < 0), else 1 with *at = clock + timeout (weft.clock() seconds). */
+static int expires(lua_State *L, lua_Number *at)
 {
-	if (lua_type(L, 4) != LUA_TNUMBER) {
-		lua_pushnil(L);
-		return;
-	}
+	if (lua_type(L, 4) != LUA_TNUMBER)
+		return 0;
 	lua_Number t = lua_tonumber(L, 4);
 	if (t < 0)
-		lua_pushnil(L);
+		return 0;
+	*at = weft_clock() + t;
+	return 1;
+}
+
+/* The same as the stream's recv takes it: nil or a number. */
+static void push_expires(lua_State *L)
+{
+	lua_Number at;
+	if (expires(L, &at))
+		lua_pushnumber(L, at);
 	else
-		lua_pushnumber(L, weft_clock() + t);
+		lua_pushnil(L);
 }
 
 /* After a fairness yield: the result pushed before it. */
@@ -408,9 +417,8 @@ static int pump(lua_State *L, reader_t *r, int pat, lua_Integer count)
 			return call_k(L, LUA_YIELD, 0);
 		}
 		lw_state_t *S = lw_S(L);
-		uint64_t deadline = UINT64_MAX;
-		if (lua_type(L, 4) == LUA_TNUMBER && lua_tonumber(L, 4) >= 0)
-			deadline = weft_clock_s2ns(weft_clock() + lua_tonumber(L, 4));
+		lua_Number at;
+		uint64_t deadline = expires(L, &at) ? weft_clock_s2ns(at) : UINT64_MAX;
 		ssize_t n = lw_sock_recv(L, S, r->sock, st->data + r->end, st->len - r->end,
 					 deadline);
 		if (n == LW_WAITING) {
@@ -463,13 +471,6 @@ static int direct_k(lua_State *L, int status, lua_KContext ctx)
 	return pump(L, r, pat, count);
 }
 
-static int receive(lua_State *L, reader_t *r, int pat, lua_Integer count)
-{
-	if (satisfy(L, r, r->store->data, pat, count))
-		return satisfied(L, r);
-	return pump(L, r, pat, count);
-}
-
 static int rd_receive(lua_State *L)
 {
 	reader_t *r = checkreader(L, 1);
@@ -485,7 +486,9 @@ static int rd_receive(lua_State *L)
 	if (!lua_isnoneornil(L, 3))
 		luaL_checkstring(L, 3);
 	lua_settop(L, 5);
-	return receive(L, r, pat, count);
+	if (satisfy(L, r, r->store->data, pat, count))
+		return satisfied(L, r);
+	return pump(L, r, pat, count);
 }
 
 /* rd:buffered() -> bytes received and not yet returned */
