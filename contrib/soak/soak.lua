@@ -105,6 +105,17 @@ local function exchange(s, rbuf, c, rounds, what, drop)
 	end
 end
 
+-- Echo what the stream s (a socket or a TLS stream) receives until the
+-- peer closes or an error.
+local function echo_back(s)
+	local buf = weft.buffer(16384)
+	while true do
+		local n = s:recv(buf, #buf, weft.clock() + 10)
+		if not n or n == 0 then break end
+		if not s:send(buf, n, weft.clock() + 10) then break end
+	end
+end
+
 -- Accept on l until stop() says so (checked at least once a second),
 -- each connection served by handle(socket) in a thread of its own.
 local function serve(l, stop, handle)
@@ -124,12 +135,7 @@ function workloads.echo(stop)
 	local c = {exchanges = 0, bytes = 0, aborted = 0, errors = 0, served = 0}
 	-- server: echo until the peer closes or resets
 	serve(listener, stop, function(s)
-		local buf = weft.buffer(16384)
-		while true do
-			local n = s:recv(buf, #buf, weft.clock() + 10)
-			if not n or n == 0 then break end
-			if not s:send(buf, n, weft.clock() + 10) then break end
-		end
+		echo_back(s)
 		s:close()
 		c.served = c.served + 1
 	end)
@@ -306,13 +312,12 @@ function workloads.tls(stop)
 	local cctx = assert(tls.context {mode = "client", cafile = setup.dir .. "/ca.pem"})
 	serve(l, stop, function(a)
 		local t = tls.wrap(a, sctx)
-		local buf = weft.buffer(16384)
-		while t do
-			local n = t:recv(buf, #buf, weft.clock() + 10)
-			if not n or n == 0 then break end
-			if not t:send(buf, n, weft.clock() + 10) then break end
+		if t then
+			echo_back(t)
+			t:close()
+		else
+			a:close()
 		end
-		if t then t:close() else a:close() end
 	end)
 	local clients, done = 4, 0
 	for _ = 1, clients do
