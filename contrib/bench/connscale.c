@@ -1,10 +1,12 @@
 /* connscale: many idle connections to a TCP echo server, each pinged once.
  *
- *   connscale [-n CONNS] [-s MSGSIZE] [-T SECONDS] [-w] HOST PORT
+ *   connscale [-n CONNS] [-s MSGSIZE] [-T SECONDS] [-l] [-w] HOST PORT
  *
  * Opens CONNS connections (default 1000; non-blocking connects, at most
  * IN_FLIGHT at a time), then sends MSGSIZE bytes (default 32) on every one
  * of them at once and waits until every echo is back, checking each byte.
+ * With -l each message is a line (MSGSIZE - 1 letters and a newline), for
+ * line-echo servers such as contrib/bench/copas-echo.lua.
  * On stdout, flushed:
  *
  *   connected n=CONNS seconds=S      all connections established
@@ -47,6 +49,7 @@ struct sconn {
 static size_t msgsize = 32;
 static double limit_s = 60;
 static int go_ahead;
+static int lines; /* -l: messages are lines */
 
 static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 
@@ -70,6 +73,8 @@ static double now_s(void)
 
 static unsigned char pattern(uint32_t id, size_t i)
 {
+	if (lines)
+		return i + 1 == msgsize ? '\n' : (unsigned char)('a' + (id * 131u + (uint32_t)i * 7u) % 26u);
 	return (unsigned char)(id * 131u + (uint32_t)i * 7u + 1u);
 }
 
@@ -198,7 +203,7 @@ static void wait_line(void)
 
 static _Noreturn void usage(void)
 {
-	fprintf(stderr, "usage: connscale [-n CONNS] [-s MSGSIZE] [-T SECONDS] [-w] HOST PORT\n");
+	fprintf(stderr, "usage: connscale [-n CONNS] [-s MSGSIZE] [-T SECONDS] [-l] [-w] HOST PORT\n");
 	exit(2);
 }
 
@@ -216,8 +221,11 @@ int main(int argc, char **argv)
 {
 	long n = 1000;
 	int opt;
-	while ((opt = getopt(argc, argv, "n:s:T:w")) != -1) {
+	while ((opt = getopt(argc, argv, "n:s:T:lw")) != -1) {
 		switch (opt) {
+		case 'l':
+			lines = 1;
+			break;
 		case 'w':
 			go_ahead = 1;
 			break;

@@ -7,7 +7,9 @@ local copas = require "copas"
 local socket = copas.socket or require "socket"
 
 local host, port = arg[1] or "127.0.0.1", tonumber(arg[2]) or 0
-local server = assert(socket.bind(host, port))
+-- A backlog of 1024 rather than LuaSocket's 32: scale.sh opens thousands
+-- of connections at once.
+local server = assert(socket.bind(host, port, 1024))
 local h, p = server:getsockname()
 print(("listening on %s:%d"):format(h, p))
 io.stdout:flush()

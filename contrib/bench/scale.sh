@@ -15,7 +15,9 @@
 # Servers (SERVERS, in this order; one not installed is skipped with a
 # line saying so): raw (rawecho), weft (contrib/examples/echo.lua),
 # weft-512 (echo.lua with a 512-byte buffer), luv
-# (echo-luv.lua), cqueues (echo-cqueues.lua), node (echo-node.js).  The
+# (echo-luv.lua), cqueues (echo-cqueues.lua), node (echo-node.js), and
+# copas (contrib/bench/copas-echo.lua, a Copas line-echo program, on weft:
+# its pings are lines, connscale -l).  The
 # figure is runtime and program together, with whatever buffer the
 # program holds per connection: echo.lua's is a 16 KiB weft.buffer
 # (zero-filled, so resident), which weft-512 leaves out.  The server is pinned to SERVER_CPU,
@@ -41,7 +43,7 @@ CONNSCALE=${CONNSCALE:-$BUILDDIR/contrib/bench/connscale}
 WEFT_BIN=${WEFT_BIN:-$BUILDDIR/src/weft}
 LUA=${LUA:-$(command -v lua5.4 || true)}
 SIZES=${SIZES:-1000 5000 15000}
-SERVERS=${SERVERS:-raw weft weft-512 luv cqueues node}
+SERVERS=${SERVERS:-raw weft weft-512 copas luv cqueues node}
 ROUNDS=${ROUNDS:-3}
 MSGSIZE=${MSGSIZE:-32}
 SERVER_CPU=${SERVER_CPU:-0}
@@ -76,13 +78,18 @@ trap 'exit 130' INT TERM
 
 lua_has() { [[ -n $LUA ]] && "$LUA" -e "assert(_VERSION == 'Lua 5.4'); require '$1'" 2>/dev/null; }
 
-# server_cmd NAME -> sets `cmd`; returns 1 after saying why when the
-# server is not available here.
+# server_cmd NAME -> sets `cmd` (and `lineflag`, connscale's -l for a line
+# server); returns 1 after saying why when the server is not available here.
 server_cmd() {
+	lineflag=()
 	case $1 in
 	raw) cmd=("$RAWECHO" 127.0.0.1 0) ;;
 	weft) cmd=(env "LUA_PATH=$weft_path" "$WEFT_BIN" "$srcdir/contrib/examples/echo.lua" 127.0.0.1 0) ;;
 	weft-512) cmd=(env "LUA_PATH=$weft_path" "$WEFT_BIN" "$srcdir/contrib/examples/echo.lua" 127.0.0.1 0 512) ;;
+	copas)
+		cmd=(env "LUA_PATH=$weft_path" "$WEFT_BIN" "$here/copas-echo.lua" 127.0.0.1 0)
+		lineflag=(-l)
+		;;
 	luv)
 		lua_has luv || { echo "skipped luv: no Lua 5.4 with the luv module (Debian package lua-luv)"; return 1; }
 		cmd=("$LUA" "$here/echo-luv.lua" 127.0.0.1 0)
@@ -95,7 +102,7 @@ server_cmd() {
 		command -v node >/dev/null || { echo "skipped node: node is not installed (Debian package nodejs)"; return 1; }
 		cmd=(node "$here/echo-node.js" 127.0.0.1 0)
 		;;
-	*) die "unknown server '$1' (known: raw weft weft-512 luv cqueues node)" ;;
+	*) die "unknown server '$1' (known: raw weft weft-512 copas luv cqueues node)" ;;
 	esac
 }
 
@@ -149,7 +156,7 @@ measure() {
 	rm -f "$tmp/in" "$tmp/load.out"
 	mkfifo "$tmp/in" "$tmp/load.out"
 	t0=$(date +%s%N)
-	taskset -c "$LOAD_CPU" "$CONNSCALE" -w -n "$n" -s "$MSGSIZE" -T 60 127.0.0.1 "$port" \
+	taskset -c "$LOAD_CPU" "$CONNSCALE" -w "${lineflag[@]}" -n "$n" -s "$MSGSIZE" -T 60 127.0.0.1 "$port" \
 		<"$tmp/in" >"$tmp/load.out" 2>"$tmp/load.err" &
 	load_pid=$!
 	exec 4>"$tmp/in" # held open: connscale keeps its connections until it closes

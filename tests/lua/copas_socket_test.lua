@@ -393,6 +393,54 @@ CH.run(copas, "one writer per socket", function()
 	copas.removeserver(srv)
 end)
 
+CH.run(copas, "a thread removed while it sends", function()
+	local release = false
+	local srv, port = server(function(skt)
+		while not release do copas.pause(0.01) end
+		skt:receive("*a")
+	end)
+	local c = client(port)
+	local writes = copas.status().write
+	local big = ("x"):rep(8 * 1024 * 1024)
+	local after = false
+	local co = copas.addthread(function()
+		c:send(big)
+		after = true
+	end)
+	copas.pause(0.05)
+	is(copas.status().write, writes + 1, "the sender counts as writing")
+	copas.removethread(co)
+	-- its send goes on until the peer has read it all, then it ends
+	release = true
+	local t0 = weft.clock()
+	while copas.status().write > writes and weft.clock() - t0 < 10 do copas.pause(0.01) end
+	is(copas.status().write, writes, "once its send is over, it no longer counts as writing")
+	is(after, false, "it did not go on after its send")
+	is(c:send("more"), 4, "the socket takes another writer")
+	c:close()
+	copas.removeserver(srv)
+end)
+
+CH.run(copas, "wrapper receive and send: defaults and failures", function()
+	local srv, port = server(function(skt)
+		skt:send("one\ntwo\n")
+		skt:receive("*a")
+	end)
+	local c = client(port)
+	is(c:receive(nil, "p-"), "p-one", "no pattern is *l, with the prefix")
+	is(c:receive(false), "two", "false is *l too")
+	local writes = copas.status().write
+	c:close()
+	local r, e, last = c:send("x")
+	is(r, nil, "send on a closed wrapper fails")
+	is(e, "closed", "with closed")
+	is(copas.status().write, writes, "and leaves the write count as it was")
+	local f = getmetatable(c).__index
+	ok(not pcall(f.send, {}, "x"), "send on a table that is no wrapper raises")
+	ok(not pcall(f.receive, {}), "so does receive")
+	copas.removeserver(srv)
+end)
+
 CH.run(copas, "weft sockets handed to Copas directly", function()
 	local l = assert(weft.tcp())
 	assert(l:listen("127.0.0.1", 0))
