@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "alloc.h"
 #include "clock.h"
 #include "error.h"
 #include "lweft.h"
@@ -28,12 +29,24 @@ enum { UV_SOCK = 1, UV_RECV, UV_STORE, UV_VIEW, UV_COUNTER, UV_COUNT = UV_COUNTE
 #define READER_MIN 4096
 #define READER_MAX ((size_t)1 << 30)
 
+/* A reader that receives from a weft TCP socket gives its storage up while
+ * it waits with nothing buffered (a connection idle between requests holds
+ * no storage), and takes storage again when it receives.  Storage given
+ * up goes to its instance's spares, up to SPARES of them, where the next
+ * reader to receive takes it: a busy server moves a few blocks around
+ * instead of calling malloc and free for each wait. */
+#define SPARES 64
+
 /* What the readers of one Copas instance share: how many wait in recv
- * (for copas.status) and the most bytes a line ("*l") or "*a" may buffer
- * while its end has not come (copas.setreceivelimit). */
+ * (for copas.status), the most bytes a line ("*l") or "*a" may buffer
+ * while its end has not come (copas.setreceivelimit), and spare storage
+ * of READER_MIN bytes. */
 typedef struct shared {
 	lua_Integer receiving;
 	size_t limit;
+	int nspare;
+	int closed; /* collected: storage given up is freed */
+	char *spare[SPARES];
 } shared_t;
 
 #define DEFAULT_LIMIT ((size_t)64 << 20)
@@ -61,8 +74,19 @@ static int l_counter(lua_State *L)
 	shared_t *sh = lua_newuserdatauv(L, sizeof *sh, 0);
 	sh->receiving = 0;
 	sh->limit = DEFAULT_LIMIT;
+	sh->nspare = 0;
+	sh->closed = 0;
 	luaL_setmetatable(L, LW_COUNTER);
 	return 1;
+}
+
+static int counter_gc(lua_State *L)
+{
+	shared_t *sh = luaL_checkudata(L, 1, LW_COUNTER);
+	while (sh->nspare > 0)
+		weft_free(sh->spare[--sh->nspare]);
+	sh->closed = 1;
+	return 0;
 }
 
 static int counter_get(lua_State *L)
@@ -171,6 +195,41 @@ static reader_t *checkreader(lua_State *L, int idx)
 	if (!r)
 		luaL_typeerror(L, idx, LW_READER);
 	return r;
+}
+
+/* The storage's bytes, "" while it is given up (then nothing is
+ * buffered). */
+static const char *bytes(const reader_t *r)
+{
+	return r->store->data ? r->store->data : "";
+}
+
+/* Give the storage up (nothing is buffered, the reader waits). */
+static void give_up(reader_t *r)
+{
+	lw_buffer_t *st = r->store;
+	shared_t *sh = r->shared;
+	if (!sh || st->len != READER_MIN)
+		return; /* grown storage is kept: its reader receives much */
+	if (!sh->closed && sh->nspare < SPARES)
+		sh->spare[sh->nspare++] = st->data;
+	else
+		weft_free(st->data);
+	st->data = NULL;
+	st->len = 0;
+}
+
+/* Storage again before a recv: 0, or WEFT_ENOMEM. */
+static int take_back(reader_t *r)
+{
+	lw_buffer_t *st = r->store;
+	shared_t *sh = r->shared;
+	char *d = sh && sh->nspare > 0 ? sh->spare[--sh->nspare] : weft_malloc(READER_MIN);
+	if (!d)
+		return WEFT_ENOMEM;
+	st->data = d;
+	st->len = READER_MIN;
+	return 0;
 }
 
 static int pattern_of(lua_State *L, lua_Integer *count)
@@ -324,9 +383,8 @@ static int satisfied(lua_State *L, reader_t *r)
 static int got(lua_State *L, reader_t *r, int pat, lua_Integer count, lua_Integer n,
 	       const char *err)
 {
-	lw_buffer_t *st = r->store;
 	if (err)
-		return fail(L, r, st->data, pat, err);
+		return fail(L, r, bytes(r), pat, err);
 	if (n <= 0) {
 		/* "*a" ends well at the close, unless it got nothing (as
 		 * LuaSocket: then "closed", with the prefix). */
@@ -334,14 +392,14 @@ static int got(lua_State *L, reader_t *r, int pat, lua_Integer count, lua_Intege
 			size_t plen = 0;
 			const char *prefix =
 			    lua_type(L, 3) == LUA_TSTRING ? lua_tolstring(L, 3, &plen) : "";
-			push_result(L, prefix, plen, st->data + r->start, r->end - r->start, 0);
+			push_result(L, prefix, plen, bytes(r) + r->start, r->end - r->start, 0);
 			r->start = r->end = 0;
 			return 1;
 		}
-		return fail(L, r, st->data, pat, "closed");
+		return fail(L, r, bytes(r), pat, "closed");
 	}
 	r->end += (size_t)n;
-	return satisfy(L, r, st->data, pat, count);
+	return satisfy(L, r, bytes(r), pat, count);
 }
 
 /* Room in the storage for the next recv: 0, or the count of results
@@ -349,6 +407,8 @@ static int got(lua_State *L, reader_t *r, int pat, lua_Integer count, lua_Intege
 static int make_room(lua_State *L, reader_t *r, int pat, lua_Integer count)
 {
 	lw_buffer_t *st = r->store;
+	if (!st->data && take_back(r) < 0)
+		return fail(L, r, bytes(r), pat, "out of memory");
 	/* Move the pending bytes to the front, grow when full. */
 	if (r->start > 0) {
 		memmove(st->data, st->data + r->start, r->end - r->start);
@@ -359,7 +419,7 @@ static int make_room(lua_State *L, reader_t *r, int pat, lua_Integer count)
 	 * 1 GiB line costs the limit, not the line. */
 	size_t limit = r->shared ? r->shared->limit : DEFAULT_LIMIT;
 	if (pat != PAT_COUNT && r->end - r->start >= limit)
-		return fail(L, r, st->data, pat, "too_large");
+		return fail(L, r, bytes(r), pat, "too_large");
 	if (st->len - r->end < READER_MIN / 2) {
 		size_t want = st->len * 2;
 		if (pat != PAT_COUNT && want > limit + READER_MIN)
@@ -367,7 +427,7 @@ static int make_room(lua_State *L, reader_t *r, int pat, lua_Integer count)
 		if (pat == PAT_COUNT && (size_t)count > st->len && (size_t)count < READER_MAX)
 			want = (size_t)count + READER_MIN;
 		if (want > READER_MAX || lw_buffer_resize(st, want) < 0)
-			return fail(L, r, st->data, pat, "out of memory");
+			return fail(L, r, bytes(r), pat, "out of memory");
 	}
 	return 0;
 }
@@ -399,7 +459,7 @@ static int pump(lua_State *L, reader_t *r, int pat, lua_Integer count)
 	lw_buffer_t *st = r->store;
 	for (;;) {
 		if (lua_toboolean(L, 5) && pat != PAT_LINE && r->end > r->start)
-			return fail(L, r, st->data, pat, "timeout");
+			return fail(L, r, bytes(r), pat, "timeout");
 		int nres = make_room(L, r, pat, count);
 		if (nres)
 			return nres;
@@ -422,6 +482,8 @@ static int pump(lua_State *L, reader_t *r, int pat, lua_Integer count)
 		ssize_t n = lw_sock_recv(L, S, r->sock, st->data + r->end, st->len - r->end,
 					 deadline);
 		if (n == LW_WAITING) {
+			if (r->end == 0)
+				give_up(r);
 			busy(r, 1);
 			return lw_await(L, CTX_RECV, direct_k);
 		}
@@ -486,7 +548,7 @@ static int rd_receive(lua_State *L)
 	if (!lua_isnoneornil(L, 3))
 		luaL_checkstring(L, 3);
 	lua_settop(L, 5);
-	if (satisfy(L, r, r->store->data, pat, count))
+	if (satisfy(L, r, bytes(r), pat, count))
 		return satisfied(L, r);
 	return pump(L, r, pat, count);
 }
@@ -499,12 +561,20 @@ static int rd_buffered(lua_State *L)
 	return 1;
 }
 
+/* rd:capacity() -> bytes of storage the reader holds (0 while it waits
+ * with nothing buffered: see give_up) */
+static int rd_capacity(lua_State *L)
+{
+	reader_t *r = checkreader(L, 1);
+	lua_pushinteger(L, (lua_Integer)r->store->len);
+	return 1;
+}
+
 /* rd:take() -> the buffered bytes (consumed) */
 static int rd_take(lua_State *L)
 {
 	reader_t *r = checkreader(L, 1);
-	lw_buffer_t *st = r->store;
-	lua_pushlstring(L, st->data + r->start, r->end - r->start);
+	lua_pushlstring(L, bytes(r) + r->start, r->end - r->start);
 	r->start = r->end = 0;
 	return 1;
 }
@@ -528,6 +598,7 @@ static const luaL_Reg reader_methods[] = {
     {"receive", rd_receive},
     {"buffered", rd_buffered},
     {"take", rd_take},
+    {"capacity", rd_capacity},
     {NULL, NULL},
 };
 
@@ -544,6 +615,11 @@ static const luaL_Reg counter_methods[] = {
     {NULL, NULL},
 };
 
+static const luaL_Reg counter_meta[] = {
+    {"__gc", counter_gc},
+    {NULL, NULL},
+};
+
 static const luaL_Reg funcs[] = {
     {"copas_counter", l_counter}, {"copas_gettime", l_gettime}, {"copas_reader", l_reader},
     {"copas_errstr", l_errstr},   {"copas_yield", l_yield},     {NULL, NULL},
@@ -552,6 +628,6 @@ static const luaL_Reg funcs[] = {
 void lw_open_copas(lua_State *L, lw_state_t *S)
 {
 	lw_newclass(L, S, LW_READER, reader_methods, NULL);
-	lw_newclass(L, S, LW_COUNTER, counter_methods, NULL);
+	lw_newclass(L, S, LW_COUNTER, counter_methods, counter_meta);
 	lw_register(L, S, funcs);
 }

@@ -441,6 +441,45 @@ CH.run(copas, "wrapper receive and send: defaults and failures", function()
 	copas.removeserver(srv)
 end)
 
+CH.run(copas, "a reader waiting with nothing buffered holds no storage", function()
+	local go = false
+	local srv, port = server(function(skt)
+		while not go do copas.pause(0.01) end
+		skt:send("first\n")
+		copas.pause(0.05)
+		skt:send("sec")
+		copas.pause(0.05)
+		skt:send("ond\n" .. ("z"):rep(10000) .. "\n")
+		skt:receive("*a")
+	end)
+	local c = client(port)
+	local rd
+	local lines = {}
+	copas.addthread(function()
+		for _ = 1, 3 do lines[#lines + 1] = c:receive() end
+	end)
+	copas.pause(0.05)
+	rd = c.h.rd
+	is(rd:capacity(), 0, "waiting for the first line: no storage")
+	go = true
+	copas.pause(0.03)
+	is(lines[1], "first", "the line came")
+	is(rd:capacity(), 0, "waiting again, nothing buffered: none again")
+	copas.pause(0.03)
+	ok(rd:capacity() > 0, "a part of a line is buffered: storage kept while waiting")
+	local t0 = weft.clock()
+	while #lines < 3 and weft.clock() - t0 < 5 do copas.pause(0.01) end
+	is(lines[2], "second", "the line put together")
+	is(lines[3], ("z"):rep(10000), "a line longer than the storage")
+	c:settimeouts(nil, nil, 0.05)
+	local r, e, partial = c:receive()
+	is(r, nil, "a timeout while the storage is given up")
+	is(e, "timeout", "says timeout")
+	is(partial, "", "with an empty partial result")
+	c:close()
+	copas.removeserver(srv)
+end)
+
 CH.run(copas, "weft sockets handed to Copas directly", function()
 	local l = assert(weft.tcp())
 	assert(l:listen("127.0.0.1", 0))
