@@ -27,6 +27,14 @@ local function server(handler, timeout, name, sockets)
 	return srv, port
 end
 
+-- c:receive(pattern) must time out with the partial result `partial`.
+local function times_out(c, pattern, partial, what)
+	local d, e, p = c:receive(pattern)
+	is(d, nil, what .. ": no result")
+	is(e, "timeout", what .. ": timeout")
+	is(p, partial, what .. ": the partial result")
+end
+
 local function client(port, sockets)
 	local c = copas.wrap(sockets == "luasocket" and luasocket.tcp() or S.tcp())
 	assert(c:connect("127.0.0.1", port))
@@ -187,10 +195,7 @@ for _, kind in ipairs({"weft", "luasocket"}) do
 		local c = client(port, kind)
 		copas.pause(0.03)
 		c:settimeout(0)
-		local d, e, p = c:receive(10)
-		is(d, nil, "not all")
-		is(e, "timeout", "timeout")
-		is(p, "12345", "what was there")
+		times_out(c, 10, "12345", "not all there")
 		c:close()
 		copas.removeserver(srv)
 	end)
@@ -314,12 +319,19 @@ CH.run(copas, "one reader per socket: a second gets an error, not a stale wait",
 	copas.removeserver(srv)
 end)
 
-CH.run(copas, "send timeout returns the last byte sent", function()
-	local release = false
+-- A server that reads nothing until released, then everything: returns
+-- it, a client connected to it and the function that releases it.
+local function stalled_peer()
+	local released = false
 	local srv, port = server(function(skt)
-		while not release do copas.pause(0.01) end
+		while not released do copas.pause(0.01) end
+		skt:receive("*a")
 	end)
-	local c = client(port)
+	return srv, client(port), function() released = true end
+end
+
+CH.run(copas, "send timeout returns the last byte sent", function()
+	local srv, c, release = stalled_peer()
 	c:settimeouts(nil, 0.1, nil)
 	local big = ("y"):rep(16 * 1024 * 1024)
 	local t0 = weft.clock()
@@ -328,7 +340,7 @@ CH.run(copas, "send timeout returns the last byte sent", function()
 	is(e, "timeout", "timeout")
 	ok(last and last > 0 and last < #big, "the last byte sent: " .. tostring(last))
 	cmp_ok(weft.clock() - t0, "<", 3, "in bounded time")
-	release = true
+	release()
 	c:close()
 	copas.removeserver(srv)
 end)
@@ -372,12 +384,7 @@ if luasocket then
 end
 
 CH.run(copas, "one writer per socket", function()
-	local release = false
-	local srv, port = server(function(skt)
-		while not release do copas.pause(0.01) end
-		skt:receive("*a")
-	end)
-	local c = client(port)
+	local srv, c, release = stalled_peer()
 	local big = ("x"):rep(8 * 1024 * 1024)
 	local first
 	copas.addthread(function() first = c:send(big) end)
@@ -385,7 +392,7 @@ CH.run(copas, "one writer per socket", function()
 	local r, e = c:send("more")
 	is(r, nil, "second writer refused")
 	is(e, "Operation already in progress", "with Copas's error")
-	release = true
+	release()
 	copas.pause(0.01)
 	while not first do copas.pause(0.01) end
 	is(first, #big, "the first writer sent everything")
@@ -394,12 +401,7 @@ CH.run(copas, "one writer per socket", function()
 end)
 
 CH.run(copas, "a thread removed while it sends", function()
-	local release = false
-	local srv, port = server(function(skt)
-		while not release do copas.pause(0.01) end
-		skt:receive("*a")
-	end)
-	local c = client(port)
+	local srv, c, release = stalled_peer()
 	local writes = copas.status().write
 	local big = ("x"):rep(8 * 1024 * 1024)
 	local after = false
@@ -411,7 +413,7 @@ CH.run(copas, "a thread removed while it sends", function()
 	is(copas.status().write, writes + 1, "the sender counts as writing")
 	copas.removethread(co)
 	-- its send goes on until the peer has read it all, then it ends
-	release = true
+	release()
 	local t0 = weft.clock()
 	while copas.status().write > writes and weft.clock() - t0 < 10 do copas.pause(0.01) end
 	is(copas.status().write, writes, "once its send is over, it no longer counts as writing")
@@ -472,10 +474,7 @@ CH.run(copas, "a reader waiting with nothing buffered holds no storage", functio
 	is(lines[2], "second", "the line put together")
 	is(lines[3], ("z"):rep(10000), "a line longer than the storage")
 	c:settimeouts(nil, nil, 0.05)
-	local r, e, partial = c:receive()
-	is(r, nil, "a timeout while the storage is given up")
-	is(e, "timeout", "says timeout")
-	is(partial, "", "with an empty partial result")
+	times_out(c, "*l", "", "a timeout while the storage is given up")
 	c:close()
 	copas.removeserver(srv)
 end)
