@@ -35,6 +35,12 @@ local function times_out(c, pattern, partial, what)
 	is(p, partial, what .. ": the partial result")
 end
 
+-- Wait (at most 10 s) until cond() holds.
+local function await(cond)
+	local t0 = weft.clock()
+	while not cond() and weft.clock() - t0 < 10 do copas.pause(0.01) end
+end
+
 local function client(port, sockets)
 	local c = copas.wrap(sockets == "luasocket" and luasocket.tcp() or S.tcp())
 	assert(c:connect("127.0.0.1", port))
@@ -409,13 +415,12 @@ CH.run(copas, "a thread removed while it sends", function()
 		c:send(big)
 		after = true
 	end)
-	copas.pause(0.05)
+	await(function() return copas.status().write > writes end)
 	is(copas.status().write, writes + 1, "the sender counts as writing")
 	copas.removethread(co)
 	-- its send goes on until the peer has read it all, then it ends
 	release()
-	local t0 = weft.clock()
-	while copas.status().write > writes and weft.clock() - t0 < 10 do copas.pause(0.01) end
+	await(function() return copas.status().write == writes end)
 	is(copas.status().write, writes, "once its send is over, it no longer counts as writing")
 	is(after, false, "it did not go on after its send")
 	is(c:send("more"), 4, "the socket takes another writer")
@@ -444,33 +449,35 @@ CH.run(copas, "wrapper receive and send: defaults and failures", function()
 end)
 
 CH.run(copas, "a reader waiting with nothing buffered holds no storage", function()
-	local go = false
+	local step = 0
 	local srv, port = server(function(skt)
-		while not go do copas.pause(0.01) end
+		await(function() return step >= 1 end)
 		skt:send("first\n")
-		copas.pause(0.05)
+		await(function() return step >= 2 end)
 		skt:send("sec")
-		copas.pause(0.05)
+		await(function() return step >= 3 end)
 		skt:send("ond\n" .. ("z"):rep(10000) .. "\n")
 		skt:receive("*a")
 	end)
 	local c = client(port)
-	local rd
 	local lines = {}
 	copas.addthread(function()
 		for _ = 1, 3 do lines[#lines + 1] = c:receive() end
 	end)
-	copas.pause(0.05)
-	rd = c.h.rd
+	-- the reader is made by the first receive
+	await(function() return c.h.rd and c.h.rd:capacity() == 0 end)
+	local rd = c.h.rd
 	is(rd:capacity(), 0, "waiting for the first line: no storage")
-	go = true
-	copas.pause(0.03)
+	step = 1
+	await(function() return lines[1] ~= nil end)
 	is(lines[1], "first", "the line came")
+	await(function() return rd:capacity() == 0 end)
 	is(rd:capacity(), 0, "waiting again, nothing buffered: none again")
-	copas.pause(0.03)
+	step = 2
+	await(function() return rd:buffered() > 0 end)
 	ok(rd:capacity() > 0, "a part of a line is buffered: storage kept while waiting")
-	local t0 = weft.clock()
-	while #lines < 3 and weft.clock() - t0 < 5 do copas.pause(0.01) end
+	step = 3
+	await(function() return #lines == 3 end)
 	is(lines[2], "second", "the line put together")
 	is(lines[3], ("z"):rep(10000), "a line longer than the storage")
 	c:settimeouts(nil, nil, 0.05)
