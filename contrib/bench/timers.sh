@@ -48,7 +48,7 @@ echo "| $N of them | schedule (s) | bytes each | late p50 (ms) | late p99 (ms) |
 echo "|---|---:|---:|---:|---:|---:|---:|"
 for c in "${cases[@]}"; do
 	if ! grep -q "^RESULT $c " "$out"; then
-		echo "| $c | skipped: ${c%%-*} not available | | | | |"
+		echo "| $c | skipped: ${c%%-*} not available | | | | | |"
 		continue
 	fi
 	# Medians per column over the rounds.
